@@ -1,0 +1,159 @@
+"""``clsuite``: one thin command line over the suite's modules (each subcommand calls one public function)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        _COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+@command("tasks list")
+def _tasks_list(args: argparse.Namespace) -> int:
+    from .sequences import SequenceError, load_sequence_file, sequence_files
+
+    print(f"{'name':28s} {'track':20s} {'protocol':14s} {'kind':9s} tasks")
+    for name, path in sequence_files().items():
+        try:
+            seq = load_sequence_file(path)
+            kind = "embedded" if seq.embedded else "real"
+            print(f"{name:28s} {seq.track:20s} {seq.protocol:14s} {kind:9s} {len(seq.tasks)}")
+        except SequenceError as exc:
+            print(f"{name:28s} INVALID: {exc}")
+    return 0
+
+
+@command("tasks show")
+def _tasks_show(args: argparse.Namespace) -> int:
+    from .data import materialize
+    from .sequences import load_sequence
+
+    seq = load_sequence(args.sequence)
+    print(f"{seq.name} v{seq.version}  track={seq.track}  protocol={seq.protocol}  "
+          f"{'embedded' if seq.embedded else 'real'}  file={seq.path}")
+    if seq.description:
+        print(f"  {seq.description}")
+    for group, specs in (("task", seq.tasks), ("control", seq.control_sets)):
+        for t in specs:
+            classes = (f"{len(t.classes)} classes: {', '.join(t.classes[:6])}{' …' if len(t.classes) > 6 else ''}"
+                       if isinstance(t.classes, tuple) else f"classes from {t.classes['from']}" if t.classes else "pairs")
+            line = f"  [{group}] {t.name:24s} {t.adapter:15s} {classes}"
+            if seq.embedded:
+                data = materialize(seq, t)
+                line += f"\n      train={len(data.train)} test={len(data.test)} manifest={data.manifest_sha256}"
+            else:
+                line += f"\n      split rule={t.split.get('rule')} few_shot={t.split.get('few_shot')} (hash computed when materialised)"
+            print(line)
+    print("valid: yes" + (" (manifests match their pins)" if seq.embedded else ""))
+    return 0
+
+
+@command("tasks prepare")
+def _tasks_prepare(args: argparse.Namespace) -> int:
+    """Materialise a sequence's data and verify (embedded) or report (real) each manifest hash."""
+    from .data import materialize
+    from .sequences import load_sequence
+
+    seq = load_sequence(args.sequence)
+    for t in seq.tasks + seq.control_sets:
+        data = materialize(seq, t)
+        state = "verified" if t.pinned_manifest else "computed"
+        print(f"{t.name:24s} train={len(data.train):6d} test={len(data.test):6d} manifest {state} {data.manifest_sha256}")
+    return 0
+
+
+@command("tasks pin")
+def _tasks_pin(args: argparse.Namespace) -> int:
+    """Rewrite the ``manifest_sha256`` values of an embedded sequence file with the hashes materialised here."""
+    from .data.pin import pin_file
+
+    for name, digest in pin_file(Path(args.file)).items():
+        print(f"{name:24s} {digest}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+@command("metrics")
+def _metrics(args: argparse.Namespace) -> int:
+    from .metrics import aggregate, load_matrix
+
+    a = load_matrix(args.file)
+    z = json.loads(args.zero_shot) if args.zero_shot else None
+    agg = aggregate(a, z)
+    if args.json:
+        print(json.dumps(agg))
+    else:
+        for k, v in agg.items():
+            print(f"{k:16s} {'n/a' if v is None else f'{v:.4f}'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clsuite", description="Continual learning of CLIP models: benchmark suite.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    tasks = sub.add_parser("tasks", help="list, inspect, prepare task sequences")
+    tsub = tasks.add_subparsers(dest="sub", required=True)
+    tsub.add_parser("list", help="every shipped sequence with its track and protocol")
+    s = tsub.add_parser("show", help="tasks, classes, sizes and manifest hashes of one sequence (validates a file)")
+    s.add_argument("sequence", help="sequence name or path to a YAML file")
+    s = tsub.add_parser("prepare", help="materialise a sequence's data and verify its manifest hashes")
+    s.add_argument("sequence", help="sequence name or path to a YAML file")
+    s = tsub.add_parser("pin", help="write the materialised manifest hashes into an embedded sequence file")
+    s.add_argument("file", help="path to an embedded sequence YAML file")
+
+    m = sub.add_parser("metrics", help="every aggregate (Transfer/Avg/Last/BWT/forgetting/FWT) of an accuracy matrix")
+    m.add_argument("file", help="matrix as JSON (list of rows or {'matrix': ...}), CSV, or .npy")
+    m.add_argument("--json", action="store_true", help="print one JSON object")
+    m.add_argument("--zero-shot", help="JSON list of zero-shot accuracies per task, for FWT")
+
+    for register in _EXTENSIONS:
+        register(sub)
+    return p
+
+
+# Subcommands of other modules register here (runner, demo, leaderboard, ...), keeping this file thin.
+_EXTENSIONS: list[Callable] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataMissingError, ManifestMismatch
+    from .metrics import MatrixError
+    from .sequences import SequenceError
+
+    _load_extensions()
+    args = build_parser().parse_args(argv)
+    key = f"{args.cmd} {args.sub}" if getattr(args, "sub", None) else args.cmd
+    try:
+        return _COMMANDS[key](args)
+    except (SequenceError, MatrixError, DataMissingError, ManifestMismatch, ValueError, FileNotFoundError) as exc:
+        print(f"clsuite: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _load_extensions() -> None:
+    import importlib
+
+    for mod in ("suite.commands",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

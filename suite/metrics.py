@@ -1,0 +1,137 @@
+"""Aggregate metrics of a continual-learning accuracy matrix — the one place they are defined.
+
+Let ``A`` be a ``T x T`` matrix: ``A[t, d]`` is the accuracy on task ``d`` after training task ``t``
+(rows are steps, columns are tasks; *every* task is evaluated after every step, also tasks not yet
+trained). Values stay in the matrix's own units (fractions or percent); nothing is rescaled or rounded.
+``z`` is an optional vector of the pretrained (zero-shot) model's accuracy on each task.
+
+=========================  ==================================================================================
+``transfer``               MTIL (Zheng et al., ZSCL, ICCV 2023): ``mean_{d=1..T-1} mean_{t=0..d-1} A[t, d]``
+                           — accuracy on tasks *before* they are trained (upper triangle, above diagonal).
+``avg``                    MTIL: ``mean_{t,d} A[t, d]`` — mean of the whole matrix.
+``last``                   MTIL: ``mean_d A[T-1, d]`` — mean of the final row.
+``bwt``                    Backward transfer (Lopez-Paz & Ranzato, GEM 2017):
+                           ``1/(T-1) sum_{d<T-1} (A[T-1, d] - A[d, d])``; negative means forgetting.
+``forgetting``             Average forgetting (Chaudhry et al., RWalk 2018):
+                           ``1/(T-1) sum_{d<T-1} (max_{d<=t<T-1} A[t, d] - A[T-1, d])``.
+``fwt``                    Forward transfer against zero-shot:
+                           ``1/(T-1) sum_{d>=1} (A[d-1, d] - z[d])``; needs ``z``, else ``None``.
+``avg_incremental``        Average incremental accuracy (Rebuffi et al., iCaRL 2017):
+                           ``1/T sum_t mean_{d<=t} A[t, d]``.
+``final_seen_avg``         ``mean_{d} A[T-1, d]`` restricted to trained tasks (equals ``last`` at the end).
+=========================  ==================================================================================
+
+A one-task matrix has no transfer, BWT, forgetting or FWT: those are ``None``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+METRIC_NAMES = ("transfer", "avg", "last", "bwt", "forgetting", "fwt", "avg_incremental")
+
+
+class MatrixError(ValueError):
+    """An accuracy matrix that cannot be aggregated (wrong shape, NaN, ...)."""
+
+
+def as_matrix(rows: Any) -> np.ndarray:
+    """Validate and convert ``rows`` (list of rows or array) to a square float64 matrix."""
+    try:
+        a = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MatrixError(f"matrix is not numeric: {exc}") from None
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise MatrixError(f"matrix must be square T x T with T >= 1, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise MatrixError(f"matrix has a non-finite value at row {bad[0]}, column {bad[1]}")
+    return a
+
+
+def transfer(a: np.ndarray) -> float | None:
+    t = a.shape[0]
+    if t < 2:
+        return None
+    return float(np.mean([a[:d, d].mean() for d in range(1, t)]))
+
+
+def avg(a: np.ndarray) -> float:
+    return float(a.mean())
+
+
+def last(a: np.ndarray) -> float:
+    return float(a[-1].mean())
+
+
+def bwt(a: np.ndarray) -> float | None:
+    t = a.shape[0]
+    if t < 2:
+        return None
+    return float(np.mean([a[-1, d] - a[d, d] for d in range(t - 1)]))
+
+
+def forgetting(a: np.ndarray) -> float | None:
+    t = a.shape[0]
+    if t < 2:
+        return None
+    return float(np.mean([a[d:t - 1, d].max() - a[-1, d] for d in range(t - 1)]))
+
+
+def fwt(a: np.ndarray, zero_shot: Sequence[float] | None) -> float | None:
+    t = a.shape[0]
+    if t < 2 or zero_shot is None:
+        return None
+    z = np.asarray(zero_shot, dtype=np.float64)
+    if z.shape != (t,):
+        raise MatrixError(f"zero-shot vector must have {t} entries, got {z.shape}")
+    return float(np.mean([a[d - 1, d] - z[d] for d in range(1, t)]))
+
+
+def avg_incremental(a: np.ndarray) -> float:
+    return float(np.mean([a[t, : t + 1].mean() for t in range(a.shape[0])]))
+
+
+def aggregate(rows: Any, zero_shot: Sequence[float] | None = None) -> dict[str, float | None]:
+    """Every aggregate of one accuracy matrix, keyed by :data:`METRIC_NAMES`."""
+    a = as_matrix(rows)
+    return {
+        "transfer": transfer(a),
+        "avg": avg(a),
+        "last": last(a),
+        "bwt": bwt(a),
+        "forgetting": forgetting(a),
+        "fwt": fwt(a, zero_shot),
+        "avg_incremental": avg_incremental(a),
+    }
+
+
+def load_matrix(path: str | Path) -> np.ndarray:
+    """Read a matrix from JSON (list of rows, or an object with ``matrix``), CSV or ``.npy``."""
+    p = Path(path)
+    if not p.is_file():
+        raise MatrixError(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            rows = np.load(p, allow_pickle=False)
+        elif suffix == ".json":
+            data = json.loads(p.read_text())
+            rows = data.get("matrix", data.get("accuracy_matrix")) if isinstance(data, dict) else data
+            if rows is None:
+                raise MatrixError("JSON object has no 'matrix' field")
+        elif suffix in (".csv", ".tsv", ".txt"):
+            delim = "\t" if suffix == ".tsv" else ","
+            with p.open(newline="") as fh:
+                rows = [[float(x) for x in r] for r in csv.reader(fh, delimiter=delim) if r]
+        else:
+            raise MatrixError(f"unknown matrix format {suffix!r} (use .json, .csv or .npy)")
+        return as_matrix(rows)
+    except MatrixError as exc:
+        raise MatrixError(f"{p}: {exc}") from None
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise MatrixError(f"{p}: cannot parse: {exc}") from None

@@ -1,0 +1,209 @@
+"""Task sequences are data: load a YAML file, validate it, and return a :class:`TaskSequence`.
+
+Every problem is reported as one line ``<file>: <field>: <what is wrong>`` so that a researcher editing a
+sequence file sees at once where to look.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+TRACKS = ("class-incremental", "domain-incremental", "cross-modal")
+
+
+class SequenceError(ValueError):
+    """A task-sequence file that is malformed; the message is one line naming file and field."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task (or control set) of a sequence, as written in its file."""
+
+    name: str
+    source: dict[str, Any]
+    split: dict[str, Any]
+    classes: tuple[str, ...] | dict[str, Any] | None = None
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+
+    @property
+    def adapter(self) -> str:
+        return self.source["adapter"]
+
+    @property
+    def pinned_manifest(self) -> str | None:
+        return self.split.get("manifest_sha256")
+
+
+@dataclass(frozen=True)
+class TaskSequence:
+    name: str
+    version: int
+    track: str
+    protocol: str
+    tasks: tuple[TaskSpec, ...]
+    control_sets: tuple[TaskSpec, ...] = ()
+    embedded: bool = False
+    description: str = ""
+    reference: str = ""
+    image_size: int | None = None
+    seed: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks + self.control_sets:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def tasks_dir() -> Path:
+    """Where sequence files live: ``$CLSUITE_TASKS_DIR``, the repository's ``tasks/``, or the installed copy."""
+    env = os.environ.get("CLSUITE_TASKS_DIR")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[1] / "tasks"
+    if repo.is_dir():
+        return repo
+    return Path(str(resources.files("suite.tasks_data")))
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict:
+    return json.loads(resources.files("suite").joinpath("schemas/sequence.schema.json").read_text())
+
+
+def _field(path: Any) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _schema_error_line(err: jsonschema.ValidationError) -> str:
+    where = _field(err.absolute_path)
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        where = f"{where}.{missing}" if err.absolute_path else missing
+        return f"{where}: required field is missing"
+    if err.validator == "enum":
+        return f"{where}: {err.instance!r} is not one of {list(err.validator_value)}"
+    if err.validator == "uniqueItems":
+        seen, dups = set(), []
+        for item in err.instance:
+            key = json.dumps(item, sort_keys=True)
+            (dups.append(item) if key in seen else seen.add(key))
+        return f"{where}: duplicate entries {dups}"
+    if err.validator == "additionalProperties":
+        return f"{where}: {err.message}"
+    if err.validator == "oneOf" and err.context:
+        best = min(err.context, key=lambda e: len(list(e.absolute_path)) * -1)
+        return _schema_error_line(best) if list(best.absolute_path) else f"{where}: {best.message}"
+    return f"{where}: {err.message}"
+
+
+def _load_templates_file(path: Path, owner: Path) -> dict[str, list[str]]:
+    if not path.is_file():
+        raise SequenceError(f"{owner}: templates_file: no such file {path}")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise SequenceError(f"{path}: (top level): must map template-set names to lists of templates")
+    for key, items in data.items():
+        for i, tpl in enumerate(items):
+            if not isinstance(tpl, str) or "{}" not in tpl:
+                raise SequenceError(f"{path}: {key}.{i}: template must be a string containing '{{}}'")
+    return data
+
+
+def _task_from(raw: dict, where: str, templates: dict[str, list[str]], file: Path) -> TaskSpec:
+    tpl = raw.get("templates", ["a photo of a {}."])
+    if isinstance(tpl, str):
+        if tpl not in templates:
+            raise SequenceError(f"{file}: {where}.templates: unknown template set {tpl!r} "
+                                f"(known: {sorted(templates) or 'none; set templates_file'})")
+        tpl = templates[tpl]
+    classes = raw.get("classes")
+    if isinstance(classes, list):
+        classes = tuple(classes)
+    return TaskSpec(name=raw["name"], source=dict(raw["source"]), split=dict(raw["split"]),
+                    classes=classes, templates=tuple(tpl))
+
+
+def parse_sequence(data: Any, file: str | Path = "<memory>") -> TaskSequence:
+    """Validate already-parsed YAML ``data`` and build the sequence; ``file`` names it in errors."""
+    file = Path(file)
+    if not isinstance(data, dict):
+        raise SequenceError(f"{file}: (top level): expected a mapping, got {type(data).__name__}")
+    errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(data),
+                    key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
+    if errors:
+        raise SequenceError(f"{file}: {_schema_error_line(errors[0])}")
+
+    templates: dict[str, list[str]] = {}
+    if "templates_file" in data:
+        templates = _load_templates_file((file.parent / data["templates_file"]).resolve(), file)
+
+    seen: set[str] = set()
+    specs: dict[str, list[TaskSpec]] = {"tasks": [], "control_sets": []}
+    for group in specs:
+        for i, raw in enumerate(data.get(group, [])):
+            where = f"{group}.{i}"
+            if raw["name"] in seen:
+                raise SequenceError(f"{file}: {where}.name: duplicate task name {raw['name']!r}")
+            seen.add(raw["name"])
+            if data["track"] != "cross-modal" and "classes" not in raw:
+                raise SequenceError(f"{file}: {where}.classes: required field is missing for track {data['track']}")
+            if data.get("embedded") and "manifest_sha256" not in raw["split"]:
+                raise SequenceError(f"{file}: {where}.split.manifest_sha256: embedded tasks must pin their manifest hash")
+            if not data.get("embedded") and "rule" not in raw["split"]:
+                raise SequenceError(f"{file}: {where}.split.rule: real-data tasks must state their split rule")
+            specs[group].append(_task_from(raw, where, templates, file))
+    if data["track"] == "domain-incremental":
+        first = specs["tasks"][0].classes
+        for i, t in enumerate(specs["tasks"]):
+            if isinstance(first, tuple) and t.classes != first:
+                raise SequenceError(f"{file}: tasks.{i}.classes: a domain-incremental task must keep the classes of task 0")
+
+    return TaskSequence(
+        name=data["name"], version=data["version"], track=data["track"], protocol=data["protocol"],
+        tasks=tuple(specs["tasks"]), control_sets=tuple(specs["control_sets"]),
+        embedded=bool(data.get("embedded", False)), description=data.get("description", "").strip(),
+        reference=data.get("reference", ""), image_size=data.get("image_size"), seed=data.get("seed", 0),
+        training=dict(data.get("training", {})), path=str(file),
+    )
+
+
+def load_sequence_file(path: str | Path) -> TaskSequence:
+    path = Path(path)
+    if not path.is_file():
+        raise SequenceError(f"{path}: (file): no such sequence file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}" if mark else "(file)"
+        raise SequenceError(f"{path}: {at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_sequence(data, path)
+
+
+def sequence_files() -> dict[str, Path]:
+    """Every sequence file shipped, keyed by its file stem (which equals the sequence name)."""
+    root = tasks_dir()
+    return {p.stem: p for p in sorted(root.glob("*/*.yaml")) if p.parent.name != "templates"}
+
+
+def load_sequence(name_or_path: str | Path) -> TaskSequence:
+    """Load a sequence by shipped name or by file path."""
+    text = str(name_or_path)
+    files = sequence_files()
+    if text in files:
+        return load_sequence_file(files[text])
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        return load_sequence_file(text)
+    raise SequenceError(f"{text}: (name): unknown sequence; known: {', '.join(sorted(files))}")

@@ -1,0 +1,129 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from suite.data import DataMissingError, materialize
+from suite.data import world
+from suite.sequences import parse_sequence
+
+
+def _seq(tasks, track="class-incremental", embedded=False):
+    return parse_sequence({"name": "t", "version": 1, "track": track, "protocol": "task-id", "embedded": embedded,
+                           "tasks": tasks}, "mem.yaml")
+
+
+def test_world_render_is_deterministic_and_domains_differ():
+    rng = np.random.default_rng(0)
+    spec = world.sample_spec("object", "red circle", "solid", rng)
+    a, b = world.render(spec, 32), world.render(dict(spec), 32)
+    assert a.dtype == np.uint8 and a.shape == (32, 32, 3) and np.array_equal(a, b)
+    other = world.render(dict(spec, domain="noisy"), 32)
+    assert not np.array_equal(a, other)
+
+
+def test_world_ground_truth_objects_and_captions():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        s = world.sample_spec("scene", None, "solid", rng)
+        objs = world.objects_of(s)
+        cap = world.caption(s, style="short")
+        assert all(o in cap or o.split()[1] + "s" in cap for o in objs)
+    g = world.sample_spec("glyph", "7", "solid", rng)
+    assert world.objects_of(g) == ["digit 7"]
+
+
+def test_world_unknown_values_are_errors():
+    rng = np.random.default_rng(0)
+    with pytest.raises(world.WorldError, match="unknown domain"):
+        world.sample_spec("shape", "circle", "watercolour", rng)
+    with pytest.raises(world.WorldError, match="unknown shape"):
+        world.sample_spec("shape", "blob", "solid", rng)
+
+
+def _write_idx(path, arr):
+    arr = np.asarray(arr, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    with gzip.open(str(path) + ".gz", "wb") as fh:
+        fh.write(header + arr.tobytes())
+
+
+def test_fashion_mnist_idx_adapter(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    seq = _seq([{"name": "f", "source": {"adapter": "fashion-mnist", "root": str(tmp_path)}, "classes": [str(i) for i in range(10)],
+                 "split": {"rule": "official", "train_per_class": 2, "test_per_class": 1}}])
+    data = materialize(seq, "f", size=16)
+    assert len(data.train) == 20 and len(data.test) == 10 and data.train.images.shape[1:] == (16, 16, 3)
+    assert len(data.manifest_sha256) == 64
+
+
+def test_fashion_mnist_missing_names_package(tmp_path):
+    seq = _seq([{"name": "f", "source": {"adapter": "fashion-mnist", "root": str(tmp_path / "none")}, "classes": ["a"],
+                 "split": {"rule": "official"}}])
+    with pytest.raises(DataMissingError, match="dataset-fashion-mnist"):
+        materialize(seq, "f")
+
+
+def test_imagefolder_adapter_with_class_range_and_few_shot(tmp_path):
+    for split in ("train", "test"):
+        for c in ("ant", "bee", "cat"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (10, 10), (i * 40, 0, 0)).save(d / f"{i}.png")
+    seq = _seq([{"name": "ants", "source": {"adapter": "imagefolder", "root": str(tmp_path)},
+                 "classes": {"from": "folders", "range": [1, 3]}, "split": {"rule": "official", "few_shot": 2}}])
+    data = materialize(seq, "ants")
+    assert data.classnames == ["bee", "cat"]
+    assert len(data.train) == 4 and len(data.test) == 8 and set(data.test.labels) == {0, 1}
+    assert data.test.load(0).shape == (10, 10, 3)
+
+
+def test_torchvision_adapter_reads_local_root_never_downloads(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        for suffix, arr in (("images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28))), ("labels-idx1-ubyte", np.arange(n) % 3)):
+            arr = np.asarray(arr, dtype=np.uint8)
+            header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+            (raw / f"{prefix}-{suffix}").write_bytes(header + arr.tobytes())
+    seq = _seq([{"name": "m", "source": {"adapter": "torchvision", "dataset": "MNIST", "root": str(tmp_path)},
+                 "classes": {"from": "dataset", "range": [0, 3]}, "split": {"rule": "official"}}])
+    data = materialize(seq, "m")
+    assert len(data.train) == 12 and len(data.test) == 6 and data.classnames[0].startswith("0")
+    seq2 = _seq([{"name": "m", "source": {"adapter": "torchvision", "dataset": "MNIST", "root": str(tmp_path / "empty")},
+                  "classes": {"from": "dataset"}, "split": {"rule": "official"}}])
+    with pytest.raises(DataMissingError, match="MNIST"):
+        materialize(seq2, "m")
+
+
+def test_webdataset_adapter_reads_local_shards(tmp_path):
+    import io
+
+    import webdataset as wds
+
+    for split in ("train", "test"):
+        with wds.TarWriter(str(tmp_path / f"pairs-{split}-000000.tar")) as sink:
+            for i in range(5):
+                buf = io.BytesIO()
+                Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(buf, format="PNG")
+                sink.write({"__key__": f"{split}{i:03d}", "png": buf.getvalue(), "txt": f"caption {i}"})
+    seq = _seq([{"name": "pairs", "source": {"adapter": "webdataset", "root": str(tmp_path), "urls": "pairs-{split}-000000.tar"},
+                 "split": {"rule": "karpathy"}}], track="cross-modal")
+    data = materialize(seq, "pairs")
+    assert len(data.train) == 5 and data.test.captions[2] == "caption 2"
+    assert data.test.load(1).shape == (8, 8, 3)
+
+
+def test_sklearn_digits_adapter_is_seeded_and_disjoint():
+    seq = _seq([{"name": "d", "source": {"adapter": "sklearn-digits"}, "classes": [str(i) for i in range(10)],
+                 "split": {"rule": "seeded-holdout", "train_per_class": 5, "test_per_class": 5}}])
+    data = materialize(seq, "d", size=24)
+    assert len(data.train) == 50 and len(data.test) == 50
+    assert not set(data.train.ids) & set(data.test.ids)
