@@ -1,0 +1,128 @@
+"""One door to backbones: :func:`create_model_and_transforms` returns a frozen :class:`Backbone`.
+
+Model specs (strings):
+
+- ``embedded:tiny-clip`` — our embedded configs (``suite/models/configs/*.json``), with the shipped
+  pretrained weights when they exist (``suite/assets/<name>.safetensors``), else random (``embedded:tiny-clip@random``);
+- ``open_clip:ViT-B-16`` (random), ``open_clip:ViT-B-16@openai`` (pretrained tag; needs the weights cached
+  locally since nothing downloads here), ``open_clip:ViT-B-16@/path/to/ckpt.pt`` (local checkpoint);
+- ``hf:/path/to/dir`` — a transformers ``CLIPModel`` saved with ``save_pretrained``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .backbone import Backbone, HFBackbone, OpenClipBackbone
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ModelError(ValueError):
+    pass
+
+
+def embedded_configs() -> dict[str, Path]:
+    root = Path(str(resources.files("suite").joinpath("models/configs")))
+    return {p.stem: p for p in sorted(root.glob("*.json"))}
+
+
+def embedded_config(name: str) -> dict:
+    files = embedded_configs()
+    if name not in files:
+        raise ModelError(f"unknown embedded model {name!r}; known: {', '.join(files)}")
+    cfg = json.loads(files[name].read_text())
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def asset_path(name: str) -> Path:
+    return Path(str(resources.files("suite").joinpath("assets"))) / f"{name}.safetensors"
+
+
+def _load_state(model: nn.Module, path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if unexpected or [m for m in missing if not m.endswith("attn_mask")]:
+        raise ModelError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    kind, _, rest = spec.partition(":")
+    if not rest:
+        kind, rest = "embedded", spec
+    name, _, tag = rest.partition("@")
+    return kind, name, (tag or None)
+
+
+def create_model_and_transforms(spec: str = "embedded:tiny-clip", device: str | torch.device = "cpu",
+                                freeze: bool = True) -> Backbone:
+    """Build the backbone named by ``spec`` (see module doc); its weights are frozen unless ``freeze=False``."""
+    kind, name, tag = parse_spec(spec)
+    if kind == "embedded":
+        import open_clip
+
+        cfg = embedded_config(name)
+        model = open_clip.CLIP(**cfg)
+        weights = None
+        if tag != "random":
+            weights = Path(tag) if tag else asset_path(name)
+            if weights.is_file():
+                _load_state(model, weights)
+            elif tag:
+                raise ModelError(f"{spec}: checkpoint {weights} not found")
+            else:
+                weights = None
+        ctx = cfg["text_cfg"]["context_length"]
+        bb = OpenClipBackbone(model, image_size=cfg["vision_cfg"]["image_size"], context_length=ctx,
+                              mean=CLIP_MEAN, std=CLIP_STD, spec=spec, pretrained=weights is not None)
+    elif kind == "open_clip":
+        import open_clip
+
+        pretrained = tag
+        if tag and (os.sep in tag or tag.endswith((".pt", ".bin", ".safetensors"))) and not Path(tag).is_file():
+            raise ModelError(f"{spec}: checkpoint {tag} not found")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        except RuntimeError as exc:
+            raise ModelError(f"{spec}: {str(exc).splitlines()[0]} (nothing is downloaded here: cache the weights "
+                             f"first or give a local checkpoint path)") from None
+        vis = model.visual
+        size = vis.image_size[0] if isinstance(vis.image_size, (tuple, list)) else vis.image_size
+        mean = getattr(vis, "image_mean", None) or CLIP_MEAN
+        std = getattr(vis, "image_std", None) or CLIP_STD
+        bb = OpenClipBackbone(model, image_size=size, context_length=model.context_length, mean=mean, std=std,
+                              spec=spec, pretrained=tag is not None, tokenizer=open_clip.get_tokenizer(name),
+                              pil_preprocess=preprocess)
+    elif kind == "hf":
+        from transformers import CLIPModel, CLIPTokenizer
+
+        path = Path(name)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{spec}: no transformers CLIPModel at {path} (expected config.json from save_pretrained)")
+        model = CLIPModel.from_pretrained(str(path), local_files_only=True)
+        tok = CLIPTokenizer.from_pretrained(str(path), local_files_only=True) if (path / "vocab.json").is_file() else None
+        bb = HFBackbone(model, tokenizer=tok, spec=spec)
+    else:
+        raise ModelError(f"unknown model kind {kind!r} in {spec!r} (use embedded:, open_clip: or hf:)")
+    if freeze:
+        for p in bb.parameters():
+            p.requires_grad_(False)
+    return bb.to(device).eval()
+
+
+__all__ = ["Backbone", "ModelError", "create_model_and_transforms", "embedded_config", "embedded_configs", "asset_path"]

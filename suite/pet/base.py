@@ -1,0 +1,162 @@
+"""What every PET shares (the HF PEFT shape): a config, layer modules, and an ``attach`` that injects them.
+
+A PET layer *declares* the gradient spaces of its parameters (:class:`~suite.projection.GradSpace`) and
+*emits* the features each space acts on through :meth:`PETLayer.emit` when a collector is listening. It never
+projects anything itself: methods such as PEGP own the bases and the projection, so every PET is projected
+by the same code.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..models.backbone import TOWERS, Backbone, BlockSite
+from ..projection import GradSpace
+
+Sink = Callable[[str, torch.Tensor], None]
+
+
+@dataclass
+class PETConfig:
+    """Options every PET has: which tower(s) and which block indices (``"all"``, ``"0-3"``, ``"0,2,5"``)."""
+
+    towers: str = "both"
+    layers: str = "all"
+
+    def tower_list(self) -> list[str]:
+        if self.towers == "both":
+            return list(TOWERS)
+        if self.towers not in TOWERS:
+            raise ValueError(f"towers must be vision, text or both, got {self.towers!r}")
+        return [self.towers]
+
+    def layer_ids(self, n: int) -> list[int]:
+        spec = str(self.layers).strip()
+        if spec == "all":
+            return list(range(n))
+        ids: list[int] = []
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            ids.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+        bad = [i for i in ids if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"layers {bad} out of range 0..{n - 1}")
+        return sorted(set(ids))
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "PETConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_sites(backbone: Backbone, cfg: PETConfig) -> list[BlockSite]:
+    sites: list[BlockSite] = []
+    for tower in cfg.tower_list():
+        blocks = backbone.blocks(tower)
+        sites.extend(blocks[i] for i in cfg.layer_ids(len(blocks)))
+    return sites
+
+
+class PETLayer(nn.Module):
+    """Base of every PET layer: a name, declared gradient spaces, and feature emission.
+
+    ``borrowed`` names child modules that belong to the frozen backbone (the wrapped Linear or MLP): they are
+    not PET parameters, and attribute look-ups the layer does not answer are passed on to them, so code that
+    reads e.g. ``mlp.c_fc`` or ``q.weight`` through the wrapper keeps working.
+    """
+
+    borrowed: tuple[str, ...] = ()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            for b in type(self).borrowed:
+                inner = self._modules.get(b)
+                if inner is not None and name != b:
+                    return getattr(inner, name)
+            raise
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.pet_name = name
+        self._sink: Sink | None = None
+
+    def emit(self, key: str, feats: torch.Tensor) -> None:
+        if self._sink is not None:
+            self._sink(f"{self.pet_name}.{key}", feats)
+
+    def grad_spaces(self) -> list[GradSpace]:
+        return []
+
+    def fixed_after_first_task(self) -> list[nn.Parameter]:
+        """Parameters with no feature space (e.g. gates) that projection methods freeze after task 1."""
+        return []
+
+
+class PET(nn.Module):
+    """An attached PET: holds its layers (so ``parameters()`` are exactly the trainable PET parameters)."""
+
+    def __init__(self, kind: str, config: PETConfig, layers: list[PETLayer], restore: Callable[[], None]):
+        super().__init__()
+        self.kind, self.config = kind, config
+        self.pet_layers = nn.ModuleList(layers)
+        self._restore = restore
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """Only the PET's own parameters: never the backbone modules a layer wraps."""
+        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+            if not self._borrowed(name[len(prefix) + 1:] if prefix else name):
+                yield name, p
+
+    def _borrowed(self, name: str) -> bool:
+        parts = name.split(".")
+        return len(parts) > 3 and parts[0] == "pet_layers" and parts[2] in self.pet_layers[int(parts[1])].borrowed
+
+    def state_dict(self, *args, **kwargs):
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not self._borrowed(k)}
+
+    def load_state_dict(self, state, strict: bool = True):
+        own = dict(self.named_parameters())
+        if strict and set(own) != set(state):
+            raise KeyError(f"PET state mismatch: missing {sorted(set(own) - set(state))[:3]}, "
+                           f"unexpected {sorted(set(state) - set(own))[:3]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+    def grad_spaces(self) -> list[GradSpace]:
+        return [s for layer in self.pet_layers for s in layer.grad_spaces()]
+
+    def fixed_after_first_task(self) -> list[nn.Parameter]:
+        return [p for layer in self.pet_layers for p in layer.fixed_after_first_task()]
+
+    def set_sink(self, sink: Sink | None) -> None:
+        for layer in self.pet_layers:
+            layer._sink = sink
+
+    def touches_tower(self, tower: str) -> bool:
+        return tower in self.config.tower_list()
+
+    def detach_from_model(self) -> None:
+        """Undo the injection (the backbone is as it was before ``attach``)."""
+        self._restore()
+
+
+def replace_attr(parent: nn.Module, attr: str, new: nn.Module, undo: list[Callable[[], None]]) -> None:
+    old = getattr(parent, attr)
+    setattr(parent, attr, new)
+    undo.append(lambda: setattr(parent, attr, old))
+
+
+def undo_all(undo: list[Callable[[], None]]) -> Callable[[], None]:
+    return lambda: [u() for u in reversed(undo)]

@@ -1,0 +1,70 @@
+"""LoRA (Hu et al., 2022): ``W x + (α/r) B A x`` on frozen Linear maps; ``B = 0`` at init.
+
+Works on transformers' separate q/k/v/out Linear and on open_clip's fused attention, which the backbone has
+already split into four Linear maps (:class:`~suite.models.attention.SplitAttention`). PEFT's LoRA would also
+fit plain Linear layers, but not that fused in-projection, and PEGP needs the features entering ``A`` and
+``B``; one small module serves every site.
+
+Gradient spaces: ``A`` (r x d_in) acts on the layer inputs ``x``; ``B`` (d_out x r) acts on ``A x``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models.backbone import Backbone
+from ..projection import GradSpace
+from .base import PET, PETConfig, PETLayer, replace_attr, select_sites, undo_all
+
+ATTN_ROLES = ("q", "k", "v", "out")
+MLP_ROLES = ("fc1", "fc2")
+
+
+@dataclass
+class LoRAConfig(PETConfig):
+    rank: int = 4
+    alpha: float = 8.0
+    targets: str = "q,k,v,out"  # any of q,k,v,out,fc1,fc2
+    mlp: bool = False  # shorthand: also fc1,fc2
+
+
+class LoRALinear(PETLayer):
+    borrowed = ("base",)
+    def __init__(self, name: str, base: nn.Linear, rank: int, alpha: float):
+        super().__init__(name)
+        self.base = base
+        self.rank, self.scale = rank, alpha / rank
+        self.A = nn.Parameter(torch.empty(rank, base.in_features))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mid = x @ self.A.T
+        self.emit("A", x)
+        self.emit("B", mid)
+        return self.base(x) + self.scale * (mid @ self.B.T)
+
+    def grad_spaces(self) -> list[GradSpace]:
+        return [GradSpace(f"{self.pet_name}.A", self.A, self.A.shape[1]),
+                GradSpace(f"{self.pet_name}.B", self.B, self.rank)]
+
+
+def attach(backbone: Backbone, cfg: LoRAConfig) -> PET:
+    roles = [r.strip() for r in cfg.targets.split(",") if r.strip()] + (list(MLP_ROLES) if cfg.mlp else [])
+    bad = [r for r in roles if r not in ATTN_ROLES + MLP_ROLES]
+    if bad:
+        raise ValueError(f"lora targets {bad} unknown; use {', '.join(ATTN_ROLES + MLP_ROLES)}")
+    layers, undo = [], []
+    for site in select_sites(backbone, cfg):
+        for role in dict.fromkeys(roles):
+            parent, attr = site.linears[role]
+            base = getattr(parent, attr)
+            if isinstance(base, LoRALinear):
+                raise ValueError(f"{site.tower}.{site.index}.{role} already carries LoRA")
+            layer = LoRALinear(f"lora.{site.tower}.{site.index}.{role}", base, cfg.rank, cfg.alpha)
+            replace_attr(parent, attr, layer, undo)
+            layers.append(layer)
+    return PET("lora", cfg, layers, undo_all(undo))
