@@ -155,5 +155,7 @@ def _load_extensions() -> None:
                 raise
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # ``python -m suite.cli``: use the package's module, where subcommands register
+    from suite.cli import main as _main
+
+    sys.exit(_main())

@@ -1,4 +1,42 @@
 import os
+from pathlib import Path
+
+import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+WORLD_TEMPLATES = str(Path(__file__).resolve().parents[1] / "tasks" / "templates" / "world.yaml")
+
+
+def small_sequence(track: str = "class-incremental", protocol: str = "task-agnostic", n_tasks: int = 2,
+                   train: int = 8, test: int = 6) -> dict:
+    """A small world sequence (not embedded: no pins) for fast tests."""
+    groups = [["red circle", "blue square"], ["green triangle", "yellow star"], ["purple heart", "cyan cross"]]
+    tasks = []
+    for i in range(n_tasks):
+        if track == "cross-modal":
+            tasks.append({"name": f"t{i}", "source": {"adapter": "world", "facet": "scene", "domain": ["solid", "noisy", "outline"][i]},
+                          "templates": "caption", "split": {"rule": "generated", "train_size": train * 2, "test_size": test * 2}})
+        else:
+            tasks.append({"name": f"t{i}", "source": {"adapter": "world", "facet": "object", "domain": ["solid", "textured", "noisy"][i]},
+                          "classes": groups[i], "templates": "object",
+                          "split": {"rule": "generated", "train_per_class": train, "test_per_class": test}})
+    return {"name": f"small-{track}", "version": 1, "track": track, "protocol": protocol, "embedded": False,
+            "image_size": 16, "templates_file": WORLD_TEMPLATES,
+            "training": {"iterations": 4, "batch_size": 8, "lr": 0.01},
+            "tasks": tasks,
+            "control_sets": [{"name": "ctrl", "source": {"adapter": "world", "facet": "object", "domain": "solid", "heldout": True},
+                              "classes": ["red star", "blue heart"], "templates": "object",
+                              "split": {"rule": "generated", "train_per_class": 0, "test_per_class": 4}}]}
+
+
+@pytest.fixture
+def seq_file(tmp_path):
+    def make(**kw) -> str:
+        p = tmp_path / f"seq-{len(list(tmp_path.glob('seq-*')))}.yaml"
+        p.write_text(yaml.safe_dump(small_sequence(**kw)))
+        return str(p)
+    return make

@@ -129,3 +129,11 @@ def load_fashion_mnist(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData
         parts[split_name] = Split(labels=labels[idx], ids=[f"fashion-mnist:{prefix}:{i}" for i in idx],
                                   images=resize_uint8(sel, size))
     return TaskData(task.name, list(task.classes), list(task.templates), parts["train"], parts["test"])
+
+
+def reference_pairs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """``n`` world scenes with captions for distillation-style methods (ZSCL): seen compositions, plain domains."""
+    rng = np.random.default_rng(10_000 + seed)
+    specs = [world.sample_spec("scene", None, ("solid", "outline")[i % 2], rng, forbidden=HELDOUT_COMPOSITIONS)
+             for i in range(n)]
+    return np.stack([world.render(s, size) for s in specs]), [world.caption(s) for s in specs]

@@ -206,7 +206,7 @@ def render(spec: dict, size: int = 32, supersample: int = 2) -> np.ndarray:
         img = img.filter(ImageFilter.GaussianBlur(radius=size / 24))
     elif domain == "pixelated":
         low = max(6, size // 4)
-        img = img.convert("L").resize((low, low), Image.BOX).resize((size, size), Image.NEAREST).convert("RGB")
+        img = img.convert("L").resize((low, low), Image.BOX).resize((size, size), Image.BILINEAR).convert("RGB")
     out = np.asarray(img, dtype=np.float64)
     if domain == "noisy":
         out = out + rng.normal(0, 40, out.shape)

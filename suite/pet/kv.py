@@ -30,11 +30,14 @@ class GatedKV(PETLayer):
         raise NotImplementedError
 
     def contribute(self, q: torch.Tensor, attn: SplitAttention) -> torch.Tensor:
-        pk, pv = self.keys_values(attn)  # (H, L, d_h)
-        a = torch.softmax(torch.einsum("bhnd,hld->bhnl", q, pk) / math.sqrt(self.head_dim), dim=-1)
+        pk, pv = self.keys_values(attn)  # (H, L, d_h), or (B, H, L, d_h) for per-sample sources
+        if pk.dim() == 3:
+            pk, pv = pk.unsqueeze(0), pv.unsqueeze(0)
+        pk, pv = pk.expand(q.shape[0], -1, -1, -1), pv.expand(q.shape[0], -1, -1, -1)
+        a = torch.softmax(torch.einsum("bhnd,bhld->bhnl", q, pk) / math.sqrt(self.head_dim), dim=-1)
         if self._sink is not None:
             self.observe(q, a, attn)
-        return torch.tanh(self.gate) * torch.einsum("bhnl,hld->bhnd", a, pv)
+        return torch.tanh(self.gate) * torch.einsum("bhnl,bhld->bhnd", a, pv)
 
     def observe(self, q: torch.Tensor, a: torch.Tensor, attn: SplitAttention) -> None:
         raise NotImplementedError

@@ -1,0 +1,255 @@
+"""Subcommands beyond tasks/metrics: run, sweep, summarize, demo, pretrain, zeroshot-report, bench.
+
+Each handler parses nothing itself: it maps arguments onto one public function of the package.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cli import _COMMANDS, _EXTENSIONS, command
+
+
+def _kv(text: str) -> dict[str, Any]:
+    """``rank=8,towers=vision`` → ``{"rank": 8, "towers": "vision"}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ValueError(f"option {part!r} is not key=value")
+        k, v = part.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with the same fields as the options below (options override it)")
+    p.add_argument("--sequence", help="task sequence: shipped name or path to a YAML file")
+    p.add_argument("--model", help="backbone: embedded:tiny-clip (default), open_clip:ViT-B-16@openai, hf:/path")
+    p.add_argument("--pet", help="adapter, lora, prefix, prompt, or none")
+    p.add_argument("--pet-options", help="PET hyper-parameters, e.g. rank=8,towers=vision,layers=0-5")
+    p.add_argument("--method", help="zeroshot, seq, pegp, finetune, lwf, ewc, wiseft, zscl, l2p, gpm, or a plug-in")
+    p.add_argument("--method-options", help="method hyper-parameters, e.g. threshold=0.99")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast")
+    p.add_argument("--iterations", type=int, help="training iterations per task (overrides the sequence default)")
+    p.add_argument("--epochs", type=int, help="training epochs per task (instead of iterations)")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--max-eval", type=int, help="cap on test samples per task (quick runs)")
+    p.add_argument("--out", help="folder for the results record (default results/)")
+    p.add_argument("--run-dir", help="folder for checkpoints (default runs/)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last finished task")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_config_from_args(args: argparse.Namespace):
+    from .runner import RunConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such config file")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: (top level): a run config is a mapping")
+    for key in ("sequence", "model", "method", "seed", "device", "amp", "max_eval", "out", "run_dir", "resume"):
+        val = getattr(args, key, None)
+        if val is not None:
+            data[key] = val
+    if args.pet is not None:
+        data["pet"] = None if args.pet == "none" else args.pet
+    if args.pet_options:
+        data["pet_options"] = {**data.get("pet_options", {}), **_kv(args.pet_options)}
+    if args.method_options:
+        data["method_options"] = {**data.get("method_options", {}), **_kv(args.method_options)}
+    training = dict(data.get("training", {}))
+    for key in ("iterations", "epochs", "batch_size", "lr"):
+        val = getattr(args, key, None)
+        if val is not None:
+            training[key] = val
+    data["training"] = training
+    data["progress"] = not args.quiet
+    data["command"] = "clsuite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return RunConfig.from_dict(data, args.config or "command line")
+
+
+@command("run")
+def _run(args: argparse.Namespace) -> int:
+    from .runner import Runner, TrainingFailed, summary_table
+
+    cfg = run_config_from_args(args)
+    runner = Runner(cfg)
+    try:
+        rec = runner.run()
+    except TrainingFailed as exc:
+        print(f"clsuite: run failed: {exc}; finished tasks are kept in {runner.run_dir}/record.partial.json",
+              file=sys.stderr)
+        return 1
+    if runner.rank == 0:
+        print(summary_table(rec))
+        print(f"record: {runner.out_path()}")
+    return 0
+
+
+@command("sweep")
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    base = run_config_from_args(args)
+    paths = sweep(base, methods=args.methods.split(","), pets=args.pets.split(","),
+                  seeds=[int(s) for s in args.seeds.split(",")])
+    for p in paths:
+        print(p)
+    return 0
+
+
+@command("summarize")
+def _summarize(args: argparse.Namespace) -> int:
+    from .sweep import summarize_table
+
+    print(summarize_table(args.records))
+    return 0
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    print(demo(out=args.out, quick=args.quick, site=not args.no_site))
+    return 0
+
+
+@command("pretrain")
+def _pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import pretrain
+
+    res = pretrain(args.recipe, args.out, steps=args.steps)
+    losses = res["losses"]
+    k = max(1, min(50, len(losses) // 4))
+    print(f"loss: first {sum(losses[:k]) / k:.4f} → last {sum(losses[-k:]) / k:.4f} over {len(losses)} steps; "
+          f"{res['train_seconds']:.0f}s training" + (f"; weights sha256 {res['sha256']}" if "sha256" in res else ""))
+    return 0
+
+
+@command("zeroshot-report")
+def _zs_report(args: argparse.Namespace) -> int:
+    from .models import create_model_and_transforms
+    from .zeroshot_report import zero_shot_report
+
+    rep = zero_shot_report(create_model_and_transforms(args.model))
+    print(json.dumps(rep, indent=1))
+    return 0
+
+
+@command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    print(run_bench(args.what, quick=args.quick))
+    return 0
+
+
+@command("leaderboard build")
+def _lb_build(args: argparse.Namespace) -> int:
+    from .leaderboard.build import build_site
+
+    print(build_site(args.results, args.out))
+    return 0
+
+
+@command("plot")
+def _plot(args: argparse.Namespace) -> int:
+    from .leaderboard.plots import PLOTS, plot_record
+    from .records import load_record
+
+    for path in args.records:
+        rec = load_record(path)
+        out = Path(args.out) / rec["run_id"]
+        for kind, p in plot_record(rec, out, args.kind or PLOTS).items():
+            print(p)
+    return 0
+
+
+@command("submit")
+def _submit(args: argparse.Namespace) -> int:
+    from .leaderboard.submit import pack
+
+    print(pack(args.records, args.out, args.method_source or ""))
+    return 0
+
+
+@command("validate")
+def _validate(args: argparse.Namespace) -> int:
+    from .leaderboard.submit import validate_submission
+
+    problems = validate_submission(args.submission)
+    for line in problems:
+        print(f"rejected: {line}")
+    if not problems:
+        print(f"valid: {args.submission}")
+    return 1 if problems else 0
+
+
+@command("reproduce")
+def _reproduce(args: argparse.Namespace) -> int:
+    from .leaderboard.submit import reproduce
+
+    res = reproduce(args.record, args.tolerance)
+    print(json.dumps(res))
+    return 0 if res["reproduced"] else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lb = sub.add_parser("leaderboard", help="build the static leaderboard site")
+    lsub = lb.add_subparsers(dest="sub", required=True)
+    p = lsub.add_parser("build", help="turn results/*.json into a static site (default leaderboards/site/)")
+    p.add_argument("--results", default="results", help="folder of results records")
+    p.add_argument("--out", help="site folder (default leaderboards/site)")
+    p = sub.add_parser("plot", help="forgetting curves, heatmap, retention and hallucination plots of records")
+    p.add_argument("records", nargs="+")
+    p.add_argument("--out", default="plots")
+    p.add_argument("--kind", action="append", choices=["forgetting", "heatmap", "retention", "hallucination"])
+    p = sub.add_parser("submit", help="pack run records into one submission file")
+    p.add_argument("records", nargs="+")
+    p.add_argument("--out", default="submission.json")
+    p.add_argument("--method-source", help="where the method's code lives (URL, package==version)")
+    p = sub.add_parser("validate", help="check a submission: schema, board, manifests, seeds, recomputed aggregates")
+    p.add_argument("submission")
+    p = sub.add_parser("reproduce", help="re-run a record's configuration; mark it reproduced when the matrix agrees")
+    p.add_argument("record")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+
+    p = sub.add_parser("run", help="run one (sequence, model, PET, method, seed) and write its results record")
+    _add_run_options(p)
+    p = sub.add_parser("sweep", help="run a grid of methods x PETs x seeds")
+    _add_run_options(p)
+    p.add_argument("--methods", default="seq,pegp", help="comma-separated methods")
+    p.add_argument("--pets", default="lora", help="comma-separated PETs (none for PET-less methods)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p = sub.add_parser("summarize", help="mean ± 95%% CI across seeds of records")
+    p.add_argument("records", nargs="+", help="record files or folders")
+    p = sub.add_parser("demo", help="the main job: zero-shot, seq-PET and PET+PEGP on the embedded sequences")
+    p.add_argument("--out", default="results", help="folder for records (default results/)")
+    p.add_argument("--quick", action="store_true", help="fewer iterations and sequences (smoke test)")
+    p.add_argument("--no-site", action="store_true", help="do not build the leaderboard site")
+    p = sub.add_parser("pretrain", help="pretrain an embedded CLIP with a recipe (suite/models/recipes)")
+    p.add_argument("--recipe", default="tiny-world")
+    p.add_argument("--out", help="folder for <model>.safetensors and <model>.json")
+    p.add_argument("--steps", type=int, help="override the recipe's step count (short checks)")
+    p = sub.add_parser("zeroshot-report", help="zero-shot accuracy of a backbone on held-out world splits and real sets")
+    p.add_argument("--model", default="embedded:tiny-clip")
+    p = sub.add_parser("bench", help="speed/memory benchmarks that print ratios")
+    p.add_argument("what", choices=["projection", "runner", "memory", "all"])
+    p.add_argument("--quick", action="store_true", help="tiny model only")
+
+
+_EXTENSIONS.append(register)
+assert "run" in _COMMANDS

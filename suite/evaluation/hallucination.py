@@ -1,0 +1,90 @@
+"""Cross-modal hallucination, defined once here. All functions take score matrices, so they are testable
+on hand-built numbers and reusable for any model.
+
+1. **Absent-concept false positives (CLIP-POPE).** For images with known object lists and a concept
+   vocabulary, ``scores[i, c]`` is the image-text score of image i with the text naming concept c. A concept
+   is answered "yes" when its score exceeds a per-concept threshold calibrated on the *pretrained* model
+   (:func:`calibrate_thresholds`: the threshold maximising that model's F1 for the concept). Questions are
+   all present concepts plus an equal number of absent ones drawn three ways, as in POPE (Li et al., 2023):
+   *random* (uniform over absent concepts), *popular* (most frequent concepts overall), *adversarial* (absent
+   concepts that share an attribute with a present one — here colour or shape). Reported: precision, recall,
+   F1, yes-ratio, and the false-positive rate on absent concepts.
+2. **Seen-class hijacking.** Images whose true class is *not* among the learned classes (control sets,
+   not-yet-learned tasks), classified among learned ∪ own classes: the share predicted as a learned class,
+   and the mean probability of those predictions.
+3. **Retrieval confident mismatch** — see :func:`suite.evaluation.retrieval.confident_mismatch_rate`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+STRATEGIES = ("random", "popular", "adversarial")
+
+
+def calibrate_thresholds(scores: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Per-concept threshold maximising F1 of ``scores > t`` against ``present`` (bool, same shape)."""
+    scores, present = np.asarray(scores, np.float64), np.asarray(present, bool)
+    th = np.empty(scores.shape[1])
+    for c in range(scores.shape[1]):
+        s, y = scores[:, c], present[:, c]
+        cands = np.unique(s)
+        tries = np.concatenate([[cands[0] - 1e-9], (cands[:-1] + cands[1:]) / 2])
+        f1 = [2 * ((s > t) & y).sum() / max(1, (s > t).sum() + y.sum()) for t in tries]
+        th[c] = tries[int(np.argmax(f1))]
+    return th
+
+
+def _questions(present: np.ndarray, concepts: list[str], strategy: str, rng: np.random.Generator) -> list[tuple[int, int, bool]]:
+    freq = Counter(int(c) for c in np.argwhere(present)[:, 1])
+    popular_order = sorted(range(len(concepts)), key=lambda c: (-freq.get(c, 0), c))
+    qs = []
+    for i in range(present.shape[0]):
+        pos = list(np.flatnonzero(present[i]))
+        absent = [c for c in range(len(concepts)) if not present[i, c]]
+        if strategy == "random":
+            neg = list(rng.permutation(absent)[: len(pos)]) if absent else []
+        elif strategy == "popular":
+            neg = [c for c in popular_order if c in set(absent)][: len(pos)]
+        elif strategy == "adversarial":
+            attrs = {a for c in pos for a in concepts[c].split()}
+            close = [c for c in absent if attrs & set(concepts[c].split())]
+            far = [c for c in absent if c not in set(close)]
+            neg = (list(rng.permutation(close)) + list(rng.permutation(far)))[: len(pos)]
+        else:
+            raise ValueError(f"unknown POPE strategy {strategy!r}")
+        qs += [(i, int(c), True) for c in pos] + [(i, int(c), False) for c in neg]
+    return qs
+
+
+def pope(scores: np.ndarray, present: np.ndarray, thresholds: np.ndarray, concepts: list[str],
+         seed: int = 0) -> dict[str, dict[str, float]]:
+    """POPE-style yes/no evaluation of an image-concept score matrix under the three negative strategies."""
+    scores, present = np.asarray(scores, np.float64), np.asarray(present, bool)
+    out = {}
+    for strategy in STRATEGIES:
+        qs = _questions(present, concepts, strategy, np.random.default_rng(seed))
+        if not qs:
+            continue
+        yes = np.array([scores[i, c] > thresholds[c] for i, c, _ in qs])
+        truth = np.array([t for _, _, t in qs])
+        tp, fp = int((yes & truth).sum()), int((yes & ~truth).sum())
+        fn = int((~yes & truth).sum())
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        out[strategy] = {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+                         "yes_ratio": float(yes.mean()), "accuracy": float((yes == truth).mean()),
+                         "false_positive_rate": float(yes[~truth].mean()) if (~truth).any() else 0.0}
+    return out
+
+
+def hijacking(probs: np.ndarray, learned: np.ndarray) -> dict[str, float]:
+    """``probs``: (N, C) over learned ∪ own classes for images of *unlearned* classes; ``learned``: bool (C,)."""
+    probs = np.asarray(probs, np.float64)
+    learned = np.asarray(learned, bool)
+    if len(probs) == 0:
+        return {"rate": 0.0, "confidence": 0.0}
+    pred = probs.argmax(1)
+    hij = learned[pred]
+    return {"rate": float(hij.mean()), "confidence": float(probs.max(1)[hij].mean()) if hij.any() else 0.0}

@@ -1,0 +1,97 @@
+"""L2P-style prompt pool (Wang et al., CVPR 2022): a pool of prompts with keys; each image picks the top-N
+prompts whose keys best match its frozen-model feature, and a pull loss draws the chosen keys to the queries.
+
+Prompts enter the vision blocks through the same gated key/value branch as prompt-tuning
+(:mod:`suite.pet.kv`), with per-image prompts. The method owns its pool, so it runs without ``--pet``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..pet.base import PETConfig, select_sites
+from ..pet.kv import GatedKV, register_source
+from .base import Method, RunContext
+
+
+class PoolPrompt(GatedKV):
+    def __init__(self, name: str, attn, norm: nn.Module, width: int, pool: int, length: int, top_n: int):
+        super().__init__(name, attn, length * top_n)
+        self.norm = [norm]
+        self.width, self.plen = width, length
+        self.tokens = nn.Parameter(torch.randn(pool, length, width) * 0.5)
+        self.selection: torch.Tensor | None = None  # (B, top_n) indices into the pool
+
+    def keys_values(self, attn) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = self.tokens[self.selection].flatten(1, 2)  # (B, top_n * length, width)
+        normed = self.norm[0](chosen)
+        b = normed.shape[0]
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, self.length, self.num_heads, self.head_dim).transpose(1, 2)
+
+        return heads(attn.k(normed)), heads(attn.v(normed))
+
+
+class L2P(Method):
+    name = "l2p"
+    needs_pet = False
+    text_changes = False
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        return {"pool": 10, "length": 4, "top_n": 2, "layers": "0", "pull_weight": 0.5}
+
+    def setup(self, ctx: RunContext) -> None:
+        o = self.options
+        self.layers: list[PoolPrompt] = []
+        undo: list = []
+        for site in select_sites(ctx.backbone, PETConfig(towers="vision", layers=o["layers"])):
+            layer = PoolPrompt(f"l2p.vision.{site.index}", site.attn, site.block.ln_1, site.width, o["pool"], o["length"], o["top_n"])
+            register_source(site.attn, layer, undo)
+            self.layers.append(layer.to(ctx.device))
+        dim = int(ctx.backbone.model.visual.output_dim)
+        self.keys = nn.Parameter(torch.randn(o["pool"], dim, device=ctx.device))
+        self._querying = False
+        self._pull: torch.Tensor | None = None
+        ctx.backbone.model.visual.register_forward_pre_hook(self._select)
+
+    def _select(self, visual: nn.Module, args: tuple) -> None:
+        if self._querying:
+            return
+        self._querying = True
+        try:
+            saved = [l.gate.data.clone() for l in self.layers]
+            with torch.no_grad():
+                for l in self.layers:
+                    l.gate.data.zero_()
+                    l.selection = torch.zeros(args[0].shape[0], self.options["top_n"], dtype=torch.long, device=args[0].device)
+                query = F.normalize(visual(args[0]), dim=-1)
+                for l, g in zip(self.layers, saved):
+                    l.gate.data.copy_(g)
+        finally:
+            self._querying = False
+        sim = query @ F.normalize(self.keys, dim=-1).T
+        top = sim.topk(self.options["top_n"], dim=-1).indices
+        for l in self.layers:
+            l.selection = top
+        self._pull = (1 - sim.gather(1, top)).mean()
+
+    def trainable(self, ctx: RunContext) -> list[nn.Parameter]:
+        return [p for l in self.layers for p in l.parameters()] + [self.keys]
+
+    def loss(self, ctx: RunContext, batch: Any) -> torch.Tensor:
+        loss = ctx.task_loss(batch)
+        return loss + self.options["pull_weight"] * self._pull if self._pull is not None else loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"keys": self.keys.detach().clone(), "layers": [l.state_dict() for l in self.layers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.keys.copy_(state["keys"])
+        for l, s in zip(self.layers, state["layers"]):
+            l.load_state_dict(s)

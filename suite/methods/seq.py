@@ -1,0 +1,8 @@
+"""Sequential PET: train the PET on each task in turn with no protection (the forgetting baseline)."""
+from __future__ import annotations
+
+from .base import Method
+
+
+class SequentialPET(Method):
+    name = "seq"

@@ -1,0 +1,46 @@
+"""ZSCL-style distillation (Zheng et al., ICCV 2023): keep image and text features of reference data close to
+the zero-shot model's. Reference images are rendered from the procedural world (never a task or control
+set); reference texts are their captions.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .base import Method, RunContext, snapshot
+from .common import weights_swapped
+
+
+class ZSCL(Method):
+    name = "zscl"
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        return {"weight": 1.0, "reference_size": 128, "batch": 32}
+
+    def setup(self, ctx: RunContext) -> None:
+        from ..data.embedded import reference_pairs
+
+        self.params = self.trainable(ctx)
+        self.zero_shot = snapshot(self.params)
+        images, captions = reference_pairs(self.options["reference_size"], ctx.backbone.image_size, ctx.seed)
+        self.ref_images = images
+        self.ref_tokens = ctx.backbone.tokenize(captions)
+        self.gen = torch.Generator().manual_seed(ctx.seed)
+
+    def _features(self, ctx: RunContext, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bb = ctx.backbone
+        img = F.normalize(bb.encode_image(bb.images_from_uint8(self.ref_images[idx.numpy()])), dim=-1)
+        txt = F.normalize(bb.encode_text(self.ref_tokens[idx].to(ctx.device)), dim=-1)
+        return img, txt
+
+    def loss(self, ctx: RunContext, batch: Any) -> torch.Tensor:
+        idx = torch.randperm(len(self.ref_images), generator=self.gen)[: self.options["batch"]]
+        with torch.no_grad(), weights_swapped(self.params, self.zero_shot):  # first: swapping writes the weights
+            img0, txt0 = self._features(ctx, idx)
+        loss = ctx.task_loss(batch)
+        img, txt = self._features(ctx, idx)
+        distill = (1 - (img * img0).sum(-1)).mean() + (1 - (txt * txt0).sum(-1)).mean()
+        return loss + self.options["weight"] * distill

@@ -1,0 +1,105 @@
+"""Results records: one JSON per run, validated by ``schemas/record.schema.json``, written atomically, and
+recomputable (every aggregate follows from the stored matrix by :mod:`suite.metrics`)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from . import metrics
+
+SCHEMA_ID = "clsuite/record/v1"
+
+
+class RecordError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=1)
+def record_schema() -> dict:
+    return json.loads(resources.files("suite").joinpath("schemas/record.schema.json").read_text())
+
+
+def _finite(obj: Any, where: str = "") -> None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise RecordError(f"{where or '(top level)'}: non-finite number {obj}")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _finite(v, f"{where}.{i}")
+
+
+def validate_record(rec: dict, source: str = "<record>") -> None:
+    """Schema + shape checks; raises :class:`RecordError` with one line naming the source and field."""
+    try:
+        _finite(rec)
+    except RecordError as exc:
+        raise RecordError(f"{source}: {exc}") from None
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(record_schema()).iter_errors(rec))
+    if err is not None:
+        field = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise RecordError(f"{source}: {field}: {err.message}")
+    t = len(rec["sequence"]["tasks"])
+    m = rec["matrix"]
+    if rec["status"] == "complete" and (len(m) != t or any(len(r) != t for r in m)):
+        raise RecordError(f"{source}: matrix: expected {t} x {t} for {t} tasks, got {len(m)} rows")
+    if len(rec["zero_shot"]["tasks"]) != t:
+        raise RecordError(f"{source}: zero_shot.tasks: expected {t} values")
+
+
+def recompute_aggregates(rec: dict) -> dict[str, float | None]:
+    return metrics.aggregate(rec["matrix"], rec["zero_shot"]["tasks"])
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write JSON to a temporary file beside ``path`` and rename it into place: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=False, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_record(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        rec = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(rec, dict):
+        raise RecordError(f"{p}: (top level): a record is a JSON object")
+    validate_record(rec, str(p))
+    return rec
+
+
+def strip_timings(rec: dict) -> dict:
+    """The record without wall-clock and memory fields (for comparing reruns)."""
+    drop = {"wall_time_s", "peak_memory_mb", "created", "environment", "command", "zero_shot_eval_time_s", "train_time_s",
+            "eval_time_s"}
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items() if k not in drop}
+        if isinstance(o, list):
+            return [clean(v) for v in o]
+        return o
+
+    return clean(rec)

@@ -1,0 +1,512 @@
+"""The continual loop: for each task, train → evaluate every task and control set → checkpoint → record.
+
+``run(RunConfig(...))`` is what ``clsuite run`` calls. Randomness is re-seeded per task from (seed, task), so
+``--resume`` from the last finished task gives the same record as an uninterrupted run. Under ``torchrun``
+each rank trains on its shard of every batch and gradients are averaged (data parallel); rank 0 writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import metrics
+from .data import TaskData, materialize
+from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, hijacking
+from .methods import Method, RunContext, make_method
+from .models import create_model_and_transforms
+from .pet import attach_pet
+from .records import strip_timings, validate_record, write_json_atomic
+from .sequences import TaskSequence, load_sequence
+
+TRAIN_DEFAULTS = {"iterations": 100, "epochs": 0, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
+                  "optimizer": "adamw", "schedule": "cosine", "warmup": 0}
+
+
+class TrainingFailed(RuntimeError):
+    """A task failed (NaN loss, exception); earlier tasks' results are already on disk."""
+
+
+@dataclass
+class RunConfig:
+    sequence: str
+    model: str = "embedded:tiny-clip"
+    pet: str | None = "lora"
+    pet_options: dict[str, Any] = field(default_factory=dict)
+    method: str = "seq"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    training: dict[str, Any] = field(default_factory=dict)  # overrides of the sequence's defaults
+    out: str = "results"
+    run_dir: str = "runs"
+    resume: bool = False
+    eval_batch_size: int = 256
+    max_eval: int | None = None
+    progress: bool = True
+    command: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> "RunConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        if "sequence" not in data:
+            raise ValueError(f"{source}: sequence: required field is missing")
+        return cls(**data)
+
+    def run_id(self) -> str:
+        opts = json.dumps([self.pet_options, self.method_options, self.training, self.max_eval], sort_keys=True)
+        tag = hashlib.sha256(opts.encode()).hexdigest()[:8]
+        model = self.model.replace(":", "-").replace("/", "_").replace("@", "-")[-40:]
+        return f"{Path(self.sequence).stem}__{model}__{self.pet or 'none'}__{self.method}__s{self.seed}__{tag}"
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _task_seed(seed: int, t: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{t}".encode()).digest()[:4], "little")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import open_clip
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    from . import __version__
+
+    return {"suite": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "open_clip": open_clip.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+            "world_size": _dist()[1], "git_commit": commit}
+
+
+class Batches:
+    """Seeded mini-batches of one task's training split; each rank takes its shard of every global batch."""
+
+    def __init__(self, backbone, track: str, batch_size: int):
+        self.backbone, self.track, self.batch_size = backbone, track, batch_size
+
+    def make(self, data: TaskData, idx: list[int]) -> dict[str, Any]:
+        split = data.train
+        batch = {"images": batch_images(self.backbone, split, idx),
+                 "labels": torch.as_tensor(split.labels[idx], device=self.backbone.device), "data": data}
+        if self.track == "cross-modal":
+            batch["tokens"] = self.backbone.tokenize([split.captions[i] for i in idx]).to(self.backbone.device)
+        return batch
+
+    def __call__(self, data: TaskData, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+        rank, world = _dist()
+        g = torch.Generator().manual_seed(seed)
+        total = len(data.train)
+        if total == 0:
+            return
+        perm, pos = torch.randperm(total, generator=g), 0
+        for _ in range(n):
+            if pos + self.batch_size > total:
+                perm, pos = torch.randperm(total, generator=g), 0
+            glob = perm[pos:pos + self.batch_size].tolist()
+            pos += self.batch_size
+            yield self.make(data, glob[rank::world])
+
+
+# ------------------------------------------------------------------------------------------------- run
+class Runner:
+    def __init__(self, cfg: RunConfig, method: Method | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        init_distributed(self.device)
+        self.rank, self.world = _dist()
+        self.seq: TaskSequence = load_sequence(cfg.sequence)
+        torch.manual_seed(cfg.seed)
+        self.backbone = create_model_and_transforms(cfg.model, device=self.device)
+        self.method = method or make_method(cfg.method, cfg.method_options)
+        if self.method.needs_pet and self.method.trains and not cfg.pet:
+            raise ValueError(f"method {self.method.name} trains a PET: give --pet (adapter, lora, prefix, prompt)")
+        use_pet = cfg.pet and self.method.needs_pet
+        self.pet = attach_pet(self.backbone, cfg.pet, **cfg.pet_options).to(self.device) if use_pet else None
+        self.train_cfg = {**TRAIN_DEFAULTS, **self.seq.training, **cfg.training}
+        size = self.backbone.image_size if self.seq.embedded else None
+        self.data = {t.name: materialize(self.seq, t, size) for t in self.seq.tasks + self.seq.control_sets}
+        amp = cfg.amp and self.device.type in ("cuda", "cpu")
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if amp else None
+        self.evaluator = Evaluator(self.backbone, cfg.eval_batch_size, cfg.max_eval, self.autocast)
+        self.batches = Batches(self.backbone, self.seq.track, self.train_cfg["batch_size"])
+        self.ctx = RunContext(backbone=self.backbone, pet=self.pet, device=self.device, sequence=self.seq, seed=cfg.seed,
+                              task_loss=self.task_loss, batches=lambda d, n: self.batches(d, n, seed=_task_seed(self.cfg.seed, 10_000 + self.ctx.task_index)))
+        self.ctx.extras["logits"] = self.logits
+        self.method.setup(self.ctx)
+        self.params = self.method.trainable(self.ctx) if self.method.trains else []
+        self.head = self._head()
+        self.probe = ConceptProbe.from_tasks(self.data, [t.name for t in self.seq.tasks])
+        self.run_dir = Path(cfg.run_dir) / cfg.run_id()
+
+    # -- what changes the text side ------------------------------------------------------------------
+    @property
+    def text_trains(self) -> bool:
+        if self.method.text_changes is not None:
+            return bool(self.method.text_changes)
+        return bool(self.pet is not None and self.pet.touches_tower("text"))
+
+    def _head(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Task-agnostic head: every class of the sequence once (first templates win), in task order."""
+        seen: dict[str, tuple[str, ...]] = {}
+        for t in self.seq.tasks:
+            for c in self.data[t.name].classnames:
+                seen.setdefault(c, tuple(self.data[t.name].templates))
+        return list(seen.items())
+
+    # -- losses ----------------------------------------------------------------------------------------
+    def logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        bb = self.backbone
+        ctx = self.autocast() if self.autocast else nullcontext()
+        with ctx:
+            img = F.normalize(bb.encode_image(batch["images"]).float(), dim=-1)
+            if self.seq.track == "cross-modal":
+                txt = F.normalize(bb.encode_text(batch["tokens"]).float(), dim=-1)
+                return bb.logit_scale_value.float() * img @ txt.T, torch.arange(len(img), device=img.device)
+            data: TaskData = batch["data"]
+            # a trainable text side is encoded afresh (gradients; feature collection sees the text tower too)
+            txt = self.evaluator.class_text_features(data.classnames, data.templates, fresh=self.text_trains)
+            return bb.logit_scale_value.float() * img @ txt.T, batch["labels"]
+
+    def task_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        logits, target = self.logits(batch)
+        loss = F.cross_entropy(logits, target)
+        if self.seq.track == "cross-modal":
+            loss = (loss + F.cross_entropy(logits.T, target)) / 2
+        return loss
+
+    # -- training --------------------------------------------------------------------------------------
+    def _iterations(self, data: TaskData) -> int:
+        tc = self.train_cfg
+        if tc.get("epochs"):
+            return int(tc["epochs"]) * math.ceil(len(data.train) / tc["batch_size"])
+        return int(tc["iterations"])
+
+    def _optimizer(self, steps: int):
+        tc = self.train_cfg
+        if tc["optimizer"] == "sgd":
+            opt = torch.optim.SGD(self.params, lr=tc["lr"], momentum=0.9, weight_decay=tc["weight_decay"])
+        else:
+            opt = torch.optim.AdamW(self.params, lr=tc["lr"], weight_decay=tc["weight_decay"])
+        warm = int(tc.get("warmup", 0))
+
+        def factor(i: int) -> float:
+            if i < warm:
+                return (i + 1) / warm
+            if tc["schedule"] == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
+            return 1.0
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def train_task(self, t: int, data: TaskData) -> dict[str, Any]:
+        steps = self._iterations(data)
+        if not self.method.trains or steps == 0 or not self.params:
+            return {"iterations": 0, "final_loss": None}
+        from tqdm import tqdm
+
+        opt, sched = self._optimizer(steps)
+        self.backbone.train(False)  # frozen backbone statistics; PETs have no train/eval difference
+        last = None
+        bar = tqdm(self.batches(data, steps, seed=_task_seed(self.cfg.seed, t)), total=steps, leave=False,
+                   desc=f"train {t + 1}/{len(self.seq.tasks)} {data.name}", disable=not self.cfg.progress or self.rank)
+        for i, batch in enumerate(bar):
+            self.ctx.step = i
+            opt.zero_grad(set_to_none=True)
+            loss = self.method.loss(self.ctx, batch)
+            if not torch.isfinite(loss):
+                raise TrainingFailed(f"task {t + 1} ({data.name}) step {i}: loss is {float(loss.detach())}")
+            loss.backward()
+            if self.world > 1:
+                for p in self.params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(self.world)
+            self.method.before_step(self.ctx)
+            opt.step()
+            self.method.after_step(self.ctx)
+            sched.step()
+            last = float(loss.detach())
+            bar.set_postfix(loss=f"{last:.3f}")
+        if any(not torch.isfinite(p).all() for p in self.params):
+            raise TrainingFailed(f"task {t + 1} ({data.name}): parameters became non-finite")
+        return {"iterations": steps, "final_loss": last}
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self, t: int, zero_shot: dict[str, Any] | None) -> dict[str, Any]:
+        """Evaluate on every task and control set after step ``t`` (``t = -1``: the pretrained model)."""
+        ev, seq = self.evaluator, self.seq
+        acc, ece, retrieval = [], [], {}
+        feats: dict[str, torch.Tensor] = {}
+        for d, task in enumerate(seq.tasks):
+            data = self.data[task.name]
+            img = feats[task.name] = ev.image_features(data.test)
+            if seq.track == "cross-modal":
+                r = ev.retrieval(img, data.test)
+                retrieval[task.name] = r
+                acc.append(r["r1_mean"])
+                continue
+            if seq.protocol == "task-id":
+                res = ev.classify(img, data.test.labels, data.classnames, [data.templates] * len(data.classnames))
+            else:
+                names = [c for c, _ in self.head]
+                offset_labels = np.array([names.index(data.classnames[int(l)]) for l in data.test.labels])
+                res = ev.classify(img, offset_labels, names, [list(tp) for _, tp in self.head])
+            acc.append(res["accuracy"])
+            ece.append(res["ece"])
+        controls = {}
+        for c in seq.control_sets:
+            data = self.data[c.name]
+            img = feats[c.name] = ev.image_features(data.test)
+            controls[c.name] = ev.classify(img, data.test.labels, data.classnames, [data.templates] * len(data.classnames))["accuracy"]
+        step: dict[str, Any] = {"task": t, "name": seq.tasks[t].name if t >= 0 else "pretrained", "accuracy": acc,
+                                "control_accuracy": controls}
+        if ece:
+            step["ece"] = ece
+        if retrieval:
+            step["retrieval"] = retrieval
+        if zero_shot is not None:
+            step["retention"] = {k: (v / zero_shot["controls"][k] if zero_shot["controls"][k] > 0 else None)
+                                 for k, v in controls.items()}
+        hall: dict[str, Any] = {}
+        if self.probe is not None:
+            hall["pope"] = self.probe.evaluate(ev, self.cfg.seed)
+        hij = self._hijacking(t, feats)
+        if hij:
+            hall["hijacking"] = hij
+        if retrieval:
+            hall["retrieval_confident_mismatch"] = float(np.mean(
+                [(r["i2t_confident_mismatch"] + r["t2i_confident_mismatch"]) / 2 for r in retrieval.values()]))
+        if hall:
+            step["hallucination"] = hall
+        return step
+
+    def _hijacking(self, t: int, feats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Images of not-yet-learned tasks and control sets, classified among learned ∪ own classes."""
+        if t < 0 or self.seq.track == "cross-modal":
+            return {}
+        learned: dict[str, tuple[str, ...]] = {}
+        for task in self.seq.tasks[: t + 1]:
+            d = self.data[task.name]
+            for c in d.classnames:
+                learned.setdefault(c, tuple(d.templates))
+        out = {}
+        targets = [(task.name, self.data[task.name]) for task in self.seq.tasks[t + 1:]]
+        targets += [(c.name, self.data[c.name]) for c in self.seq.control_sets]
+        rates, confs = [], []
+        for name, data in targets:
+            own = [c for c in data.classnames if c not in learned]
+            if not own or not data.classnames:
+                continue
+            names = list(learned) + own
+            temps = [list(tp) for tp in learned.values()] + [data.templates] * len(own)
+            keep = [i for i, l in enumerate(data.test.labels[: len(feats[name])]) if data.classnames[int(l)] in own]
+            probs = self.evaluator.classify(feats[name][keep], np.zeros(len(keep), dtype=int), names, temps)["probs"]
+            h = hijacking(probs, np.array([n in learned for n in names]))
+            out[name] = h["rate"]
+            rates.append(h["rate"])
+            confs.append(h["confidence"])
+        if rates:
+            out["mean_rate"] = float(np.mean(rates))
+            out["mean_confidence"] = float(np.mean(confs))
+        return out
+
+    # -- record & checkpoint ------------------------------------------------------------------------
+    def _base_record(self) -> dict[str, Any]:
+        cfg = self.cfg
+        trainable = int(sum(p.numel() for p in self.params))
+        return {
+            "schema": "clsuite/record/v1", "run_id": cfg.run_id(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "partial", "error": None,
+            "sequence": {"name": self.seq.name, "version": self.seq.version, "track": self.seq.track,
+                         "protocol": self.seq.protocol, "tasks": [t.name for t in self.seq.tasks],
+                         "control_sets": [c.name for c in self.seq.control_sets],
+                         "manifests": {k: v.manifest_sha256 for k, v in self.data.items()}},
+            "model": {"spec": cfg.model, "pretrained": bool(self.backbone.pretrained)},
+            "pet": {"kind": cfg.pet if self.pet is not None else None,
+                    "options": self.pet.config.to_dict() if self.pet is not None else {}},
+            "method": {"name": self.method.name, "options": dict(self.method.options),
+                       "source": f"{type(self.method).__module__}:{type(self.method).__qualname__}"},
+            "seed": cfg.seed, "training": dict(self.train_cfg),
+            "zero_shot": {"tasks": [], "controls": {}}, "matrix": [], "steps": [],
+            "aggregates": {k: None for k in metrics.METRIC_NAMES}, "summary": {},
+            "efficiency": {"trainable_parameters": trainable, "world_size": self.world},
+            "environment": environment(self.device), "command": cfg.command or " ".join(sys.argv),
+        }
+
+    def _finish_record(self, rec: dict[str, Any]) -> None:
+        if rec["matrix"] and len(rec["matrix"]) == len(self.seq.tasks):
+            rec["aggregates"] = metrics.aggregate(rec["matrix"], rec["zero_shot"]["tasks"])
+            rec["status"] = "complete"
+        last = rec["steps"][-1] if rec["steps"] else {}
+        summary: dict[str, float | None] = {}
+        if last.get("retention"):
+            vals = [v for v in last["retention"].values() if v is not None]
+            summary["zero_shot_retention"] = float(np.mean(vals)) if vals else None
+        if last.get("ece"):
+            summary["ece"] = float(np.mean(last["ece"]))
+        hall = last.get("hallucination", {})
+        if "pope" in hall and "adversarial" in hall["pope"]:
+            summary["hallucination_fpr"] = hall["pope"]["adversarial"]["false_positive_rate"]
+        if "hijacking" in hall:
+            summary["hijacking_rate"] = hall["hijacking"].get("mean_rate")
+        if "retrieval_confident_mismatch" in hall:
+            summary["retrieval_confident_mismatch"] = hall["retrieval_confident_mismatch"]
+        rec["summary"] = summary
+
+    def _save(self, rec: dict[str, Any], tasks_done: int) -> None:
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"tasks_done": tasks_done, "params": [p.detach().cpu().clone() for p in self.params],
+                 "method": self.method.state_dict(), "record": json.dumps(rec),
+                 "thresholds": None if self.probe is None or self.probe.thresholds is None else torch.as_tensor(self.probe.thresholds)}
+        tmp = self.run_dir / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.run_dir / "checkpoint.pt")
+        write_json_atomic(self.run_dir / "record.partial.json", rec)
+
+    def _load(self) -> tuple[dict[str, Any], int] | None:
+        path = self.run_dir / "checkpoint.pt"
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        with torch.no_grad():
+            for p, v in zip(self.params, state["params"]):
+                p.copy_(v)
+        self.method.load_state_dict(state["method"])
+        if state.get("thresholds") is not None and self.probe is not None:
+            self.probe.thresholds = state["thresholds"].numpy()
+        return json.loads(state["record"]), int(state["tasks_done"])
+
+    def out_path(self) -> Path:
+        return Path(self.cfg.out) / f"{self.cfg.run_id()}.json"
+
+    def run(self) -> dict[str, Any]:
+        resumed = self._load() if self.cfg.resume else None
+        if resumed:
+            rec, start = resumed
+            self._say(f"resuming {self.cfg.run_id()} after task {start}/{len(self.seq.tasks)}")
+        else:
+            rec, start = self._base_record(), 0
+            t0 = time.perf_counter()
+            zs = self.evaluate(-1, None)
+            rec["zero_shot"] = {"tasks": zs["accuracy"], "controls": zs["control_accuracy"]}
+            rec["zero_shot_step"] = zs
+            rec["efficiency"]["zero_shot_eval_time_s"] = time.perf_counter() - t0
+        for t in range(start, len(self.seq.tasks)):
+            task = self.seq.tasks[t]
+            data = self.data[task.name]
+            self.ctx.task_index, self.ctx.task_data = t, data
+            torch.manual_seed(_task_seed(self.cfg.seed, t))
+            t0 = time.perf_counter()
+            try:
+                self.method.before_task(self.ctx, t)
+                train = self.train_task(t, data)
+                if self.method.trains:
+                    self.method.after_task(self.ctx, t)
+            except Exception as exc:  # keep what is done; say what failed
+                rec["status"], rec["error"] = "failed", f"task {t + 1} ({task.name}): {exc}"
+                self._finish_record(rec)
+                if self.rank == 0:
+                    write_json_atomic(self.run_dir / "record.partial.json", rec)
+                raise TrainingFailed(rec["error"]) from exc
+            train_time = time.perf_counter() - t0
+            if self.method.trains and self.text_trains:
+                self.evaluator.invalidate_text()
+            t1 = time.perf_counter()
+            step = self.evaluate(t, rec["zero_shot"])
+            step.update(train)
+            step["train_time_s"], step["eval_time_s"] = train_time, time.perf_counter() - t1
+            step["wall_time_s"] = train_time + step["eval_time_s"]
+            step["peak_memory_mb"] = _peak_memory_mb(self.device)
+            step["method"] = self.method.report()
+            rec["steps"].append(step)
+            rec["matrix"].append(step["accuracy"])
+            rec["efficiency"].update(self.method.report())
+            rec["efficiency"]["wall_time_s"] = float(sum(s["wall_time_s"] for s in rec["steps"]))
+            rec["efficiency"]["peak_memory_mb"] = float(max(s["peak_memory_mb"] for s in rec["steps"]))
+            self._finish_record(rec)
+            self._save(rec, t + 1)
+        validate_record(rec, self.cfg.run_id())
+        if self.rank == 0:
+            write_json_atomic(self.out_path(), rec)
+        return rec
+
+    def _say(self, msg: str) -> None:
+        if self.rank == 0 and self.cfg.progress:
+            print(msg, file=sys.stderr)
+
+
+def run(cfg: RunConfig, method: Method | None = None) -> dict[str, Any]:
+    """Run one (sequence, model, PET, method, seed) and return its validated record (also written to disk)."""
+    return Runner(cfg, method).run()
+
+
+def summary_table(rec: dict[str, Any]) -> str:
+    """One screen: the accuracy matrix and the headline metrics of a record."""
+    names = rec["sequence"]["tasks"]
+    w = max(8, max(len(n) for n in names) + 1)
+    lines = [f"{rec['method']['name']} / {rec['pet']['kind'] or '-'} on {rec['sequence']['name']} (seed {rec['seed']})",
+             " " * w + "".join(f"{n[:7]:>8s}" for n in names)]
+    lines.append(f"{'zero-shot':{w}s}" + "".join(f"{100 * v:8.1f}" for v in rec["zero_shot"]["tasks"]))
+    for n, row in zip(names, rec["matrix"]):
+        lines.append(f"{'after ' + n:{w}s}"[:w] + "".join(f"{100 * v:8.1f}" for v in row))
+    agg = rec["aggregates"]
+    fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines.append("  ".join(f"{k}={fmt(agg.get(k))}" for k in ("transfer", "avg", "last", "bwt", "forgetting")))
+    s = rec.get("summary", {})
+    if s:
+        lines.append("  ".join(f"{k}={v:.3f}" for k, v in s.items() if v is not None))
+    return "\n".join(lines)
+
+
+__all__ = ["RunConfig", "Runner", "TrainingFailed", "run", "summary_table", "strip_timings"]

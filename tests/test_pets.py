@@ -1,0 +1,111 @@
+"""Every PET on both towers: attaches, leaves outputs unchanged at init, trains only its own parameters."""
+import pytest
+import torch
+
+from suite.models import create_model_and_transforms
+from suite.pet import PETS, attach_pet
+
+TOWERS = ("vision", "text")
+
+
+def _inputs(bb, n=2):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, bb.image_size, bb.image_size, generator=g)
+    tokens = bb.tokenize(["a red circle", "three blue squares"][:n])
+    return x, tokens
+
+
+def _check_pet(bb, kind, tower, options=None):
+    x, tokens = _inputs(bb)
+    with torch.no_grad():
+        ref_i, ref_t = bb.encode_image(x), bb.encode_text(tokens)
+    frozen = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    pet = attach_pet(bb, kind, towers=tower, **(options or {}))
+    try:
+        params = list(pet.parameters())
+        assert params and all(p.requires_grad for p in params)
+        with torch.no_grad():
+            i0, t0 = bb.encode_image(x), bb.encode_text(tokens)
+        assert torch.allclose(i0, ref_i, atol=1e-5) and torch.allclose(t0, ref_t, atol=1e-5), "output changed at init"
+        opt = torch.optim.SGD(params, lr=0.5)
+        for _ in range(2):  # gated PETs need one step to open the gate before their tokens move
+            opt.zero_grad()
+            loss = (bb.encode_image(x) @ bb.encode_text(tokens).T).diagonal().sum()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            i1, t1 = bb.encode_image(x), bb.encode_text(tokens)
+        moved = (i1 - ref_i).abs().max() if tower == "vision" else (t1 - ref_t).abs().max()
+        assert moved > 1e-6, "one training step did not change the tower's output"
+        untouched = (t1 - ref_t) if tower == "vision" else (i1 - ref_i)
+        assert untouched.abs().max() < 1e-6, "the other tower changed"
+        for n, p in bb.named_parameters():
+            if n in frozen and not any(p is q for q in params):
+                assert torch.equal(p, frozen[n]), f"backbone weight {n} changed"
+    finally:
+        pet.detach_from_model()
+    with torch.no_grad():
+        assert torch.allclose(bb.encode_image(x), ref_i, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.manual_seed(0)
+    return create_model_and_transforms("embedded:micro-clip@random")
+
+
+@pytest.fixture(scope="module")
+def vitb16():
+    torch.manual_seed(0)
+    return create_model_and_transforms("open_clip:ViT-B-16")
+
+
+@pytest.mark.parametrize("tower", TOWERS)
+@pytest.mark.parametrize("kind", sorted(PETS))
+def test_pet_on_micro_model(micro, kind, tower):
+    _check_pet(micro, kind, tower)
+
+
+@pytest.mark.parametrize("tower", TOWERS)
+@pytest.mark.parametrize("kind", sorted(PETS))
+def test_pet_on_vit_b16_random_weights(vitb16, kind, tower):
+    _check_pet(vitb16, kind, tower, {"layers": "0-1,11"})
+
+
+def test_split_attention_matches_fused_multihead_attention():
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    from suite.models.attention import SplitAttention
+
+    split = SplitAttention(mha)
+    x = torch.randn(2, 7, 32)
+    mask = torch.triu(torch.full((7, 7), float("-inf")), 1)
+    ref = mha(x, x, x, need_weights=False, attn_mask=mask)[0]
+    assert torch.allclose(split(x, x, x, attn_mask=mask)[0], ref, atol=1e-5)
+
+
+def test_lora_and_adapter_on_transformers_clip(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                  "max_position_embeddings": 16, "vocab_size": 100},
+                     vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                    "image_size": 16, "patch_size": 8}, projection_dim=16)
+    CLIPModel(cfg).save_pretrained(tmp_path)
+    bb = create_model_and_transforms(f"hf:{tmp_path}")
+    tokens = torch.randint(1, 99, (2, 16))
+    x = torch.randn(2, 3, 16, 16)
+    bb.tokenize = lambda texts: tokens  # no tokenizer files in this synthetic model
+    for kind in ("lora", "adapter"):
+        for tower in TOWERS:
+            _check_pet(bb, kind, tower)
+    with pytest.raises(TypeError, match="open_clip"):
+        attach_pet(bb, "prefix")
+
+
+def test_bad_pet_options_are_clear(micro):
+    with pytest.raises(ValueError, match="unknown option"):
+        attach_pet(micro, "lora", rnak=4)
+    with pytest.raises(ValueError, match="out of range"):
+        attach_pet(micro, "adapter", layers="0-9")
+    with pytest.raises(ValueError, match="unknown PET"):
+        attach_pet(micro, "ia3")

@@ -1,0 +1,175 @@
+"""The continual runner: records, resume after SIGKILL, failures keep earlier tasks, DDP equals one process."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from suite.methods import Method
+from suite.records import load_record, strip_timings, validate_record
+from suite.runner import RunConfig, TrainingFailed, run
+
+MICRO = "embedded:micro-clip@random"
+
+
+def _cfg(seq, tmp_path, **kw):
+    base = dict(sequence=seq, model=MICRO, pet="lora", method="seq", out=str(tmp_path / "results"),
+                run_dir=str(tmp_path / "runs"), progress=False)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.mark.parametrize("method,pet", [("zeroshot", None), ("seq", "lora"), ("pegp", "lora")])
+def test_records_are_valid_and_complete(seq_file, tmp_path, method, pet):
+    rec = run(_cfg(seq_file(), tmp_path, method=method, pet=pet))
+    validate_record(rec)
+    assert rec["status"] == "complete" and len(rec["matrix"]) == 2
+    on_disk = load_record(Path(tmp_path / "results" / f"{rec['run_id']}.json"))
+    assert on_disk["matrix"] == rec["matrix"]
+    assert set(rec["sequence"]["manifests"]) == {"t0", "t1", "ctrl"}
+    step = rec["steps"][-1]
+    assert set(step["retention"]) == {"ctrl"} and "pope" in step["hallucination"]
+    if method == "zeroshot":
+        assert rec["matrix"][0] == rec["matrix"][1] == rec["zero_shot"]["tasks"]
+        assert all(s["iterations"] == 0 for s in rec["steps"])
+        assert rec["efficiency"]["trainable_parameters"] == 0
+    else:
+        assert all(s["iterations"] == 4 for s in rec["steps"])
+    if method == "pegp":
+        assert rec["efficiency"]["basis_bytes"] > 0
+
+
+def test_cross_modal_track_records_retrieval(seq_file, tmp_path):
+    rec = run(_cfg(seq_file(track="cross-modal"), tmp_path))
+    r = rec["steps"][0]["retrieval"]["t0"]
+    assert {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "i2t_confident_mismatch"} <= set(r)
+    assert rec["matrix"][0][0] == pytest.approx(r["r1_mean"])
+    assert "retrieval_confident_mismatch" in rec["steps"][0]["hallucination"]
+
+
+def test_task_id_protocol_and_deterministic_reruns(seq_file, tmp_path):
+    seq = seq_file(protocol="task-id")
+    a = run(_cfg(seq, tmp_path / "a"))
+    b = run(_cfg(seq, tmp_path / "b"))
+    assert a["matrix"] == b["matrix"] and strip_timings(a)["steps"] == strip_timings(b)["steps"]
+
+
+class NaNInSecondTask(Method):
+    name = "nan-in-task-2"
+
+    def loss(self, ctx, batch):
+        loss = ctx.task_loss(batch)
+        return loss * float("nan") if ctx.task_index == 1 else loss
+
+
+def test_nan_in_task_two_keeps_task_one(seq_file, tmp_path):
+    cfg = _cfg(seq_file(), tmp_path)
+    with pytest.raises(TrainingFailed, match=r"task 2 \(t1\).*loss is nan"):
+        run(cfg, method=NaNInSecondTask())
+    partial = json.loads((tmp_path / "runs" / cfg.run_id() / "record.partial.json").read_text())
+    assert partial["status"] == "failed" and "task 2" in partial["error"]
+    assert len(partial["matrix"]) == 1 and partial["steps"][0]["name"] == "t0"
+    assert not (tmp_path / "results" / f"{cfg.run_id()}.json").exists()
+
+
+def _cli(args, env_extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    return [sys.executable, "-m", "suite", *args], env
+
+
+def test_sigkill_during_task_two_then_resume_equals_uninterrupted(seq_file, tmp_path):
+    seq = seq_file(train=24)
+    common = ["run", "--sequence", seq, "--model", MICRO, "--pet", "lora", "--method", "pegp", "--quiet",
+              "--iterations", "400", "--batch-size", "8", "--run-dir", str(tmp_path / "runs")]
+    cmd, env = _cli(common + ["--out", str(tmp_path / "killed")])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dirs = tmp_path / "runs"
+    deadline = time.time() + 300
+    ckpt = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(run_dirs.glob("*/record.partial.json"))
+        if found and len(json.loads(found[0].read_text())["matrix"]) == 1:
+            ckpt = found[0]
+            break
+        time.sleep(0.05)
+    assert ckpt is not None and proc.poll() is None, \
+        f"task 1 never finished, or the run ended before task 2: {proc.stderr.read().decode()[-1500:] if proc.poll() is not None else ''}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list((tmp_path / "killed").glob("*.json")), "no final record after a kill"
+    cmd, env = _cli(common + ["--out", str(tmp_path / "killed"), "--resume"])
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    resumed = json.loads(next((tmp_path / "killed").glob("*.json")).read_text())
+    cmd, env = _cli(common + ["--out", str(tmp_path / "straight"), "--run-dir", str(tmp_path / "runs2")])
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    straight = json.loads(next((tmp_path / "straight").glob("*.json")).read_text())
+    assert strip_timings(resumed) == strip_timings(straight)
+
+
+@pytest.mark.parametrize("method", ["finetune", "lwf", "ewc", "wiseft", "zscl", "l2p", "gpm", "seq", "pegp"])
+def test_every_baseline_runs(seq_file, tmp_path, method):
+    from suite.runner import Runner
+
+    pet = None if method in ("finetune", "l2p", "gpm") else "lora"
+    r = Runner(_cfg(seq_file(), tmp_path, method=method, pet=pet))
+    before = [p.detach().clone() for p in r.params]
+    rec = r.run()
+    assert rec["status"] == "complete" and rec["efficiency"]["trainable_parameters"] > 0
+    assert all(s["iterations"] == 4 and np.isfinite(s["final_loss"]) for s in rec["steps"])
+    assert any(not torch.equal(b, p) for b, p in zip(before, r.params)), "training changed no weight"
+
+
+def test_outside_method_discovered_through_entry_point(seq_file, tmp_path, monkeypatch):
+    pkg = tmp_path / "plugin"
+    (pkg / "my_cl_method").mkdir(parents=True)
+    (pkg / "my_cl_method" / "__init__.py").write_text(
+        "from suite.methods import Method\n"
+        "class Frozen(Method):\n"
+        "    '''Trains nothing: counts the tasks it saw.'''\n"
+        "    name = 'frozen-outside'\n"
+        "    trains = False\n"
+        "    needs_pet = False\n")
+    dist = pkg / "my_cl_method-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-cl-method\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[clsuite.methods]\nfrozen-outside = my_cl_method:Frozen\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    from suite.methods import available_methods
+
+    assert "frozen-outside" in available_methods()
+    rec = run(_cfg(seq_file(), tmp_path, method="frozen-outside", pet=None))
+    assert rec["method"]["source"] == "my_cl_method:Frozen" and rec["status"] == "complete"
+
+
+def test_torchrun_two_processes_match_one(seq_file, tmp_path):
+    seq = seq_file()
+    args = ["run", "--sequence", seq, "--model", MICRO, "--pet", "lora", "--method", "pegp", "--quiet",
+            "--batch-size", "8", "--run-dir", str(tmp_path / "runs")]
+    cmd, env = _cli(args + ["--out", str(tmp_path / "one")])
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                "-m", "suite"] + args + ["--out", str(tmp_path / "two"), "--run-dir", str(tmp_path / "runs2")]
+    res = subprocess.run(torchrun, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    one = json.loads(next((tmp_path / "one").glob("*.json")).read_text())
+    two = json.loads(next((tmp_path / "two").glob("*.json")).read_text())
+    assert two["efficiency"]["world_size"] == 2
+    np.testing.assert_allclose(np.array(two["matrix"]), np.array(one["matrix"]), atol=0.05)
+    assert two["efficiency"]["basis_directions"] == pytest.approx(one["efficiency"]["basis_directions"], abs=2)
+
+
+def test_run_cli_rejects_bad_config(tmp_path, capsys):
+    from suite.cli import main
+
+    p = tmp_path / "cfg.yaml"
+    p.write_text("sequence: world-class-incremental\nlearning_rate: 3\n")
+    assert main(["run", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert str(p) in err and "learning_rate" in err
