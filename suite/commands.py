@@ -144,8 +144,14 @@ def _zs_report(args: argparse.Namespace) -> int:
     from .models import create_model_and_transforms
     from .zeroshot_report import zero_shot_report
 
-    rep = zero_shot_report(create_model_and_transforms(args.model))
-    print(json.dumps(rep, indent=1))
+    rep = {"model": args.model, "command": "clsuite zeroshot-report --model " + args.model,
+           **zero_shot_report(create_model_and_transforms(args.model))}
+    text = json.dumps(rep, indent=1)
+    print(text)
+    if args.out:
+        from .records import write_json_atomic
+
+        write_json_atomic(args.out, rep)
     return 0
 
 
@@ -246,6 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="override the recipe's step count (short checks)")
     p = sub.add_parser("zeroshot-report", help="zero-shot accuracy of a backbone on held-out world splits and real sets")
     p.add_argument("--model", default="embedded:tiny-clip")
+    p.add_argument("--out", help="also write the report to this JSON file")
     p = sub.add_parser("bench", help="speed/memory benchmarks that print ratios")
     p.add_argument("what", choices=["projection", "runner", "memory", "all"])
     p.add_argument("--quick", action="store_true", help="tiny model only")

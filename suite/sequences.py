@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def tasks_dir() -> Path:
     repo = Path(__file__).resolve().parents[1] / "tasks"
     if repo.is_dir():
         return repo
-    return Path(str(resources.files("suite.tasks_data")))
+    return _installed_data_dir("suite.tasks_data")
 
 
 @lru_cache(maxsize=1)
@@ -207,3 +208,11 @@ def load_sequence(name_or_path: str | Path) -> TaskSequence:
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         return load_sequence_file(text)
     raise SequenceError(f"{text}: (name): unknown sequence; known: {', '.join(sorted(files))}")
+
+
+def _installed_data_dir(package: str) -> Path:
+    """Folder of a data package installed without ``__init__`` (a namespace package) by ``pip install .``."""
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{package}: data folder not installed")
+    return Path(list(spec.submodule_search_locations)[0])

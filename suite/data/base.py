@@ -84,6 +84,8 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     """Resize a stack of HxWx3 uint8 images to ``size`` (bilinear); returns a new array."""
     if images.shape[1] == size and images.shape[2] == size:
         return images
+    if len(images) == 0:
+        return np.zeros((0, size, size, images.shape[3]), dtype=np.uint8)
     return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
 
 

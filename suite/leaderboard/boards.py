@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def boards_dir() -> Path:
     if env:
         return Path(env)
     repo = Path(__file__).resolve().parents[2] / "leaderboards"
-    return repo if repo.is_dir() else Path(str(resources.files("suite.boards_data")))
+    return repo if repo.is_dir() else _installed_data_dir("suite.boards_data")
 
 
 @lru_cache(maxsize=1)
@@ -100,3 +101,11 @@ def group_entries(records: list[dict], tiers: dict[str, str] | None = None) -> l
         if r.get("verification", {}).get("tier") == "reproduced":
             e.tier = "reproduced"
     return sorted(groups.values(), key=lambda e: (e.sequence, e.method, e.pet))
+
+
+def _installed_data_dir(package: str) -> Path:
+    """Folder of a data package installed without ``__init__`` (a namespace package) by ``pip install .``."""
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{package}: data folder not installed")
+    return Path(list(spec.submodule_search_locations)[0])

@@ -44,8 +44,14 @@ def load_results(results: str | Path) -> list[dict]:
     return recs
 
 
+def default_site_dir() -> Path:
+    """``leaderboards/site`` in a checkout; ``./leaderboard-site`` for an installed suite (never site-packages)."""
+    root = boards_dir()
+    return root / "site" if (root.parent / "pyproject.toml").is_file() else Path("leaderboard-site")
+
+
 def build_site(results: str | Path = "results", out: str | Path | None = None) -> Path:
-    out = Path(out) if out else boards_dir() / "site"
+    out = Path(out) if out else default_site_dir()
     records = load_results(results)
     boards = load_boards()
     env = Environment(loader=FileSystemLoader(str(boards_dir() / "templates")), autoescape=True,

@@ -85,15 +85,22 @@ class PEGP(Method):
         for p in ctx.pet.parameters():
             p.copy_(self._before[id(p)] + deltas[id(p)])
 
-    def max_residual(self) -> float:
-        """max over spaces of ‖G U‖/‖G‖ for the current gradients (the orthogonality check)."""
+    def max_residual(self, reference: dict[int, torch.Tensor] | None = None) -> float:
+        """max over spaces of ‖G U‖ / ‖G_ref‖ (the orthogonality check). ``reference``: gradients before
+        projection (by ``id(param)``), so that a space whose gradient was projected to ~0 counts as ~0."""
         worst = 0.0
         for s in self.spaces:
             basis = self.bases[s.key]
-            if s.param.grad is None:
+            if s.param.grad is None or basis.rank == 0:
                 continue
-            g = s.param.grad[s.extra["index"]] if "index" in s.extra else s.param.grad
-            worst = max(worst, basis.residual_ratio(g, s.side))
+            pick = (lambda t: t[s.extra["index"]]) if "index" in s.extra else (lambda t: t)
+            g = pick(s.param.grad).detach().to(torch.float64)
+            ref = pick(reference[id(s.param)]).to(torch.float64) if reference else g
+            if float(ref.norm()) == 0.0:
+                continue
+            U = basis.U.to(g.device)
+            inner = g.reshape(-1, basis.dim) @ U if s.side == "right" else U.T @ g.reshape(basis.dim, -1)
+            worst = max(worst, float(inner.norm() / ref.norm()))
         return worst
 
     # bases -------------------------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""The embedded default: shipped checkpoint integrity, a short pretraining that learns, and the demo pipeline."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+from suite.models import asset_path, create_model_and_transforms
+
+
+def test_shipped_checkpoint_matches_recorded_sha256_and_loads():
+    weights = asset_path("tiny-clip")
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["sha256"]
+    assert weights.stat().st_size <= 20 * 2**20
+    bb = create_model_and_transforms("embedded:tiny-clip")
+    assert bb.pretrained
+    random = create_model_and_transforms("embedded:tiny-clip@random")
+    a = dict(bb.named_parameters())["model.logit_scale"]
+    b = dict(random.named_parameters())["model.logit_scale"]
+    assert not torch.equal(a, b)
+
+
+def test_short_pretraining_loss_falls():
+    from suite.pretrain import pretrain
+
+    res = pretrain("tiny-world", out_dir=None, steps=40, progress=False)
+    losses = res["losses"]
+    assert len(losses) == 40
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < first - 0.05, (first, last)
+
+
+def test_pretraining_is_deterministic_for_a_seed():
+    from suite.pretrain import pretrain
+
+    a = pretrain("tiny-world", steps=3, progress=False)["losses"]
+    b = pretrain("tiny-world", steps=3, progress=False)["losses"]
+    assert a == b
+
+
+def test_demo_quick_writes_records_site_and_table(tmp_path, monkeypatch):
+    from suite.demo import demo
+
+    monkeypatch.setenv("CLSUITE_BOARDS_DIR", str(tmp_path / "boards"))
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "leaderboards", tmp_path / "boards",
+                    ignore=shutil.ignore_patterns("site"))
+    table = demo(out=str(tmp_path / "results"), quick=True)
+    assert "zeroshot" in table and "pegp" in table and "leaderboard site" in table
+    assert len(list((tmp_path / "results").glob("*.json"))) == 3
+    assert (tmp_path / "boards" / "site" / "class-incremental.html").is_file()
