@@ -15,12 +15,18 @@ from .pet import attach_pet
 from .projection import FeatureBasis
 
 
-def _time(fn: Callable[[], None], repeat: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
+def _time_pair(a: Callable[[], None], b: Callable[[], None], repeat: int) -> tuple[float, float]:
+    """Median seconds of ``a`` and ``b``, measured interleaved so that machine noise hits both alike."""
+    a(), b()  # warm-up
+    ta, tb = [], []
     for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t) / repeat
+        t = time.perf_counter()
+        a()
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t)
+    return sorted(ta)[len(ta) // 2], sorted(tb)[len(tb) // 2]
 
 
 def _step_fns(model: str, batch: int, rank_fraction: float):
@@ -63,10 +69,10 @@ def _step_fns(model: str, batch: int, rank_fraction: float):
 
 def bench_projection(quick: bool = False) -> str:
     lines = ["PEGP projection overhead (LoRA r=4 on both towers, AdamW, bases at 1/4 of each space):"]
-    models = [("embedded:tiny-clip", 64, 20)] + ([] if quick else [("open_clip:ViT-B-16", 4, 3)])
+    models = [("embedded:tiny-clip", 64, 40), ("embedded:tiny-clip", 256, 15)] + ([] if quick else [("open_clip:ViT-B-16", 8, 5)])
     for model, batch, repeat in models:
         plain, projected, method = _step_fns(model, batch, 0.25)
-        tp, tq = _time(plain, repeat), _time(projected, repeat)
+        tp, tq = _time_pair(plain, projected, repeat)
         feats = torch.randn(4096, 768 if "ViT" in model else 128)
         b = FeatureBasis(feats.shape[1], 0.97)
         b.observe(feats)

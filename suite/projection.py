@@ -30,6 +30,7 @@ class FeatureBasis:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.dim, self.threshold = int(dim), float(threshold)
         self.U = torch.zeros(self.dim, 0, dtype=torch.float64)
+        self._cast: dict[tuple, torch.Tensor] = {}  # U in the dtype/device of the gradients (hot path)
         self._cov: torch.Tensor | None = None
         self._count = 0
 
@@ -77,6 +78,7 @@ class FeatureBasis:
         new = torch.cat([U, evecs[:, :k]], dim=1)
         q, _ = torch.linalg.qr(new)
         self.U = q[:, : new.shape[1]].contiguous()
+        self._cast.clear()
         return k
 
     # -- projection ---------------------------------------------------------------------------------
@@ -84,7 +86,10 @@ class FeatureBasis:
         """Remove from ``grad`` its component along the basis, on the feature axis ``side`` (last or first)."""
         if self.U.shape[1] == 0:
             return grad
-        U = self.U.to(device=grad.device, dtype=grad.dtype)
+        key = (grad.device, grad.dtype)
+        U = self._cast.get(key)
+        if U is None:
+            U = self._cast[key] = self.U.to(device=grad.device, dtype=grad.dtype)
         if side == "right":
             g = grad.reshape(-1, self.dim)
             return (g - (g @ U) @ U.T).reshape(grad.shape)
@@ -115,6 +120,7 @@ class FeatureBasis:
     def load_state_dict(self, state: dict) -> None:
         self.dim, self.threshold = int(state["dim"]), float(state["threshold"])
         self.U = state["U"].to(torch.float64)
+        self._cast.clear()
 
 
 @dataclass

@@ -376,6 +376,7 @@ class Runner:
             "method": {"name": self.method.name, "options": dict(self.method.options),
                        "source": f"{type(self.method).__module__}:{type(self.method).__qualname__}"},
             "seed": cfg.seed, "training": dict(self.train_cfg),
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "run_dir", "resume", "progress", "command")},
             "zero_shot": {"tasks": [], "controls": {}}, "matrix": [], "steps": [],
             "aggregates": {k: None for k in metrics.METRIC_NAMES}, "summary": {},
             "efficiency": {"trainable_parameters": trainable, "world_size": self.world},

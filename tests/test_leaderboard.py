@@ -158,3 +158,19 @@ def test_browser_loads_sorts_and_shows_plots(records, tmp_path):
         assert errors == [], errors
     finally:
         driver.quit()
+
+
+def test_reproduce_marks_entry_reproduced(records, tmp_path):
+    from suite.leaderboard.submit import reproduce
+
+    src = next(records.glob("*pegp*__s1__*.json"))
+    copy_path = tmp_path / src.name
+    shutil.copy(src, copy_path)
+    res = reproduce(copy_path, out_dir=tmp_path / "rerun")
+    assert res["reproduced"] and res["max_abs_diff"] <= 1e-4
+    assert json.loads(copy_path.read_text())["verification"]["tier"] == "reproduced"
+    tampered = json.loads(src.read_text())
+    tampered["matrix"][0][0] = 1.0 - tampered["matrix"][0][0]
+    bad = tmp_path / "tampered.json"
+    bad.write_text(json.dumps(tampered))
+    assert not reproduce(bad, out_dir=tmp_path / "rerun2")["reproduced"]

@@ -47,7 +47,8 @@ def load_results(results: str | Path) -> list[dict]:
 def default_site_dir() -> Path:
     """``leaderboards/site`` in a checkout; ``./leaderboard-site`` for an installed suite (never site-packages)."""
     root = boards_dir()
-    return root / "site" if (root.parent / "pyproject.toml").is_file() else Path("leaderboard-site")
+    installed = any(part in ("site-packages", "dist-packages") for part in root.parts)
+    return Path("leaderboard-site") if installed else root / "site"
 
 
 def build_site(results: str | Path = "results", out: str | Path | None = None) -> Path:

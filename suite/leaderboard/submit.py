@@ -97,10 +97,12 @@ def reproduce(record_path: str | Path, tolerance: float = 1e-4, out_dir: str | P
 
     rec = load_record(record_path)
     tmp = Path(out_dir or Path(record_path).parent / ".reproduce")
-    cfg = RunConfig(sequence=rec["sequence"]["name"], model=rec["model"]["spec"], pet=rec["pet"]["kind"],
+    recorded = dict(rec.get("config") or {})
+    recorded.update(sequence=rec["sequence"]["name"], model=rec["model"]["spec"], pet=rec["pet"]["kind"],
                     pet_options=rec["pet"]["options"], method=rec["method"]["name"], method_options=rec["method"]["options"],
-                    seed=rec["seed"], training=rec.get("training", {}), out=str(tmp), run_dir=str(tmp / "runs"),
-                    progress=False, command=f"clsuite reproduce {record_path}")
+                    seed=rec["seed"], training=rec.get("training", {}))
+    cfg = RunConfig.from_dict({**recorded, "out": str(tmp), "run_dir": str(tmp / "runs"), "progress": False,
+                               "command": f"clsuite reproduce {record_path}"}, str(record_path))
     new = Runner(cfg).run()
     diff = max(abs(a - b) for ra, rb in zip(rec["matrix"], new["matrix"]) for a, b in zip(ra, rb))
     ok = diff <= tolerance
