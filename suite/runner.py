@@ -495,7 +495,7 @@ def run(cfg: RunConfig, method: Method | None = None) -> dict[str, Any]:
 def summary_table(rec: dict[str, Any]) -> str:
     """One screen: the accuracy matrix and the headline metrics of a record."""
     names = rec["sequence"]["tasks"]
-    w = max(8, max(len(n) for n in names) + 1)
+    w = max(12, max(len(n) for n in names) + 8)
     lines = [f"{rec['method']['name']} / {rec['pet']['kind'] or '-'} on {rec['sequence']['name']} (seed {rec['seed']})",
              " " * w + "".join(f"{n[:7]:>8s}" for n in names)]
     lines.append(f"{'zero-shot':{w}s}" + "".join(f"{100 * v:8.1f}" for v in rec["zero_shot"]["tasks"]))

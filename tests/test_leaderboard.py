@@ -115,13 +115,10 @@ def test_validate_rejects_too_few_seeds(records, tmp_path, monkeypatch):
     assert any("has 2 seed(s); the board needs 3" in p for p in problems)
 
 
-def test_browser_loads_sorts_and_shows_plots(records, tmp_path):
-    """Headless Chromium (Debian chromium + chromium-driver): no console errors, sorting works, plots load."""
+def _chromium(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    index = build_site(records, tmp_path / "site")
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -129,7 +126,34 @@ def test_browser_loads_sorts_and_shows_plots(records, tmp_path):
                  f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+    return webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+
+
+def test_reference_records_site_loads_without_console_errors(tmp_path):
+    """The committed embedded reference records (results/) build a site every page of which loads cleanly."""
+    from selenium.webdriver.common.by import By
+
+    index = build_site(Path(__file__).resolve().parents[1] / "results", tmp_path / "site")
+    pages = [index] + sorted((tmp_path / "site").glob("*.html")) + sorted((tmp_path / "site").glob("entries/*/index.html"))[:4]
+    driver = _chromium(tmp_path)
+    try:
+        for page in pages:
+            driver.get(page.as_uri())
+            assert driver.find_element(By.TAG_NAME, "h1").text
+            for img in driver.find_elements(By.TAG_NAME, "img"):
+                assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+    finally:
+        driver.quit()
+
+
+def test_browser_loads_sorts_and_shows_plots(records, tmp_path):
+    """Headless Chromium (Debian chromium + chromium-driver): no console errors, sorting works, plots load."""
+    from selenium.webdriver.common.by import By
+
+    index = build_site(records, tmp_path / "site")
+    driver = _chromium(tmp_path)
     try:
         driver.get(index.as_uri())
         driver.find_element(By.LINK_TEXT, "Class-incremental continual learning of CLIP").click()
