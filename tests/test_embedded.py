@@ -2,7 +2,6 @@
 import hashlib
 import json
 
-import pytest
 import torch
 
 from suite.models import asset_path, create_model_and_transforms

@@ -1,5 +1,4 @@
 """Leaderboard: site built from records (escaped), submissions validated by recomputation, browser-checked."""
-import copy
 import json
 import shutil
 from pathlib import Path

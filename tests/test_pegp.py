@@ -1,7 +1,6 @@
 """PEGP: projected gradients are orthogonal to the bases; old-task outputs stay put; DDP gives one basis."""
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -93,7 +93,6 @@ def test_lora_and_adapter_on_transformers_clip(tmp_path):
     CLIPModel(cfg).save_pretrained(tmp_path)
     bb = create_model_and_transforms(f"hf:{tmp_path}")
     tokens = torch.randint(1, 99, (2, 16))
-    x = torch.randn(2, 3, 16, 16)
     bb.tokenize = lambda texts: tokens  # no tokenizer files in this synthetic model
     for kind in ("lora", "adapter"):
         for tower in TOWERS:

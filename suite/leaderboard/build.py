@@ -14,7 +14,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..records import RecordError, load_record
-from .boards import LOWER_IS_BETTER, PERCENT, Entry, board_for, boards_dir, group_entries, load_boards
+from .boards import LOWER_IS_BETTER, PERCENT, Entry, boards_dir, group_entries, load_boards
 from .plots import board_comparison, plot_record
 
 

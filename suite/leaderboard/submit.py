@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..data import materialize
 from ..records import RecordError, load_record, recompute_aggregates, validate_record, write_json_atomic
 from ..sequences import SequenceError, load_sequence
 from .boards import board_for, load_boards

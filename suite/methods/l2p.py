@@ -86,12 +86,3 @@ class L2P(Method):
     def loss(self, ctx: RunContext, batch: Any) -> torch.Tensor:
         loss = ctx.task_loss(batch)
         return loss + self.options["pull_weight"] * self._pull if self._pull is not None else loss
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"keys": self.keys.detach().clone(), "layers": [l.state_dict() for l in self.layers]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.keys.copy_(state["keys"])
-        for l, s in zip(self.layers, state["layers"]):
-            l.load_state_dict(s)

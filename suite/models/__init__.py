@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 from torch import nn
