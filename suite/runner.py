@@ -286,7 +286,11 @@ class Runner:
         ev, seq = self.evaluator, self.seq
         acc, ece, retrieval = [], [], {}
         feats: dict[str, torch.Tensor] = {}
-        for d, task in enumerate(seq.tasks):
+        from tqdm import tqdm
+
+        label = "zero-shot" if t < 0 else f"after {t + 1}/{len(seq.tasks)}"
+        for d, task in enumerate(tqdm(seq.tasks, desc=f"eval {label}", leave=False,
+                                      disable=not self.cfg.progress or bool(self.rank))):
             data = self.data[task.name]
             img = feats[task.name] = ev.image_features(data.test)
             if seq.track == "cross-modal":

@@ -45,6 +45,12 @@ def test_records_are_valid_and_complete(seq_file, tmp_path, method, pet):
         assert rec["efficiency"]["basis_bytes"] > 0
 
 
+def test_bf16_autocast_runs_on_cpu(seq_file, tmp_path):
+    rec = run(_cfg(seq_file(), tmp_path, method="pegp", amp=True))
+    assert rec["status"] == "complete" and rec["config"]["amp"] is True
+    assert all(0.0 <= v <= 1.0 for row in rec["matrix"] for v in row)
+
+
 def test_cross_modal_track_records_retrieval(seq_file, tmp_path):
     rec = run(_cfg(seq_file(track="cross-modal"), tmp_path))
     r = rec["steps"][0]["retrieval"]["t0"]
