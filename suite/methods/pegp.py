@@ -40,8 +40,10 @@ class PEGP(Method):
             if s.key not in self.bases:
                 self.bases[s.key] = FeatureBasis(s.dim, self.threshold_for(s.key))
         self.tasks_done = 0
+        self._group_cache = None
+        self._params = [p for p in ctx.pet.parameters()]
+        self._index = {id(p): i for i, p in enumerate(self._params)}
         self.history: list[dict[str, Any]] = []
-        self.last_residual = 0.0
 
     def threshold_for(self, key: str) -> float:
         for pattern, eps in self.options["thresholds"].items():
@@ -50,18 +52,48 @@ class PEGP(Method):
         return float(self.options["threshold"])
 
     # gradient hook -----------------------------------------------------------------------------------
+    def _groups(self) -> list[tuple[str, int, list[GradSpace], torch.Tensor, dict]]:
+        """Spaces with a basis, grouped by (side, dim, tensor shape) with their bases stacked and zero-padded
+        (a zero column projects nothing), so each group is projected by two batched matmuls per step."""
+        if self._group_cache is None:
+            groups: dict[tuple, list[GradSpace]] = {}
+            for s in self.spaces:
+                basis = self.bases[s.key]
+                if basis.rank == 0:
+                    continue
+                shape = tuple(s.param.shape[1:]) if "index" in s.extra else tuple(s.param.shape)
+                groups.setdefault((s.side, basis.dim, shape), []).append(s)
+            self._group_cache = []
+            for (side, dim, _), spaces in groups.items():
+                stacked = torch.zeros(len(spaces), dim, max(self.bases[s.key].rank for s in spaces), dtype=torch.float64)
+                for i, s in enumerate(spaces):
+                    stacked[i, :, : self.bases[s.key].rank] = self.bases[s.key].U
+                self._group_cache.append((side, dim, spaces, stacked, {}))
+        return self._group_cache
+
     @torch.no_grad()
     def _project_all(self, tensor_of) -> None:
         """Project, in place, the tensor ``tensor_of(param)`` of every space with a non-empty basis."""
-        for s in self.spaces:
-            basis = self.bases[s.key]
-            t = tensor_of(s.param)
-            if t is None or basis.rank == 0:
+        for side, dim, spaces, stacked, casts in self._groups():
+            rows, views = [], []
+            for i, s in enumerate(spaces):
+                t = tensor_of(s.param)
+                if t is not None:
+                    rows.append(i)
+                    views.append(t[s.extra["index"]] if "index" in s.extra else t)
+            if not views:
                 continue
-            if "index" in s.extra:
-                t[s.extra["index"]] = basis.project(t[s.extra["index"]], s.side)
+            key = (views[0].device, views[0].dtype)
+            if key not in casts:
+                casts[key] = stacked.to(device=key[0], dtype=key[1])
+            U = casts[key] if len(rows) == len(spaces) else casts[key][rows]
+            if side == "right":
+                G = torch.stack([v.reshape(-1, dim) for v in views])
+                P = G - torch.bmm(torch.bmm(G, U), U.transpose(1, 2))
             else:
-                t.copy_(basis.project(t, s.side))
+                G = torch.stack([v.reshape(dim, -1) for v in views])
+                P = G - torch.bmm(U, torch.bmm(U.transpose(1, 2), G))
+            torch._foreach_copy_(views, [p.view(v.shape) for p, v in zip(P.unbind(0), views)])
 
     @torch.no_grad()
     def before_step(self, ctx: RunContext) -> None:
@@ -72,18 +104,18 @@ class PEGP(Method):
             if p.grad is not None:
                 p.grad.zero_()
         if self.options["project_update"]:
-            self._before = {id(p): p.detach().clone() for p in ctx.pet.parameters()}
+            self._before = torch._foreach_mul(self._params, 1.0)  # copies, one call
 
     @torch.no_grad()
     def after_step(self, ctx: RunContext) -> None:
         if self.tasks_done == 0 or not self.options["project_update"]:
             return
-        deltas = {id(p): p.detach() - self._before[id(p)] for p in ctx.pet.parameters()}
-        self._project_all(lambda p: deltas[id(p)])
+        deltas = torch._foreach_sub(self._params, self._before)
+        self._project_all(lambda p: deltas[self._index[id(p)]])
         for p in ctx.pet.fixed_after_first_task():
-            deltas[id(p)].zero_()
-        for p in ctx.pet.parameters():
-            p.copy_(self._before[id(p)] + deltas[id(p)])
+            deltas[self._index[id(p)]].zero_()
+        torch._foreach_add_(self._before, deltas)
+        torch._foreach_copy_(self._params, self._before)
 
     def max_residual(self, reference: dict[int, torch.Tensor] | None = None) -> float:
         """max over spaces of ‖G U‖ / ‖G_ref‖ (the orthogonality check). ``reference``: gradients before
@@ -118,6 +150,7 @@ class PEGP(Method):
         finally:
             ctx.pet.set_sink(None)
         added = {k: b.update() for k, b in self.bases.items()}
+        self._group_cache = None
         self.tasks_done += 1
         self.history.append({"task": t, "directions_added": sum(added.values()), **self.report()})
 
@@ -136,4 +169,5 @@ class PEGP(Method):
         self.tasks_done = int(state["tasks_done"])
         for k, s in state["bases"].items():
             self.bases[k].load_state_dict(s)
+        self._group_cache = None
         self.history = list(state["history"])
