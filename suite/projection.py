@@ -96,14 +96,16 @@ class FeatureBasis:
         g = grad.reshape(self.dim, -1)
         return (g - U @ (U.T @ g)).reshape(grad.shape)
 
-    def residual_ratio(self, grad: torch.Tensor, side: str = "right") -> float:
-        """``‖G U‖ / ‖G‖`` (or ``‖Uᵀ G‖ / ‖G‖``): ~0 after projection."""
-        if self.U.shape[1] == 0 or float(grad.norm()) == 0.0:
+    def residual_ratio(self, grad: torch.Tensor, side: str = "right", reference_norm: float | None = None) -> float:
+        """``‖G U‖ / ‖G‖`` (or ``‖Uᵀ G‖ / ‖G‖``): ~0 after projection. ``reference_norm`` replaces ``‖G‖``
+        (e.g. the norm before projection, so that a gradient projected to ~0 reads ~0, not noise/noise)."""
+        norm = float(grad.norm()) if reference_norm is None else float(reference_norm)
+        if self.U.shape[1] == 0 or norm == 0.0:
             return 0.0
         U = self.U.to(device=grad.device, dtype=torch.float64)
         g = grad.detach().to(torch.float64)
         inner = g.reshape(-1, self.dim) @ U if side == "right" else U.T @ g.reshape(self.dim, -1)
-        return float(inner.norm() / g.norm())
+        return float(inner.norm() / norm)
 
     @property
     def rank(self) -> int:

@@ -193,13 +193,17 @@ class Runner:
             return bool(self.method.text_changes)
         return bool(self.pet is not None and self.pet.touches_tower("text"))
 
-    def _head(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Task-agnostic head: every class of the sequence once (first templates win), in task order."""
+    def _class_templates(self, tasks) -> dict[str, tuple[str, ...]]:
+        """Each class of ``tasks`` once, in task order, with the templates of the first task naming it."""
         seen: dict[str, tuple[str, ...]] = {}
-        for t in self.seq.tasks:
+        for t in tasks:
             for c in self.data[t.name].classnames:
                 seen.setdefault(c, tuple(self.data[t.name].templates))
-        return list(seen.items())
+        return seen
+
+    def _head(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Task-agnostic head: every class of the sequence."""
+        return list(self._class_templates(self.seq.tasks).items())
 
     # -- losses ----------------------------------------------------------------------------------------
     def logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,7 +326,7 @@ class Runner:
                                  for k, v in controls.items()}
         hall: dict[str, Any] = {}
         if self.probe is not None:
-            hall["pope"] = self.probe.evaluate(ev, self.cfg.seed)
+            hall["pope"] = self.probe.evaluate(ev, self.cfg.seed, feats)
         hij = self._hijacking(t, feats)
         if hij:
             hall["hijacking"] = hij
@@ -337,11 +341,7 @@ class Runner:
         """Images of not-yet-learned tasks and control sets, classified among learned ∪ own classes."""
         if t < 0 or self.seq.track == "cross-modal":
             return {}
-        learned: dict[str, tuple[str, ...]] = {}
-        for task in self.seq.tasks[: t + 1]:
-            d = self.data[task.name]
-            for c in d.classnames:
-                learned.setdefault(c, tuple(d.templates))
+        learned = self._class_templates(self.seq.tasks[: t + 1])
         out = {}
         targets = [(task.name, self.data[task.name]) for task in self.seq.tasks[t + 1:]]
         targets += [(c.name, self.data[c.name]) for c in self.seq.control_sets]

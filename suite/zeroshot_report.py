@@ -20,8 +20,8 @@ DIGIT_TEMPLATES = ["the digit {}.", "the number {}."]
 FASHION_TEMPLATES = ["a photo of a {}.", "a picture of a {}, a piece of clothing."]
 
 
-def _acc(ev: Evaluator, split, classes: list[str], templates: list[str]) -> float:
-    img = ev.image_features(split)
+def _acc(ev: Evaluator, split, classes: list[str], templates: list[str], img=None) -> float:
+    img = ev.image_features(split) if img is None else img
     return ev.classify(img, split.labels, classes, [templates] * len(classes))["accuracy"]
 
 
@@ -33,8 +33,8 @@ def zero_shot_report(backbone, per_class: int = 40, seed: int = 1234) -> dict[st
     all_comps = [f"{c} {s}" for c in world.COLOURS for s in world.SHAPES]
     out: dict[str, Any] = {}
     split = world_split("object", held, ["solid"], per_class, rng, size)
-    out["heldout_compositions_8way"] = _acc(ev, split, held, OBJECT_TEMPLATES)
     img = ev.image_features(split)
+    out["heldout_compositions_8way"] = _acc(ev, split, held, OBJECT_TEMPLATES, img)
     labels = np.array([all_comps.index(held[int(l)]) for l in split.labels])
     out["heldout_compositions_64way"] = ev.classify(img, labels, all_comps, [OBJECT_TEMPLATES] * len(all_comps))["accuracy"]
     seen = [f"{c} {s}" for c in world.COLOURS for s in world.SHAPES if (c, s) not in HELDOUT_COMPOSITIONS]

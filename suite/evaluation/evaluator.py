@@ -88,8 +88,15 @@ class Evaluator:
     # -- metrics -------------------------------------------------------------------------------------
     def classify(self, img: torch.Tensor, labels: np.ndarray, head_names: list[str], head_templates: list[list[str]],
                  label_offset: int = 0) -> dict[str, Any]:
-        """Accuracy/ECE of images ``img`` among a head of classes (each with its own templates)."""
-        text = torch.cat([self.class_text_features([c], t) for c, t in zip(head_names, head_templates)])
+        """Accuracy/ECE of images ``img`` among a head of classes (each with its own templates).
+
+        Classes sharing templates are encoded together (one text pass, one cache entry per group)."""
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, tpl in enumerate(head_templates):
+            groups.setdefault(tuple(tpl), []).append(i)
+        parts = [self.class_text_features([head_names[i] for i in idx], list(tpl)) for tpl, idx in groups.items()]
+        order = torch.tensor([i for idx in groups.values() for i in idx])
+        text = torch.cat(parts)[torch.argsort(order)]
         logits = self.backbone.logit_scale_value.detach().float() * img @ text.T
         probs = torch.softmax(logits, -1).cpu().numpy()
         y = labels[: len(img)] + label_offset
@@ -123,11 +130,15 @@ class ConceptProbe:
             return None
         return cls(concepts, {n: s.subset(range(min(per_task, len(s)))) for n, s in splits.items()})
 
-    def scores(self, ev: Evaluator) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, ev: Evaluator, feats: dict[str, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Image-concept scores; ``feats`` (task -> test-split features already computed this step) are reused,
+        since the probe's images are the first test images of each task."""
         text = ev.class_text_features(self.concepts, ["a photo of a {}."])
         rows, present = [], []
-        for split in self.images.values():
-            img = ev.image_features(split)
+        for name, split in self.images.items():
+            n = len(ev.eval_indices(split))
+            known = (feats or {}).get(name)
+            img = known[:n] if known is not None and len(known) >= n else ev.image_features(split)
             rows.append((img @ text.T).cpu().numpy())
             p = np.zeros((len(img), len(self.concepts)), bool)
             for i, objs in enumerate(split.objects[: len(img)]):
@@ -136,8 +147,8 @@ class ConceptProbe:
             present.append(p)
         return np.concatenate(rows), np.concatenate(present)
 
-    def evaluate(self, ev: Evaluator, seed: int = 0) -> dict[str, Any]:
-        scores, present = self.scores(ev)
+    def evaluate(self, ev: Evaluator, seed: int = 0, feats: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        scores, present = self.scores(ev, feats)
         if self.thresholds is None:
             self.thresholds = calibrate_thresholds(scores, present)
         return pope(scores, present, self.thresholds, self.concepts, seed)

@@ -126,13 +126,9 @@ class PEGP(Method):
             if s.param.grad is None or basis.rank == 0:
                 continue
             pick = (lambda t: t[s.extra["index"]]) if "index" in s.extra else (lambda t: t)
-            g = pick(s.param.grad).detach().to(torch.float64)
-            ref = pick(reference[id(s.param)]).to(torch.float64) if reference else g
-            if float(ref.norm()) == 0.0:
-                continue
-            U = basis.U.to(g.device)
-            inner = g.reshape(-1, basis.dim) @ U if s.side == "right" else U.T @ g.reshape(basis.dim, -1)
-            worst = max(worst, float(inner.norm() / ref.norm()))
+            g = pick(s.param.grad)
+            ref = pick(reference[id(s.param)]) if reference else g
+            worst = max(worst, basis.residual_ratio(g, s.side, float(ref.detach().to(torch.float64).norm())))
         return worst
 
     # bases -------------------------------------------------------------------------------------------
