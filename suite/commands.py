@@ -31,8 +31,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with the same fields as the options below (options override it)")
     p.add_argument("--sequence", help="task sequence: shipped name or path to a YAML file")
     p.add_argument("--model", help="backbone: embedded:tiny-clip (default), open_clip:ViT-B-16@openai, hf:/path")
-    p.add_argument("--pet", help="adapter, lora, prefix, prompt, or none")
-    p.add_argument("--pet-options", help="PET hyper-parameters, e.g. rank=8,towers=vision,layers=0-5")
+    p.add_argument("--pet", help="lora, adapter, prefix, vpt, coop, gated-prefix, gated-prompt, a plug-in, or none")
+    p.add_argument("--pet-options", help="PET hyper-parameters, e.g. rank=8,towers=vision,layers=0-5, or preset=pegp-official")
     p.add_argument("--method", help="zeroshot, seq, pegp, finetune, lwf, ewc, wiseft, zscl, l2p, gpm, or a plug-in")
     p.add_argument("--method-options", help="method hyper-parameters, e.g. threshold=0.99")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -171,16 +171,38 @@ def _lb_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _records_from(args: argparse.Namespace) -> list[dict]:
+    """Records named on the command line (files or folders), or ``--results DIR`` filtered by ``--sequence``."""
+    from .sweep import collect
+
+    records = collect(list(args.records) + ([args.results] if getattr(args, "results", None) else []))
+    if getattr(args, "sequence", None):
+        records = [r for r in records if r["sequence"]["name"] == args.sequence]
+    if not records:
+        raise ValueError("no records: name record files or folders, or --results DIR [--sequence NAME]")
+    return records
+
+
 @command("plot")
 def _plot(args: argparse.Namespace) -> int:
-    from .leaderboard.plots import PLOTS, plot_record
-    from .records import load_record
+    from .leaderboard.plots import plot_records
 
-    for path in args.records:
-        rec = load_record(path)
-        out = Path(args.out) / rec["run_id"]
-        for kind, p in plot_record(rec, out, args.kind or PLOTS).items():
-            print(p)
+    print(plot_records(_records_from(args), args.kind, args.out, args.metric, args.x))
+    return 0
+
+
+@command("compare")
+def _compare(args: argparse.Namespace) -> int:
+    from .analysis import COMPARE_METRICS, compare, format_compare
+
+    pairs = []
+    for text in args.pair or []:
+        a, sep, b = text.partition(":")
+        if not sep or not a or not b:
+            raise ValueError(f"--pair {text!r}: give A:B, e.g. --pair pegp/lora:seq/lora")
+        pairs.append((a, b))
+    names = tuple(args.metrics.split(",")) if args.metrics else COMPARE_METRICS
+    print(format_compare(compare(_records_from(args), names, pairs), args.format))
     return 0
 
 
@@ -217,12 +239,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     lb = sub.add_parser("leaderboard", help="build the static leaderboard site")
     lsub = lb.add_subparsers(dest="sub", required=True)
     p = lsub.add_parser("build", help="turn results/*.json into a static site (default leaderboards/site/)")
-    p.add_argument("--results", default="results", help="folder of results records")
-    p.add_argument("--out", help="site folder (default leaderboards/site)")
-    p = sub.add_parser("plot", help="forgetting curves, heatmap, retention and hallucination plots of records")
-    p.add_argument("records", nargs="+")
-    p.add_argument("--out", default="plots")
-    p.add_argument("--kind", action="append", choices=["forgetting", "heatmap", "retention", "hallucination"])
+    p.add_argument("--results", help="folder of results records (default: the checkout's results/)")
+    p.add_argument("--out", help="site folder (default leaderboards/site); only a folder clsuite built is replaced")
+    p = sub.add_parser("plot", help="one figure comparing records: seeds grouped, mean with a 95%% band per method")
+    p.add_argument("records", nargs="*", help="record files or folders")
+    p.add_argument("--results", help="a folder of records (with --sequence to pick one sequence)")
+    p.add_argument("--sequence", help="only records of this sequence")
+    p.add_argument("--kind", default="curves", choices=["curves", "matrix", "retention", "hallucination", "tradeoff"])
+    p.add_argument("--metric", default="avg", help="curves: avg, first-task, task:<name> or control:<name>")
+    p.add_argument("--x", default="plasticity", help="tradeoff: the x metric (plasticity, zero_shot_retention, ...)")
+    p.add_argument("--out", default="figure.svg", help="the figure file: .svg, .png or .pdf")
+    p = sub.add_parser("compare", help="mean ± 95%% CI per method group, and paired-by-seed differences")
+    p.add_argument("records", nargs="*", help="record files or folders")
+    p.add_argument("--results", help="a folder of records (with --sequence to pick one sequence)")
+    p.add_argument("--sequence", help="only records of this sequence")
+    p.add_argument("--pair", action="append", help="A:B — print A − B per metric, paired by seed (repeatable); "
+                   "A and B are group labels such as pegp/lora")
+    p.add_argument("--metrics", help="comma-separated metrics (default: avg,last,transfer,forgetting,plasticity,"
+                   "zero_shot_retention,hallucination_fpr)")
+    p.add_argument("--format", default="text", choices=["text", "md", "csv", "json"])
     p = sub.add_parser("submit", help="pack run records into one submission file")
     p.add_argument("records", nargs="+")
     p.add_argument("--out", default="submission.json")

@@ -10,7 +10,7 @@ from .runner import RunConfig, Runner
 
 # (sequence, PETs to run with seq and pegp)
 DEMO_PLAN = (
-    ("world-class-incremental", ("lora", "prompt")),
+    ("world-class-incremental", ("lora", "vpt")),
     ("world-domain-incremental", ("lora", "prefix")),
     ("world-cross-modal", ("lora",)),
     ("mini-mtil", ("lora", "adapter")),

@@ -18,21 +18,69 @@ trained). Values stay in the matrix's own units (fractions or percent); nothing 
                            ``1/(T-1) sum_{d>=1} (A[d-1, d] - z[d])``; needs ``z``, else ``None``.
 ``avg_incremental``        Average incremental accuracy (Rebuffi et al., iCaRL 2017):
                            ``1/T sum_t mean_{d<=t} A[t, d]``.
-``final_seen_avg``         ``mean_{d} A[T-1, d]`` restricted to trained tasks (equals ``last`` at the end).
+``plasticity``             Plasticity gain over zero-shot: ``mean_d (A[d, d] - z[d])`` — how much training a task
+                           raised its accuracy right after it was trained; needs ``z``, else ``None``.
 =========================  ==================================================================================
 
 A one-task matrix has no transfer, BWT, forgetting or FWT: those are ``None``.
+
+:data:`METRICS` is the one registry of every number a record, a board, ``compare`` or a figure shows: its name,
+whether higher is better, its unit, and where in a record it is read from (:func:`suite.records.metric_value`).
 """
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-METRIC_NAMES = ("transfer", "avg", "last", "bwt", "forgetting", "fwt", "avg_incremental")
+METRIC_NAMES = ("transfer", "avg", "last", "bwt", "forgetting", "fwt", "avg_incremental", "plasticity")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number: ``source`` is the record section it lives in (aggregates are always recomputed
+    from the matrix); ``unit`` is ``fraction`` (shown as percent), ``bytes``, ``seconds`` or ``count``."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    unit: str = "fraction"
+    source: str = "aggregate"
+
+    @property
+    def sign(self) -> int:
+        """+1 when higher is better: ``sign * value`` sorts best-last."""
+        return 1 if self.higher_is_better else -1
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("transfer", "Transfer", True),
+    Metric("avg", "Avg", True),
+    Metric("last", "Last", True),
+    Metric("bwt", "BWT", True),
+    Metric("forgetting", "Forgetting", False),
+    Metric("fwt", "FWT", True),
+    Metric("avg_incremental", "Avg incremental", True),
+    Metric("plasticity", "Plasticity gain", True),
+    Metric("zero_shot_retention", "Zero-shot retention", True, source="summary"),
+    Metric("hallucination_fpr", "Hallucination FPR", False, source="summary"),
+    Metric("hijacking_rate", "Hijacking rate", False, source="summary"),
+    Metric("retrieval_confident_mismatch", "Confident mismatch", False, source="summary"),
+    Metric("ece", "ECE", False, source="summary"),
+    Metric("trainable_parameters", "Trainable params", False, unit="count", source="efficiency"),
+    Metric("basis_bytes", "Basis memory", False, unit="bytes", source="efficiency"),
+    Metric("wall_time_s", "Wall time", False, unit="seconds", source="efficiency"),
+)}
+
+
+def metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return METRICS[name]
 
 
 class MatrixError(ValueError):
@@ -96,6 +144,15 @@ def avg_incremental(a: np.ndarray) -> float:
     return float(np.mean([a[t, : t + 1].mean() for t in range(a.shape[0])]))
 
 
+def plasticity(a: np.ndarray, zero_shot: Sequence[float] | None) -> float | None:
+    if zero_shot is None:
+        return None
+    z = np.asarray(zero_shot, dtype=np.float64)
+    if z.shape != (a.shape[0],):
+        raise MatrixError(f"zero-shot vector must have {a.shape[0]} entries, got {z.shape}")
+    return float(np.mean(np.diag(a) - z))
+
+
 def aggregate(rows: Any, zero_shot: Sequence[float] | None = None) -> dict[str, float | None]:
     """Every aggregate of one accuracy matrix, keyed by :data:`METRIC_NAMES`."""
     a = as_matrix(rows)
@@ -107,6 +164,7 @@ def aggregate(rows: Any, zero_shot: Sequence[float] | None = None) -> dict[str, 
         "forgetting": forgetting(a),
         "fwt": fwt(a, zero_shot),
         "avg_incremental": avg_incremental(a),
+        "plasticity": plasticity(a, zero_shot),
     }
 
 

@@ -2,6 +2,7 @@
 recomputable (every aggregate follows from the stored matrix by :mod:`suite.metrics`)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -58,6 +59,48 @@ def validate_record(rec: dict, source: str = "<record>") -> None:
 
 def recompute_aggregates(rec: dict) -> dict[str, float | None]:
     return metrics.aggregate(rec["matrix"], rec["zero_shot"]["tasks"])
+
+
+def metric_value(rec: dict, name: str, aggregates: dict[str, float | None] | None = None) -> float | None:
+    """A record's value of a registered metric (:data:`suite.metrics.METRICS`). Aggregates are recomputed from
+    the matrix (pass ``aggregates`` to reuse a recomputation), never read from what the record claims."""
+    m = metrics.metric(name)
+    if m.source == "aggregate":
+        return (aggregates if aggregates is not None else recompute_aggregates(rec)).get(name)
+    value = rec.get(m.source, {}).get(name)
+    if value is None and name == "basis_bytes" and m.source == "efficiency":
+        return 0  # a method without bases stores none
+    return value
+
+
+def step_summary(step: dict) -> dict[str, float | None]:
+    """The summary numbers of one evaluation step (the record's ``summary`` is that of its last step)."""
+    out: dict[str, float | None] = {}
+    if step.get("retention"):
+        vals = [v for v in step["retention"].values() if v is not None]
+        out["zero_shot_retention"] = float(sum(vals) / len(vals)) if vals else None
+    if step.get("ece"):
+        out["ece"] = float(sum(step["ece"]) / len(step["ece"]))
+    hall = step.get("hallucination", {})
+    if "adversarial" in hall.get("pope", {}):
+        out["hallucination_fpr"] = hall["pope"]["adversarial"]["false_positive_rate"]
+    if "hijacking" in hall:
+        out["hijacking_rate"] = hall["hijacking"].get("mean_rate")
+    if "retrieval_confident_mismatch" in hall:
+        out["retrieval_confident_mismatch"] = hall["retrieval_confident_mismatch"]
+    return out
+
+
+def group_key(rec: dict) -> tuple[str, str, str, str]:
+    """Records that are seeds of one configuration share this key: sequence, method, PET, and their options."""
+    return (rec["sequence"]["name"], rec["method"]["name"], rec["pet"]["kind"] or "-",
+            json.dumps([rec["pet"]["options"], rec["method"]["options"]], sort_keys=True))
+
+
+def record_digest(rec: dict) -> str:
+    """sha256 of a record's content without any ``verification`` field (what a maintainer verified)."""
+    body = {k: v for k, v in rec.items() if k != "verification"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

@@ -31,13 +31,10 @@ from .data import TaskData, materialize
 from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, hijacking
 from .methods import Method, RunContext, make_method
 from .models import create_model_and_transforms
-from .pet import attach_pet
-from .records import strip_timings, validate_record, write_json_atomic
+from .paths import safe_name
+from .pet import attach_pet, available_pets
+from .records import SCHEMA_ID, step_summary, strip_timings, validate_record, write_json_atomic
 from .sequences import TaskSequence, load_sequence
-
-TRAIN_DEFAULTS = {"iterations": 100, "epochs": 0, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
-                  "optimizer": "adamw", "schedule": "cosine", "warmup": 0}
-
 
 class TrainingFailed(RuntimeError):
     """A task failed (NaN loss, exception); earlier tasks' results are already on disk."""
@@ -74,10 +71,12 @@ class RunConfig:
         return cls(**data)
 
     def run_id(self) -> str:
+        """File-safe id of the configuration (:func:`suite.paths.safe_name`): it names the record and run folder."""
         opts = json.dumps([self.pet_options, self.method_options, self.training, self.max_eval], sort_keys=True)
         tag = hashlib.sha256(opts.encode()).hexdigest()[:8]
         model = self.model.replace(":", "-").replace("/", "_").replace("@", "-")[-40:]
-        return f"{Path(self.sequence).stem}__{model}__{self.pet or 'none'}__{self.method}__s{self.seed}__{tag}"
+        return safe_name(f"{Path(self.sequence).stem}__{model}__{self.pet or 'none'}__{self.method}__s{self.seed}__{tag}",
+                         max_len=160)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -167,10 +166,10 @@ class Runner:
         self.backbone = create_model_and_transforms(cfg.model, device=self.device)
         self.method = method or make_method(cfg.method, cfg.method_options)
         if self.method.needs_pet and self.method.trains and not cfg.pet:
-            raise ValueError(f"method {self.method.name} trains a PET: give --pet (adapter, lora, prefix, prompt)")
+            raise ValueError(f"method {self.method.name} trains a PET: give --pet ({', '.join(available_pets())})")
         use_pet = cfg.pet and self.method.needs_pet
         self.pet = attach_pet(self.backbone, cfg.pet, **cfg.pet_options).to(self.device) if use_pet else None
-        self.train_cfg = {**TRAIN_DEFAULTS, **self.seq.training, **cfg.training}
+        self.train_cfg = {**self.seq.default_training(), **cfg.training}
         size = self.backbone.image_size if self.seq.embedded else None
         self.data = {t.name: materialize(self.seq, t, size) for t in self.seq.tasks + self.seq.control_sets}
         amp = cfg.amp and self.device.type in ("cuda", "cpu")
@@ -178,7 +177,8 @@ class Runner:
         self.evaluator = Evaluator(self.backbone, cfg.eval_batch_size, cfg.max_eval, self.autocast)
         self.batches = Batches(self.backbone, self.seq.track, self.train_cfg["batch_size"])
         self.ctx = RunContext(backbone=self.backbone, pet=self.pet, device=self.device, sequence=self.seq, seed=cfg.seed,
-                              task_loss=self.task_loss, batches=lambda d, n: self.batches(d, n, seed=_task_seed(self.cfg.seed, 10_000 + self.ctx.task_index)))
+                              task_loss=self.task_loss, batch_size=int(self.train_cfg["batch_size"]),
+                              batches=lambda d, n: self.batches(d, n, seed=_task_seed(self.cfg.seed, 10_000 + self.ctx.task_index)))
         self.ctx.extras["logits"] = self.logits
         self.method.setup(self.ctx)
         self.params = self.method.trainable(self.ctx) if self.method.trains else []
@@ -368,7 +368,7 @@ class Runner:
         cfg = self.cfg
         trainable = int(sum(p.numel() for p in self.params))
         return {
-            "schema": "clsuite/record/v1", "run_id": cfg.run_id(),
+            "schema": SCHEMA_ID, "run_id": cfg.run_id(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "partial", "error": None,
             "sequence": {"name": self.seq.name, "version": self.seq.version, "track": self.seq.track,
                          "protocol": self.seq.protocol, "tasks": [t.name for t in self.seq.tasks],
@@ -391,21 +391,7 @@ class Runner:
         if rec["matrix"] and len(rec["matrix"]) == len(self.seq.tasks):
             rec["aggregates"] = metrics.aggregate(rec["matrix"], rec["zero_shot"]["tasks"])
             rec["status"] = "complete"
-        last = rec["steps"][-1] if rec["steps"] else {}
-        summary: dict[str, float | None] = {}
-        if last.get("retention"):
-            vals = [v for v in last["retention"].values() if v is not None]
-            summary["zero_shot_retention"] = float(np.mean(vals)) if vals else None
-        if last.get("ece"):
-            summary["ece"] = float(np.mean(last["ece"]))
-        hall = last.get("hallucination", {})
-        if "pope" in hall and "adversarial" in hall["pope"]:
-            summary["hallucination_fpr"] = hall["pope"]["adversarial"]["false_positive_rate"]
-        if "hijacking" in hall:
-            summary["hijacking_rate"] = hall["hijacking"].get("mean_rate")
-        if "retrieval_confident_mismatch" in hall:
-            summary["retrieval_confident_mismatch"] = hall["retrieval_confident_mismatch"]
-        rec["summary"] = summary
+        rec["summary"] = step_summary(rec["steps"][-1]) if rec["steps"] else {}
 
     def _save(self, rec: dict[str, Any], tasks_done: int) -> None:
         if self.rank != 0:

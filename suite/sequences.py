@@ -18,6 +18,10 @@ import jsonschema
 import yaml
 
 TRACKS = ("class-incremental", "domain-incremental", "cross-modal")
+# Training settings a sequence file does not state; a sequence's ``training`` overrides them, a run config's
+# ``training`` overrides both (``TaskSequence.default_training``).
+TRAINING_DEFAULTS = {"iterations": 100, "epochs": 0, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
+                     "optimizer": "adamw", "schedule": "cosine", "warmup": 0}
 
 
 class SequenceError(ValueError):
@@ -58,6 +62,10 @@ class TaskSequence:
     seed: int = 0
     training: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+
+    def default_training(self) -> dict[str, Any]:
+        """The effective training settings of a run that overrides nothing (the board's budget)."""
+        return {**TRAINING_DEFAULTS, **self.training}
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks + self.control_sets:

@@ -1,13 +1,10 @@
-"""Grids of runs and their summary across seeds (mean ± 95% confidence interval, Student t)."""
+"""Grids of runs and their summary across seeds (mean ± 95% confidence interval, Student t; see :mod:`suite.analysis`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
+from .analysis import group_records, mean_ci  # noqa: F401  (mean_ci: re-exported for older callers)
 from .records import load_record
 from .runner import RunConfig, Runner
 
@@ -26,16 +23,6 @@ def sweep(base: RunConfig, methods: list[str], pets: list[str], seeds: list[int]
     return paths
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% CI (t distribution); half-width 0 for one value."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), 0.0
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-
-
 def collect(paths: list[str]) -> list[dict]:
     files: list[Path] = []
     for p in map(Path, paths):
@@ -43,21 +30,14 @@ def collect(paths: list[str]) -> list[dict]:
     return [load_record(f) for f in files]
 
 
-def group_key(rec: dict) -> tuple:
-    return (rec["sequence"]["name"], rec["method"]["name"], rec["pet"]["kind"] or "-",
-            json.dumps([rec["pet"]["options"], rec["method"]["options"]], sort_keys=True))
-
-
 def summarize(records: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[group_key(r)].append(r)
+    """Mean and 95 % half-width (0 for one seed) per configuration, aggregates recomputed from the matrices."""
     rows = []
-    for (seq, method, pet, _), recs in sorted(groups.items()):
-        row = {"sequence": seq, "method": method, "pet": pet, "seeds": sorted(r["seed"] for r in recs)}
+    for g in group_records(records):
+        row = {"sequence": g.sequence, "method": g.method, "pet": g.pet, "seeds": g.seeds}
         for k in HEADLINE:
-            vals = [r["aggregates"][k] for r in recs if r["aggregates"].get(k) is not None]
-            row[k] = mean_ci(vals) if vals else None
+            s = g.stat(k)
+            row[k] = None if s is None else (s.mean, s.ci or 0.0)
         rows.append(row)
     return rows
 

@@ -1,4 +1,6 @@
-"""Every PET on both towers: attaches, leaves outputs unchanged at init, trains only its own parameters."""
+"""Every PET on the towers it supports: attaches, trains only its own parameters and only its tower; PETs whose
+published form has the property (LoRA, adapters, the gated variants) leave outputs unchanged at attach, the
+standard prefix/VPT/CoOp change them by definition."""
 import pytest
 import torch
 
@@ -6,12 +8,16 @@ from suite.models import create_model_and_transforms
 from suite.pet import PETS, attach_pet
 
 TOWERS = ("vision", "text")
+NO_CHANGE_AT_ATTACH = {"lora", "adapter", "gated-prefix", "gated-prompt"}
+ONLY = {"vpt": "vision", "coop": "text"}
+CASES = [(k, t) for k in sorted(PETS) for t in TOWERS if ONLY.get(k, t) == t]
 
 
 def _inputs(bb, n=2):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, bb.image_size, bb.image_size, generator=g)
-    tokens = bb.tokenize(["a red circle", "three blue squares"][:n])
+    template = bb.class_templates(["a {}"])[0]  # CoOp writes its own class prompts
+    tokens = bb.tokenize([template.replace("{}", c) for c in ("red circle", "three blue squares")][:n])
     return x, tokens
 
 
@@ -24,9 +30,14 @@ def _check_pet(bb, kind, tower, options=None):
     try:
         params = list(pet.parameters())
         assert params and all(p.requires_grad for p in params)
+        x, tokens = _inputs(bb)
         with torch.no_grad():
             i0, t0 = bb.encode_image(x), bb.encode_text(tokens)
-        assert torch.allclose(i0, ref_i, atol=1e-5) and torch.allclose(t0, ref_t, atol=1e-5), "output changed at init"
+        if kind in NO_CHANGE_AT_ATTACH:
+            assert torch.allclose(i0, ref_i, atol=1e-5) and torch.allclose(t0, ref_t, atol=1e-5), "output changed at init"
+        else:
+            moved_at_attach = (i0 - ref_i).abs().max() if tower == "vision" else (t0 - ref_t).abs().max()
+            assert moved_at_attach > 1e-6, f"{kind} is defined to change outputs when attached"
         opt = torch.optim.SGD(params, lr=0.5)
         for _ in range(2):  # gated PETs need one step to open the gate before their tokens move
             opt.zero_grad()
@@ -35,7 +46,7 @@ def _check_pet(bb, kind, tower, options=None):
             opt.step()
         with torch.no_grad():
             i1, t1 = bb.encode_image(x), bb.encode_text(tokens)
-        moved = (i1 - ref_i).abs().max() if tower == "vision" else (t1 - ref_t).abs().max()
+        moved = (i1 - i0).abs().max() if tower == "vision" else (t1 - t0).abs().max()
         assert moved > 1e-6, "one training step did not change the tower's output"
         untouched = (t1 - ref_t) if tower == "vision" else (i1 - ref_i)
         assert untouched.abs().max() < 1e-6, "the other tower changed"
@@ -44,8 +55,9 @@ def _check_pet(bb, kind, tower, options=None):
                 assert torch.equal(p, frozen[n]), f"backbone weight {n} changed"
     finally:
         pet.detach_from_model()
+    x, tokens = _inputs(bb)
     with torch.no_grad():
-        assert torch.allclose(bb.encode_image(x), ref_i, atol=1e-6)
+        assert torch.allclose(bb.encode_image(x), ref_i, atol=1e-6) and torch.allclose(bb.encode_text(tokens), ref_t, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +72,43 @@ def vitb16():
     return create_model_and_transforms("open_clip:ViT-B-16")
 
 
-@pytest.mark.parametrize("tower", TOWERS)
-@pytest.mark.parametrize("kind", sorted(PETS))
+@pytest.mark.parametrize("kind,tower", CASES)
 def test_pet_on_micro_model(micro, kind, tower):
     _check_pet(micro, kind, tower)
 
 
-@pytest.mark.parametrize("tower", TOWERS)
-@pytest.mark.parametrize("kind", sorted(PETS))
+@pytest.mark.parametrize("kind,tower", CASES)
 def test_pet_on_vit_b16_random_weights(vitb16, kind, tower):
     _check_pet(vitb16, kind, tower, {"layers": "0-1,11"})
+
+
+@pytest.mark.parametrize("depth", ["deep", "shallow"])
+def test_vpt_depths_and_official_presets(micro, depth):
+    _check_pet(micro, "vpt", "vision", {"depth": depth})
+    for kind in ("adapter", "lora", "prefix", "vpt", "coop"):
+        pet = attach_pet(micro, kind, preset="pegp-official")
+        try:
+            assert pet.config.to_dict()["towers"] in ("vision", "text") and list(pet.parameters())
+        finally:
+            pet.detach_from_model()
+    pet = attach_pet(micro, "adapter", preset="pegp-official", bottleneck=3)  # explicit options win
+    assert pet.config.bottleneck == 3 and pet.config.position == "attn" and not pet.config.bias
+    pet.detach_from_model()
+
+
+def test_shallow_vpt_prompts_are_seen_by_later_blocks(micro):
+    """Shallow prompts travel through every block (removed only before pooling): the class token's output moves
+    when the prompt tokens move, also with the prompt inserted before block 0 only."""
+    x = torch.randn(1, 3, micro.image_size, micro.image_size)
+    pet = attach_pet(micro, "vpt", depth="shallow")
+    try:
+        with torch.no_grad():
+            a = micro.encode_image(x)
+            pet.pet_layers[0].tokens.add_(torch.randn_like(pet.pet_layers[0].tokens))  # (a constant shift is what LN removes)
+            b = micro.encode_image(x)
+        assert (a - b).abs().max() > 1e-4
+    finally:
+        pet.detach_from_model()
 
 
 def test_split_attention_matches_fused_multihead_attention():
@@ -97,8 +136,9 @@ def test_lora_and_adapter_on_transformers_clip(tmp_path):
     for kind in ("lora", "adapter"):
         for tower in TOWERS:
             _check_pet(bb, kind, tower)
-    with pytest.raises(TypeError, match="open_clip"):
-        attach_pet(bb, "prefix")
+    for kind in ("prefix", "vpt", "coop", "gated-prefix", "gated-prompt"):
+        with pytest.raises(TypeError, match="open_clip"):
+            attach_pet(bb, kind, **({"towers": "text"} if kind == "coop" else {"towers": "vision"} if kind == "vpt" else {}))
 
 
 def test_bad_pet_options_are_clear(micro):

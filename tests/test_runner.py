@@ -154,6 +154,66 @@ def test_outside_method_discovered_through_entry_point(seq_file, tmp_path, monke
     assert rec["method"]["source"] == "my_cl_method:Frozen" and rec["status"] == "complete"
 
 
+def _plugin(tmp_path, monkeypatch, name, code, group="clsuite.methods", entry=None):
+    """A temporary distribution whose entry point ``name`` (in ``group``) points at ``code``."""
+    pkg = tmp_path / f"plugin_{abs(hash(name)) % 10**8}"
+    module = f"mod_{abs(hash(name)) % 10**8}"
+    (pkg / module).mkdir(parents=True)
+    (pkg / module / "__init__.py").write_text(code)
+    dist = pkg / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {module}{entry or ''}\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    return module
+
+
+def test_plugin_rules_are_one_line_errors(seq_file, tmp_path, monkeypatch, capsys):
+    from suite.cli import main
+    from suite.methods import PluginError, make_method
+
+    _plugin(tmp_path, monkeypatch, "broken", "raise ImportError('no module named tensorflow')", entry=":X")
+    _plugin(tmp_path, monkeypatch, "nameless", "from suite.methods import Method\nclass M(Method):\n    pass\n", entry=":M")
+    _plugin(tmp_path, monkeypatch, "other", "from suite.methods import Method\nclass M(Method):\n    name = 'else'\n", entry=":M")
+    _plugin(tmp_path, monkeypatch, "seq", "from suite.methods import Method\nclass M(Method):\n    name = 'seq'\n", entry=":M")
+    with pytest.raises(PluginError, match=r"cannot load .*ImportError: no module named tensorflow"):
+        make_method("broken")
+    with pytest.raises(PluginError, match="does not set its own class attribute name"):
+        make_method("nameless")
+    with pytest.raises(PluginError, match="differs from its entry point"):
+        make_method("other")
+    with pytest.raises(PluginError, match="shadows the built-in"):
+        make_method("seq")
+    assert make_method("pegp").name == "pegp"  # a broken plug-in breaks nothing else
+    rec = run(_cfg(seq_file(), tmp_path, method="zeroshot", pet=None))
+    assert rec["status"] == "complete"
+    assert main(["run", "--sequence", seq_file(), "--model", MICRO, "--method", "nameless", "--quiet",
+                 "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nameless" in err
+
+
+def test_outside_pet_registers_through_entry_point(seq_file, tmp_path, monkeypatch):
+    code = (
+        "from dataclasses import dataclass\n"
+        "from suite.pet import lora\n"
+        "from suite.pet.base import PET\n"
+        "KIND = 'tiny-lora'\n"
+        "@dataclass\n"
+        "class CONFIG(lora.LoRAConfig):\n"
+        "    rank: int = 1\n"
+        "def attach(backbone, cfg):\n"
+        "    inner = lora.attach(backbone, cfg)\n"
+        "    return PET(KIND, cfg, list(inner.pet_layers), inner._restore)\n")
+    _plugin(tmp_path, monkeypatch, "tiny-lora", code, group="clsuite.pets")
+    from suite.pet import available_pets
+
+    assert "tiny-lora" in available_pets()
+    rec = run(_cfg(seq_file(), tmp_path, pet="tiny-lora", method="pegp"))
+    assert rec["pet"]["kind"] == "tiny-lora" and rec["pet"]["options"]["rank"] == 1
+    assert rec["efficiency"]["basis_directions"] > 0
+
+
 def test_torchrun_two_processes_match_one(seq_file, tmp_path):
     seq = seq_file()
     args = ["run", "--sequence", seq, "--model", MICRO, "--pet", "lora", "--method", "pegp", "--quiet",

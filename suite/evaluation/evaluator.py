@@ -52,10 +52,11 @@ class Evaluator:
     def class_text_features(self, classnames: list[str], templates: list[str], fresh: bool = False) -> torch.Tensor:
         """Class embeddings (template-averaged). ``fresh``: encode now, with autograd as the caller has it
         (training a text-side PET); otherwise no autograd, served from the cache when possible."""
+        bb = self.backbone
+        templates = bb.class_templates(templates)
         key = (tuple(classnames), tuple(templates))
         if not fresh and key in self._text_cache:
             return self._text_cache[key]
-        bb = self.backbone
         tokens = bb.tokenize([t.replace("{}", c) for c in classnames for t in templates]).to(bb.device)
         with torch.set_grad_enabled(fresh and torch.is_grad_enabled()), self._ctx():
             f = F.normalize(bb.encode_text(tokens).float(), dim=-1)

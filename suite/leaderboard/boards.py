@@ -1,7 +1,17 @@
-"""Board definitions (``leaderboards/*.yaml``) and the entries a board ranks, built from results records."""
+"""Board definitions (``leaderboards/*.yaml``), the checks every record must pass to be ranked, and the tiers the
+maintainers granted (``leaderboards/verified.yaml``).
+
+A record reaches a board only through :func:`triage`: it must be a complete, schema-valid record of a sequence on
+the board, of this suite's sequence version and pinned manifests, with a square matrix whose aggregates are
+recomputed (claimed aggregates must agree), run on the board's budget (its backbones, the sequence's training
+settings, full test sets), and not a duplicate seed of its configuration. Everything else is listed with a reason.
+Nothing a record says about itself decides its tier: that comes from the verification file, keyed by the record's
+content digest.
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -12,13 +22,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from ..records import recompute_aggregates
-from ..sweep import mean_ci
+from ..analysis import Group, group_records
+from ..metrics import METRICS
+from ..records import RecordError, group_key, record_digest, recompute_aggregates, validate_record
+from ..sequences import SequenceError, load_sequence
 
-LOWER_IS_BETTER = {"forgetting", "hallucination_fpr", "hijacking_rate", "retrieval_confident_mismatch", "ece",
-                   "trainable_parameters", "basis_bytes", "wall_time_s"}
-PERCENT = {"transfer", "avg", "last", "forgetting", "bwt", "fwt", "avg_incremental", "zero_shot_retention",
-           "hallucination_fpr", "hijacking_rate", "retrieval_confident_mismatch", "ece"}
+TOLERANCE = 1e-9
+VERIFIED_FILE = "verified.yaml"
 
 
 class BoardError(ValueError):
@@ -41,10 +51,19 @@ def _schema() -> dict:
 def load_boards(root: Path | None = None) -> dict[str, dict]:
     boards = {}
     for p in sorted((root or boards_dir()).glob("*.yaml")):
+        if p.name == VERIFIED_FILE:
+            continue
         data = yaml.safe_load(p.read_text())
         err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
         if err is not None:
             raise BoardError(f"{p}: {'.'.join(map(str, err.absolute_path)) or '(top level)'}: {err.message}")
+        for key in ("columns", "summary_columns"):
+            for i, c in enumerate(data.get(key, [])):
+                if c not in METRICS:
+                    raise BoardError(f"{p}: {key}.{i}: unknown metric {c!r}; known: {', '.join(METRICS)}")
+        if data["rank_by"] not in METRICS:
+            raise BoardError(f"{p}: rank_by: unknown metric {data['rank_by']!r}")
+        data.setdefault("summary_columns", [data["rank_by"], "forgetting", "zero_shot_retention", "hallucination_fpr"])
         boards[data["name"]] = data
     return boards
 
@@ -53,52 +72,117 @@ def board_for(boards: dict[str, dict], sequence: str) -> dict | None:
     return next((b for b in boards.values() if sequence in b["sequences"]), None)
 
 
-def column_value(rec: dict, column: str) -> float | None:
-    """One record's value of a board column; aggregates are recomputed from the matrix, never trusted."""
-    if column in ("transfer", "avg", "last", "forgetting", "bwt", "fwt", "avg_incremental"):
-        return recompute_aggregates(rec).get(column)
-    if column in ("trainable_parameters", "basis_bytes", "wall_time_s"):
-        return rec["efficiency"].get(column, 0 if column == "basis_bytes" else None)
-    return rec.get("summary", {}).get(column)
+# ----------------------------------------------------------------------------------------- checks
+def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | None = None) -> None:
+    """Everything ``validate`` checks of one record; raises :class:`RecordError` with one line naming the field."""
+    validate_record(rec, where)
+    seq_name = rec["sequence"]["name"]
+    board = board_for(boards, seq_name)
+    if board is None or (board_names is not None and board["name"] not in board_names):
+        named = f" named by the submission ({board_names})" if board_names is not None else ""
+        raise RecordError(f"{where}: sequence.name: {seq_name!r} is on no board{named}")
+    try:
+        seq = load_sequence(seq_name)
+    except SequenceError:
+        raise RecordError(f"{where}: sequence.name: unknown sequence {seq_name!r}") from None
+    if rec["sequence"]["version"] != seq.version:
+        raise RecordError(f"{where}: sequence.version: {rec['sequence']['version']} but this suite has v{seq.version}")
+    t = len(seq.tasks)
+    if list(rec["sequence"]["tasks"]) != [x.name for x in seq.tasks]:
+        raise RecordError(f"{where}: sequence.tasks: do not match {seq_name} v{seq.version}")
+    if rec["status"] != "complete" or len(rec["matrix"]) != t or any(len(row) != t for row in rec["matrix"]):
+        raise RecordError(f"{where}: matrix: must be complete {t} x {t}")
+    for spec in seq.tasks + seq.control_sets:
+        pinned = spec.pinned_manifest
+        got = rec["sequence"]["manifests"].get(spec.name)
+        if pinned and got != pinned:
+            raise RecordError(f"{where}: sequence.manifests.{spec.name}: {str(got)[:12]}… does not match the pinned "
+                              f"{pinned[:12]}… of {seq_name}")
+    recomputed = recompute_aggregates(rec)
+    for key, claimed in rec["aggregates"].items():
+        value = recomputed.get(key)
+        if key not in recomputed:
+            raise RecordError(f"{where}: aggregates.{key}: not an aggregate of this suite")
+        if (value is None) != (claimed is None) or (value is not None and not math.isclose(claimed, value, rel_tol=0, abs_tol=TOLERANCE)):
+            raise RecordError(f"{where}: aggregates.{key}: submitted {claimed} but the matrix gives {value}")
+
+
+def off_budget(rec: dict, board: dict) -> str | None:
+    """Why a record was not run on the board's budget (``None`` when it was): backbone, training, eval size."""
+    budget = board.get("budget", {})
+    model = rec["model"]["spec"]
+    if budget.get("backbones") and model not in budget["backbones"]:
+        return f"model.spec: {model!r} is not a backbone of this board ({', '.join(budget['backbones'])})"
+    cfg = rec.get("config") or {}
+    if cfg.get("max_eval") is not None:
+        return f"config.max_eval: {cfg['max_eval']} (boards evaluate full test sets)"
+    try:
+        expected = load_sequence(rec["sequence"]["name"]).default_training()
+    except SequenceError:
+        return None
+    got = rec.get("training") or {}
+    diff = [k for k in expected if got.get(k) != expected[k]]
+    if diff:
+        k = diff[0]
+        return f"training.{k}: {got.get(k)!r} but the board's budget is the sequence's {expected[k]!r}"
+    return None
+
+
+def load_verifications(root: Path | None = None) -> dict[str, dict]:
+    """Record digest -> the maintainers' verification (tier, date, tolerance), from ``verified.yaml``."""
+    path = (root or boards_dir()) / VERIFIED_FILE
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or []
+    if not isinstance(data, list):
+        raise BoardError(f"{path}: (top level): a list of verifications")
+    out = {}
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get("digest"), str) or item.get("tier") not in ("reproduced",):
+            raise BoardError(f"{path}: {i}: needs digest (sha256 of the record) and tier: reproduced")
+        out[item["digest"]] = item
+    return out
 
 
 @dataclass
-class Entry:
-    """All seeds of one (sequence, method, PET, options) on a board."""
+class Triage:
+    """Records sorted for a board build: the groups it ranks, and every record it refused, with the reason."""
 
-    sequence: str
-    method: str
-    pet: str
-    records: list[dict] = field(default_factory=list)
-    tier: str = "self-reported"
-
-    @property
-    def slug(self) -> str:
-        import hashlib
-
-        key = json.dumps([self.sequence, self.method, self.pet, self.records[0]["pet"]["options"],
-                          self.records[0]["method"]["options"]], sort_keys=True)
-        return f"{self.sequence}--{self.method}--{self.pet}--{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(r["seed"] for r in self.records)
-
-    def stat(self, column: str) -> tuple[float, float] | None:
-        vals = [v for v in (column_value(r, column) for r in self.records) if v is not None]
-        return mean_ci(vals) if vals else None
+    groups: list[Group] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, one-line reason)
+    off_budget: list[tuple[str, str]] = field(default_factory=list)
+    tiers: dict[tuple, str] = field(default_factory=dict)  # group key -> "reproduced" when every seed is verified
 
 
-def group_entries(records: list[dict], tiers: dict[str, str] | None = None) -> list[Entry]:
-    groups: dict[tuple, Entry] = {}
-    for r in records:
-        key = (r["sequence"]["name"], r["method"]["name"], r["pet"]["kind"] or "-",
-               json.dumps([r["pet"]["options"], r["method"]["options"]], sort_keys=True))
-        e = groups.setdefault(key, Entry(key[0], key[1], key[2]))
-        e.records.append(r)
-        if r.get("verification", {}).get("tier") == "reproduced":
-            e.tier = "reproduced"
-    return sorted(groups.values(), key=lambda e: (e.sequence, e.method, e.pet))
+def triage(named: list[tuple[str, dict]], boards: dict, verified: dict[str, dict]) -> Triage:
+    """Apply :func:`check_record`, the budget and duplicate-seed rules to ``(file name, record)`` pairs."""
+    out = Triage()
+    accepted: list[dict] = []
+    seen: dict[tuple, str] = {}
+    digests: dict[int, str] = {}
+    for name, rec in named:
+        try:
+            check_record(rec, name, boards)
+        except RecordError as exc:
+            out.rejected.append((name, str(exc)))
+            continue
+        reason = off_budget(rec, board_for(boards, rec["sequence"]["name"]))
+        if reason:
+            out.off_budget.append((name, f"{name}: {reason}"))
+            continue
+        seed_key = (*group_key(rec), json.dumps(rec.get("training"), sort_keys=True), rec["seed"])
+        if seed_key in seen:
+            out.rejected.append((name, f"{name}: seed: duplicate of seed {rec['seed']} of the same configuration "
+                                       f"in {seen[seed_key]}"))
+            continue
+        seen[seed_key] = name
+        digests[id(rec)] = record_digest(rec)
+        accepted.append(rec)
+    out.groups = group_records(accepted)
+    for g in out.groups:
+        if all(digests[id(r)] in verified for r in g.records):
+            out.tiers[g.key] = "reproduced"
+    return out
 
 
 def _installed_data_dir(package: str) -> Path:

@@ -1,47 +1,31 @@
-"""Build the static leaderboard site from results records: index, one page per board, one page per entry.
+"""Build the static leaderboard site from results records: index, one page per board, one per entry, and a page
+of the records that were refused with their reasons.
 
-Pages are Jinja2 templates with autoescaping on (anything from a record — method names, options, commands —
-is text, never markup); the site uses no server and fetches nothing (its CSS and JS are local files).
+Pages are Jinja2 templates with autoescaping on (anything from a record is text, never markup); the site uses no
+server and fetches nothing. The build is safe to point anywhere: it writes into a temporary folder beside the
+target and swaps it in only when complete, and it replaces only a folder that holds its own marker file — never
+the working directory, the repository, a results folder, or any other folder that already has content.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
-import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from ..records import RecordError, load_record
-from .boards import LOWER_IS_BETTER, PERCENT, Entry, boards_dir, group_entries, load_boards
-from .plots import board_comparison, plot_record
+from ..analysis import Group, Stat, format_value, relabel
+from ..metrics import METRICS
+from ..paths import inside, repo_root, safe_name
+from .boards import BoardError, Triage, boards_dir, load_boards, load_verifications, triage
+from .plots import curves_figure, entry_figures, save_figure, tradeoff_figure
 
-
-def _fmt(column: str, stat: tuple[float, float] | None) -> tuple[str, float]:
-    if stat is None:
-        return "–", float("nan")
-    mean, ci = stat
-    if column in PERCENT:
-        return (f"{100 * mean:.1f} ± {100 * ci:.1f}" if ci else f"{100 * mean:.1f}"), mean
-    if column == "basis_bytes":
-        return f"{mean / 1024:.1f} KiB", mean
-    if column == "wall_time_s":
-        return f"{mean:.1f} s", mean
-    return f"{mean:,.0f}", mean
-
-
-def load_results(results: str | Path) -> list[dict]:
-    recs = []
-    for p in sorted(Path(results).glob("*.json")):
-        try:
-            rec = load_record(p)
-        except RecordError as exc:
-            print(f"clsuite: skipping {exc}", file=sys.stderr)
-            continue
-        if rec["status"] == "complete":
-            recs.append(rec)
-    return recs
+MARKER = ".clsuite-site"
+LEADERS_ON_INDEX = 3
 
 
 def default_site_dir() -> Path:
@@ -51,59 +35,189 @@ def default_site_dir() -> Path:
     return Path("leaderboard-site") if installed else root / "site"
 
 
-def build_site(results: str | Path = "results", out: str | Path | None = None) -> Path:
-    out = Path(out) if out else default_site_dir()
-    records = load_results(results)
+def default_results_dir() -> Path:
+    """The checkout's ``results/`` wherever the command runs from; ``./results`` for an installed suite."""
+    root = repo_root()
+    return root / "results" if root else Path("results")
+
+
+def check_out_dir(out: Path, results: Path) -> None:
+    """Refuse an output folder the build must not replace (one line, nothing deleted)."""
+    target = out.resolve()
+    protected = {Path.cwd().resolve(): "the working directory", Path.home().resolve(): "the home folder",
+                 results.resolve(): "the results folder"}
+    if repo_root():
+        protected[repo_root()] = "the repository root"
+    for path, what in protected.items():
+        if target == path or target in path.parents:
+            raise BoardError(f"{out}: --out: refusing to build the site over {what} ({path})")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise BoardError(f"{out}: --out: exists and is not a folder")
+    entries = list(target.iterdir())
+    if any(p.suffix == ".json" for p in entries):
+        raise BoardError(f"{out}: --out: the folder holds .json files (records?); refusing to replace it")
+    if entries and not (target / MARKER).is_file():
+        raise BoardError(f"{out}: --out: exists and is not a site clsuite built (no {MARKER} marker); "
+                         f"choose an empty or new folder")
+
+
+def load_named_records(results: Path) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
+    """``(file name, record)`` for every ``*.json`` in ``results``, and ``(file name, reason)`` for unreadable ones."""
+    named, bad = [], []
+    for p in sorted(results.glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            bad.append((p.name, f"{p.name}: not valid JSON ({str(exc).splitlines()[0][:120]})"))
+            continue
+        if not isinstance(rec, dict):
+            bad.append((p.name, f"{p.name}: (top level): a record is a JSON object"))
+            continue
+        named.append((p.name, rec))
+    return named, bad
+
+
+def build_site(results: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Build the site from ``results`` into ``out``; returns the path of its ``index.html``."""
+    results = Path(results) if results is not None else default_results_dir()
+    if not results.is_dir():
+        raise BoardError(f"{results}: --results: no such folder of records")
+    out = Path(out) if out is not None else default_site_dir()
+    check_out_dir(out, results)
     boards = load_boards()
-    env = Environment(loader=FileSystemLoader(str(boards_dir() / "templates")), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "entries").mkdir(parents=True)
-    for static in ("style.css", "sort.js"):
-        shutil.copy(boards_dir() / "templates" / static, out / static)
-    common = {"built": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "n_records": len(records)}
-    entries = group_entries(records)
-    index = []
-    for board in boards.values():
-        seq_blocks = []
-        n_entries = 0
-        for seq in board["sequences"]:
-            mine = [e for e in entries if e.sequence == seq and len(set(e.seeds)) >= board["min_seeds"]]
-            if not mine:
-                continue
-            key = board["rank_by"]
-            sign = 1 if key in LOWER_IS_BETTER else -1
-            mine.sort(key=lambda e: sign * (e.stat(key) or (float("-inf") * sign, 0))[0])
-            rows = [_entry_row(e, board["columns"], out, env, common) for e in mine]
-            comp = [(f"{e.method}/{e.pet}", *(e.stat(key) or (0.0, 0.0))) for e in mine]
-            board_comparison(comp, key, out / f"{board['name']}--{seq}.png")
-            seq_blocks.append({"name": seq, "entries": rows, "comparison": f"{board['name']}--{seq}.png"})
-            n_entries += len(mine)
-        page = f"{board['name']}.html"
-        (out / page).write_text(env.get_template("board.html.j2").render(
-            board=board, sequences=seq_blocks, columns=board["columns"], root="", **common))
-        index.append({"file": page, "title": board["title"], "n_entries": n_entries, "sequences": board["sequences"]})
-    (out / "index.html").write_text(env.get_template("index.html.j2").render(boards=index, root="", **common))
+    named, unreadable = load_named_records(results)
+    tri = triage(named, boards, load_verifications())
+    tri.rejected = unreadable + tri.rejected
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        _render(tmp, boards, tri, n_records=len(named) + len(unreadable))
+        (tmp / MARKER).write_text("built by clsuite leaderboard build; this folder is replaced on every build\n")
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out / "index.html"
 
 
-def _entry_row(e: Entry, columns: list[str], out: Path, env: Environment, common: dict) -> dict:
-    cells, sort = {}, {}
-    for c in columns:
-        cells[c], sort[c] = _fmt(c, e.stat(c))
-    rec = min(e.records, key=lambda r: r["seed"])
-    folder = out / "entries" / e.slug
-    plots = {k: f"{p.name}" for k, p in plot_record(rec, folder).items()}
-    headline = {k: ("n/a" if v is None else f"{100 * v:.2f}") for k, v in rec["aggregates"].items()}
-    headline.update({k: ("n/a" if v is None else f"{v:.4f}") for k, v in rec.get("summary", {}).items()})
+def _swap(new: Path, out: Path) -> None:
+    """Put the finished ``new`` site at ``out``; an old site (marker checked before) is removed only afterwards."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "site")
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------------- pages
+def _env() -> Environment:
+    return Environment(loader=FileSystemLoader(str(boards_dir() / "templates")), autoescape=True,
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _cell(name: str, s: Stat | None) -> dict:
+    if s is None:
+        return {"text": "–", "sort": ""}
+    return {"text": format_value(name, s.mean, s.ci), "sort": f"{s.mean:.10g}"}
+
+
+def rank_entries(groups: list[Group], rank_by: str) -> list[dict]:
+    """Order groups by ``rank_by`` (missing values last) and label ranks; groups whose interval overlaps the
+    leader's share its rank and are marked tied."""
+    m = METRICS[rank_by]
+    have = [g for g in groups if g.stat(rank_by) is not None]
+    missing = [g for g in groups if g.stat(rank_by) is None]
+    have.sort(key=lambda g: (-m.sign * g.stat(rank_by).mean, g.label))
+    out = [{"group": g, "rank": str(i + 1), "tied": False} for i, g in enumerate(have)]
+    if have:
+        leader = have[0].stat(rank_by)
+        for item in out[1:]:
+            if item["group"].stat(rank_by).overlaps(leader):
+                item["rank"], item["tied"] = "=1", True
+                out[0]["tied"] = True
+    return out + [{"group": g, "rank": "–", "tied": False} for g in missing]
+
+
+def _render(out: Path, boards: dict, tri: Triage, n_records: int) -> None:
+    env = _env()
+    for static in ("style.css", "board.js"):
+        shutil.copy(boards_dir() / "templates" / static, out / static)
+    (out / "entries").mkdir()
+    (out / "figures").mkdir()
+    common = {"built": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "n_records": n_records,
+              "n_refused": len(tri.rejected) + len(tri.off_budget)}
+    index = []
+    for board in boards.values():
+        blocks, leaders, figure = [], [], None
+        for seq in board["sequences"]:
+            mine = [g for g in tri.groups if g.sequence == seq]
+            if not mine:
+                continue
+            block = _sequence_block(out, env, board, seq, mine, tri, common)
+            blocks.append(block)
+            leaders += [{"sequence": seq, **row} for row in block["rows"][:LEADERS_ON_INDEX]]
+            figure = figure or block["figures"][0]
+        page = f"{safe_name(board['name'])}.html"
+        inside(out, page).write_text(env.get_template("board.html.j2").render(
+            board=board, sequences=blocks, summary_columns=_headers(board["summary_columns"]),
+            detail_columns=_headers([c for c in board["columns"] if c not in board["summary_columns"]]),
+            root="", **common))
+        index.append({"file": page, "title": board["title"], "track": board["track"], "rank_by": board["rank_by"],
+                      "n_entries": sum(len(b["rows"]) + len(b["unranked"]) for b in blocks),
+                      "sequences": board["sequences"], "leaders": leaders, "figure": figure})
+    (out / "index.html").write_text(env.get_template("index.html.j2").render(boards=index, root="", **common))
+    (out / "refused.html").write_text(env.get_template("refused.html.j2").render(
+        rejected=tri.rejected, off_budget=tri.off_budget, root="", **common))
+
+
+def _headers(names: list[str]) -> list[dict]:
+    return [{"name": n, "label": METRICS[n].label, "lower": not METRICS[n].higher_is_better} for n in names]
+
+
+def _sequence_block(out: Path, env: Environment, board: dict, seq: str, groups: list[Group], tri: Triage,
+                    common: dict) -> dict:
+    relabel(groups)  # labels unique within this sequence: method/PET (+ options where they differ)
+    ranked = [g for g in groups if len(g.seeds) >= board["min_seeds"]]
+    unranked = [g for g in groups if len(g.seeds) < board["min_seeds"]]
+    figures = []
+    if ranked:
+        stem = safe_name(f"{board['name']}--{seq}")
+        curves = save_figure(curves_figure(ranked, "avg"), inside(out / "figures", f"{stem}--curves.svg"))
+        trade = save_figure(tradeoff_figure(ranked, "plasticity", "last"), inside(out / "figures", f"{stem}--tradeoff.svg"))
+        figures = [{"src": f"figures/{curves.name}", "alt": f"Mean accuracy on the tasks trained so far after each task "
+                    f"of {seq}, one line per method with 95% bands over seeds"},
+                   {"src": f"figures/{trade.name}", "alt": f"Last accuracy against plasticity gain on {seq}, one point "
+                    f"per method with 95% intervals over seeds"}]
+    columns = board["summary_columns"] + [c for c in board["columns"] if c not in board["summary_columns"]]
+    rows = []
+    for item in rank_entries(ranked, board["rank_by"]):
+        rows.append(_row(out, env, item["group"], columns, tri, common, rank=item["rank"], tied=item["tied"]))
+    unranked_rows = [_row(out, env, g, columns, tri, common, rank="–", tied=False) for g in unranked]
+    return {"name": seq, "rows": rows, "unranked": unranked_rows, "figures": figures, "min_seeds": board["min_seeds"]}
+
+
+def _row(out: Path, env: Environment, g: Group, columns: list[str], tri: Triage, common: dict, rank: str,
+         tied: bool) -> dict:
+    tier = tri.tiers.get(g.key, "self-reported")
+    options = hashlib.sha256(json.dumps(g.key).encode()).hexdigest()[:8]
+    slug = safe_name(f"{g.sequence}--{g.method}--{g.pet}--{options}", max_len=80)
+    folder = inside(out / "entries", slug)
+    folder.mkdir(parents=True, exist_ok=True)
+    figs = entry_figures(g, folder)
+    rec = g.records[0]
+    stats = [{"label": METRICS[n].label, "text": _cell(n, g.stat(n))["text"], "lower": not METRICS[n].higher_is_better}
+             for n in METRICS]
     page = env.get_template("entry.html.j2").render(
-        e={"method": e.method, "pet": e.pet, "sequence": e.sequence, "tier": e.tier, "seeds": e.seeds,
+        e={"label": g.label, "method": g.method, "pet": g.pet, "sequence": g.sequence, "tier": tier, "seeds": g.seeds,
            "model": rec["model"]["spec"], "pet_options": json.dumps(rec["pet"]["options"]),
            "method_options": json.dumps(rec["method"]["options"]), "source": rec["method"].get("source", ""),
-           "command": rec["command"], "manifests": rec["sequence"]["manifests"], "plot_seed": rec["seed"],
-           "headline": headline, "plots": plots},
+           "command": rec["command"], "manifests": rec["sequence"]["manifests"], "stats": stats,
+           "figures": [{"src": p.name, "alt": f"{k} of {g.label} on {g.sequence}", "name": k} for k, p in figs.items()]},
         root="../../", **common)
     (folder / "index.html").write_text(page)
-    return {"method": e.method, "pet": e.pet, "n": len(e.records), "tier": e.tier, "cells": cells,
-            "sort": {k: ("" if v != v else v) for k, v in sort.items()}, "href": f"entries/{e.slug}/index.html"}
+    return {"rank": rank, "tied": tied, "method": g.method, "pet": g.pet, "label": g.label, "n": len(g.seeds),
+            "tier": tier, "cells": {c: _cell(c, g.stat(c)) for c in columns}, "href": f"entries/{slug}/index.html"}

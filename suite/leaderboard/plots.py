@@ -1,102 +1,224 @@
-"""Plots of records (matplotlib, PNG): forgetting curves, accuracy heatmap, retention and hallucination
-curves, and a board-level comparison. ``clsuite plot`` draws them for any records."""
+"""Figures of records (matplotlib): comparisons of methods on one figure, and the detail figures of one entry.
+
+Every figure is drawn from :class:`~suite.analysis.Group` objects (all seeds of a configuration): lines are means
+over seeds, shaded bands their 95 % intervals (drawn only with more than one seed), error bars likewise. A method
+keeps its colour in every figure (:func:`method_colour`); PETs differ by line style. SVG output keeps text as
+text (``svg.fonttype: none``), so labels stay searchable and selectable. Artists carry ``gid``s
+(``group:<label>``, ``band:<label>``, ``point:<label>``) so tests can inspect figures without reading pixels.
+"""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Iterable
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-PLOTS = ("forgetting", "heatmap", "retention", "hallucination")
+from ..analysis import Group, curve_stats, group_records  # noqa: E402
+from ..metrics import METRICS, metric  # noqa: E402
+
+matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
+                            "axes.spines.top": False, "axes.spines.right": False})
+
+KINDS = ("curves", "matrix", "retention", "hallucination", "tradeoff")
+FORMATS = (".png", ".svg", ".pdf")
+METHOD_COLOURS = {"zeroshot": "#7f7f7f", "seq": "#d62728", "pegp": "#1f77b4", "gpm": "#17becf",
+                  "finetune": "#8c564b", "lwf": "#ff7f0e", "ewc": "#9467bd", "wiseft": "#bcbd22",
+                  "zscl": "#2ca02c", "l2p": "#e377c2"}
+_FALLBACK = plt.get_cmap("tab20").colors
+PET_STYLES = {"lora": "-", "adapter": "--", "prefix": "-.", "vpt": ":", "coop": (0, (5, 1)), "gated-prefix": (0, (3, 1, 1, 1)),
+              "gated-prompt": (0, (1, 1)), "-": "-"}
+PET_MARKERS = {"lora": "o", "adapter": "s", "prefix": "D", "vpt": "^", "coop": "P", "gated-prefix": "d",
+               "gated-prompt": "X", "-": "v"}
+_MARKERS = "osD^vP*X"
 
 
-def _save(fig, path: Path) -> Path:
+def method_colour(method: str) -> str | tuple:
+    """The same colour for a method in every figure (built-ins fixed, plug-ins by a hash of their name)."""
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    return _FALLBACK[int(hashlib.sha256(method.encode()).hexdigest(), 16) % len(_FALLBACK)]
+
+
+def _style(g: Group, i: int) -> dict:
+    """Colour by method, line style and marker by PET: the same pair means the same thing in every figure."""
+    h = int(hashlib.sha256(g.pet.encode()).hexdigest(), 16)
+    ls = PET_STYLES.get(g.pet, ("-", "--", "-.", ":")[h % 4])
+    marker = PET_MARKERS.get(g.pet, _MARKERS[h % len(_MARKERS)])
+    return {"color": method_colour(g.method), "linestyle": ls, "marker": marker}
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG, SVG or PDF (by suffix) and close it."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"{path}: figure format must be one of {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def forgetting_curves(rec: dict, path: Path) -> Path:
-    """Accuracy on each task (lines) after every training step (x), starting from zero-shot."""
-    names = rec["sequence"]["tasks"]
-    a = np.array([rec["zero_shot"]["tasks"]] + rec["matrix"]) * 100
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    steps = ["0-shot"] + [f"after {i + 1}" for i in range(len(rec["matrix"]))]
-    for d, n in enumerate(names):
-        ax.plot(range(len(steps)), a[:, d], marker="o", ms=3, label=n)
-    ax.set_xticks(range(len(steps)), steps, rotation=30, fontsize=7)
+def _legend(ax) -> None:
+    """Outside the axes, on the right: a legend never covers data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.0)
+
+
+def _step_axis(ax, steps: int) -> None:
+    """Integer step ticks: 0 is the pretrained model, then one tick per trained task."""
+    ax.set_xticks(range(steps), ["zero-shot"] + [str(i) for i in range(1, steps)])
+    ax.set_xlabel("after training task")
+    ax.set_xlim(-0.3, steps - 0.7)
+
+
+def _line_with_band(ax, x: np.ndarray, stats: list, label: str, style: dict) -> None:
+    keep = [i for i, s in enumerate(stats) if s is not None]
+    if not keep:
+        return
+    xs = x[keep]
+    mean = np.array([100 * stats[i].mean for i in keep])
+    (line,) = ax.plot(xs, mean, label=label, ms=4, lw=1.6, **style)
+    line.set_gid(f"group:{label}")
+    if any(stats[i].ci is not None for i in keep):
+        ci = np.array([100 * (stats[i].ci or 0.0) for i in keep])
+        band = ax.fill_between(xs, mean - ci, mean + ci, color=style["color"], alpha=0.18, lw=0)
+        band.set_gid(f"band:{label}")
+
+
+CURVE_LABELS = {"avg": "mean accuracy on tasks trained so far (%)", "first-task": "accuracy on task 1 (%)",
+                "retention": "zero-shot retention, mean over controls (%)",
+                "hallucination": "hallucination FPR, POPE adversarial (%)"}
+
+
+def curves_figure(groups: list[Group], name: str = "avg", title: str | None = None) -> Figure:
+    """One line per group of ``name`` after every step (see :func:`suite.analysis.curve`), 95 % bands."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    steps = 0
+    for i, g in enumerate(groups):
+        stats = curve_stats(g, name)
+        steps = max(steps, len(stats))
+        _line_with_band(ax, np.arange(len(stats)), stats, g.label, _style(g, i))
+    _step_axis(ax, max(steps, 2))
+    ax.set_ylabel(CURVE_LABELS.get(name, f"{name.split(':', 1)[-1]} accuracy (%)"))
+    if name == "retention":
+        ax.axhline(100, color="#999", lw=0.8, ls="--")
+    ax.set_title(title or _title(groups, f"{name} after each task"))
+    _legend(ax)
+    return fig
+
+
+def tradeoff_figure(groups: list[Group], x: str = "plasticity", y: str = "last", title: str | None = None) -> Figure:
+    """Stability–plasticity: one point per group at (``x``, ``y``) means, error bars = 95 % intervals."""
+    mx, my = metric(x), metric(y)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, g in enumerate(groups):
+        sx, sy = g.stat(x), g.stat(y)
+        if sx is None or sy is None:
+            continue
+        sc = lambda m: 100.0 if m.unit == "fraction" else 1.0  # noqa: E731
+        style = _style(g, i)
+        cont = ax.errorbar([sc(mx) * sx.mean], [sc(my) * sy.mean],
+                           xerr=None if sx.ci is None else [sc(mx) * sx.ci],
+                           yerr=None if sy.ci is None else [sc(my) * sy.ci],
+                           fmt=style["marker"], color=style["color"], ms=7, capsize=3, label=g.label)
+        cont.lines[0].set_gid(f"point:{g.label}")
+    unit = lambda m: " (%)" if m.unit == "fraction" else ""  # noqa: E731
+    arrow = lambda m: "" if m.higher_is_better else ", lower is better"  # noqa: E731
+    ax.set_xlabel(f"{mx.label}{unit(mx)}{arrow(mx)}")
+    ax.set_ylabel(f"{my.label}{unit(my)}{arrow(my)}")
+    ax.set_title(title or _title(groups, f"{my.label} vs {mx.label.lower()}"))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+def matrix_figure(groups: list[Group], title: str | None = None) -> Figure:
+    """The mean accuracy matrix ``A[t, d]`` of each group, side by side."""
+    n = max(1, len(groups))
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n + 0.8, 3.4), squeeze=False)
+    im = None
+    for ax, g in zip(axes[0], groups):
+        mats = [np.asarray(r["matrix"], float) for r in g.records if r["matrix"]]
+        a = 100 * np.mean(mats, axis=0)
+        names = g.records[0]["sequence"]["tasks"]
+        im = ax.imshow(a, vmin=0, vmax=100, cmap="viridis")
+        for (i, j), v in np.ndenumerate(a):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 60 else "k")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(a)), [f"after {k + 1}" for k in range(len(a))], fontsize=7)
+        ax.set_title(f"{g.label} (n={len(mats)})", fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, label="accuracy (%)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _title(groups: list[Group], what: str) -> str:
+    seqs = sorted({g.sequence for g in groups})
+    return f"{', '.join(seqs)}: {what}" if len(seqs) == 1 else what
+
+
+def comparison_figure(groups: list[Group], kind: str, name: str = "avg", x: str = "plasticity") -> Figure:
+    """A figure of ``kind`` (:data:`KINDS`) comparing ``groups``."""
+    if kind == "curves":
+        return curves_figure(groups, name)
+    if kind in ("retention", "hallucination"):
+        return curves_figure(groups, kind)
+    if kind == "tradeoff":
+        return tradeoff_figure(groups, x=x, y="last")
+    if kind == "matrix":
+        return matrix_figure(groups)
+    raise ValueError(f"unknown figure kind {kind!r}; use {', '.join(KINDS)}")
+
+
+def plot_records(records: Iterable[dict], kind: str, out: str | Path, name: str = "avg", x: str = "plasticity") -> Path:
+    """``clsuite plot``: group ``records`` by configuration and draw one comparison figure to ``out``."""
+    groups = group_records(records)
+    if not groups:
+        raise ValueError("no records to plot")
+    if kind in ("curves", "retention", "hallucination") and len({g.sequence for g in groups}) > 1:
+        raise ValueError(f"curves compare one sequence at a time; got {sorted({g.sequence for g in groups})}")
+    if x not in METRICS:
+        raise ValueError(f"--x: unknown metric {x!r}; known: {', '.join(METRICS)}")
+    return save_figure(comparison_figure(groups, kind, name, x), out)
+
+
+# ------------------------------------------------------------------------------ one entry's figures
+ENTRY_FIGURES = ("tasks", "matrix", "controls", "hallucination")
+
+
+def entry_figures(g: Group, out_dir: str | Path, fmt: str = ".svg") -> dict[str, Path]:
+    """The detail figures of one entry (all its seeds): per-task curves, mean matrix, control sets, hallucination."""
+    out_dir = Path(out_dir)
+    rec = g.records[0]
+    figs: dict[str, Figure] = {}
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, task in enumerate(rec["sequence"]["tasks"]):
+        stats = curve_stats(g, f"task:{task}")
+        _line_with_band(ax, np.arange(len(stats)), stats, task, {"color": _FALLBACK[(2 * i) % 20], "linestyle": "-",
+                                                                 "marker": _MARKERS[i % len(_MARKERS)]})
+        _step_axis(ax, len(stats))
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("Forgetting curves", fontsize=10)
-    ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
-
-
-def heatmap(rec: dict, path: Path) -> Path:
-    a = np.array(rec["matrix"]) * 100
-    names = rec["sequence"]["tasks"]
-    fig, ax = plt.subplots(figsize=(4.5, 3.8))
-    im = ax.imshow(a, vmin=0, vmax=100, cmap="viridis")
-    for (i, j), v in np.ndenumerate(a):
-        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w" if v < 60 else "k")
-    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=6, ha="right")
-    ax.set_yticks(range(len(a)), [f"after {n}" for n in names[: len(a)]], fontsize=6)
-    ax.set_title("Accuracy matrix A[t, d]", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
-
-
-def retention_curve(rec: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3))
-    steps = rec["steps"]
-    for name in rec["sequence"].get("control_sets", []):
-        ys = [s.get("retention", {}).get(name) for s in steps]
-        ax.plot(range(1, len(ys) + 1), [np.nan if y is None else 100 * y for y in ys], marker="o", ms=3, label=name)
-    ax.axhline(100, color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("after task")
-    ax.set_ylabel("zero-shot retention (%)")
-    ax.set_title("Zero-shot retention on control sets", fontsize=10)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def hallucination_curve(rec: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3))
-    steps = [rec.get("zero_shot_step", {})] + rec["steps"]
-    x = range(len(steps))
-    for strategy in ("random", "popular", "adversarial"):
-        ys = [s.get("hallucination", {}).get("pope", {}).get(strategy, {}).get("false_positive_rate") for s in steps]
-        if any(y is not None for y in ys):
-            ax.plot(x, [np.nan if y is None else 100 * y for y in ys], marker="o", ms=3, label=f"POPE {strategy} FPR")
-    hij = [s.get("hallucination", {}).get("hijacking", {}).get("mean_rate") for s in steps]
-    if any(h is not None for h in hij):
-        ax.plot(x, [np.nan if h is None else 100 * h for h in hij], marker="s", ms=3, ls="--", label="seen-class hijacking")
-    ax.set_xticks(list(x), ["0-shot"] + [str(i) for i in range(1, len(steps))], fontsize=7)
-    ax.set_ylabel("rate (%)")
-    ax.set_title("Hallucination over steps", fontsize=10)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-DRAW = {"forgetting": forgetting_curves, "heatmap": heatmap, "retention": retention_curve,
-        "hallucination": hallucination_curve}
-
-
-def plot_record(rec: dict, out_dir: Path, kinds=PLOTS) -> dict[str, Path]:
-    return {k: DRAW[k](rec, Path(out_dir) / f"{k}.png") for k in kinds}
-
-
-def board_comparison(rows: list[tuple[str, float, float]], metric: str, path: Path) -> Path:
-    """Bar chart of ``(label, mean, ci)`` rows for one metric."""
-    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.3 * len(rows) + 1)))
-    labels = [r[0] for r in rows]
-    ax.barh(range(len(rows)), [100 * r[1] for r in rows], xerr=[100 * r[2] for r in rows], color="#4c72b0")
-    ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"{metric} (%)")
-    ax.set_title(f"Methods by {metric}", fontsize=10)
-    return _save(fig, path)
+    ax.set_title(f"Accuracy on each task after every step ({len(g.records)} seed(s))")
+    _legend(ax)
+    figs["tasks"] = fig
+    figs["matrix"] = matrix_figure([g])
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for i, c in enumerate(rec["sequence"].get("control_sets", [])):
+        stats = curve_stats(g, f"control:{c}")
+        _line_with_band(ax, np.arange(len(stats)), stats, c, {"color": _FALLBACK[(2 * i + 1) % 20], "linestyle": "-",
+                                                              "marker": _MARKERS[i % len(_MARKERS)]})
+        _step_axis(ax, len(stats))
+    ax.set_ylabel("zero-shot control accuracy (%)")
+    ax.set_title("Zero-shot control sets after every step")
+    _legend(ax)
+    figs["controls"] = fig
+    figs["hallucination"] = curves_figure([g], "hallucination", title="Hallucination FPR (POPE adversarial)")
+    return {k: save_figure(f, out_dir / f"{k}{fmt}") for k, f in figs.items()}

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..records import RecordError, load_record, recompute_aggregates, validate_record, write_json_atomic
+from ..records import RecordError, group_key, load_record, record_digest, write_json_atomic
 from ..sequences import SequenceError, load_sequence
-from .boards import board_for, load_boards
+from .boards import VERIFIED_FILE, board_for, boards_dir, check_record, load_boards, off_budget
 
 SUBMISSION_SCHEMA = "clsuite/submission/v1"
-TOLERANCE = 1e-9
 
 
 def pack(record_paths: list[str], out: str | Path, method_source: str = "") -> Path:
@@ -25,36 +23,6 @@ def pack(record_paths: list[str], out: str | Path, method_source: str = "") -> P
            "board": sorted(names)[0] if len(names) == 1 else sorted(names),
            "method_source": method_source or records[0]["method"].get("source", ""), "records": records}
     return write_json_atomic(out, sub)
-
-
-def _check_record(rec: dict, where: str, boards: dict, board_names: list[str]) -> None:
-    validate_record(rec, where)
-    seq_name = rec["sequence"]["name"]
-    board = board_for(boards, seq_name)
-    if board is None or board["name"] not in board_names:
-        raise RecordError(f"{where}: sequence.name: {seq_name!r} is on no board named by the submission ({board_names})")
-    try:
-        seq = load_sequence(seq_name)
-    except SequenceError:
-        raise RecordError(f"{where}: sequence.name: unknown sequence {seq_name!r}") from None
-    if rec["sequence"]["version"] != seq.version:
-        raise RecordError(f"{where}: sequence.version: {rec['sequence']['version']} but this suite has v{seq.version}")
-    t = len(seq.tasks)
-    if [x["name"] if isinstance(x, dict) else x for x in rec["sequence"]["tasks"]] != [x.name for x in seq.tasks]:
-        raise RecordError(f"{where}: sequence.tasks: do not match {seq_name} v{seq.version}")
-    if rec["status"] != "complete" or len(rec["matrix"]) != t or any(len(row) != t for row in rec["matrix"]):
-        raise RecordError(f"{where}: matrix: must be complete {t} x {t}")
-    for spec in seq.tasks + seq.control_sets:
-        pinned = spec.pinned_manifest
-        got = rec["sequence"]["manifests"].get(spec.name)
-        if pinned and got != pinned:
-            raise RecordError(f"{where}: sequence.manifests.{spec.name}: {str(got)[:12]}… does not match the pinned "
-                              f"{pinned[:12]}… of {seq_name}")
-    recomputed = recompute_aggregates(rec)
-    for key, value in recomputed.items():
-        claimed = rec["aggregates"].get(key)
-        if (value is None) != (claimed is None) or (value is not None and not math.isclose(claimed, value, rel_tol=0, abs_tol=TOLERANCE)):
-            raise RecordError(f"{where}: aggregates.{key}: submitted {claimed} but the matrix gives {value}")
 
 
 def validate_submission(path: str | Path) -> list[str]:
@@ -71,15 +39,21 @@ def validate_submission(path: str | Path) -> list[str]:
     unknown = [b for b in board_names if b not in boards]
     if unknown:
         return [f"{p}: board: unknown board {unknown[0]!r}; known: {', '.join(boards)}"]
+    if not sub["records"]:
+        return [f"{p}: records: the submission holds no records"]
     problems, seeds = [], defaultdict(set)
     for i, rec in enumerate(sub["records"]):
         where = f"{p}: records.{i}"
         try:
             if not isinstance(rec, dict):
                 raise RecordError(f"{where}: a record is a JSON object")
-            _check_record(rec, where, boards, board_names)
-            key = (rec["sequence"]["name"], rec["method"]["name"], rec["pet"]["kind"],
-                   json.dumps([rec["pet"]["options"], rec["method"]["options"]], sort_keys=True))
+            check_record(rec, where, boards, board_names)
+            reason = off_budget(rec, board_for(boards, rec["sequence"]["name"]))
+            if reason:
+                raise RecordError(f"{where}: {reason}")
+            key = group_key(rec)
+            if rec["seed"] in seeds[key]:
+                raise RecordError(f"{where}: seed: seed {rec['seed']} of this configuration appears twice")
             seeds[key].add(rec["seed"])
         except RecordError as exc:
             problems.append(str(exc))
@@ -90,14 +64,24 @@ def validate_submission(path: str | Path) -> list[str]:
     return problems
 
 
-def reproduce(record_path: str | Path, tolerance: float = 1e-4, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Re-run a record's configuration and compare matrices; marks the record ``reproduced`` when they agree."""
+def reproduce(record_path: str | Path, tolerance: float = 1e-4, out_dir: str | Path | None = None,
+              verified_file: str | Path | None = None) -> dict[str, Any]:
+    """Re-run a record's configuration and compare matrices. When they agree, the record's digest is added to
+    the maintainers' verification file (default ``leaderboards/verified.yaml``), the board's only source of the
+    ``reproduced`` tier; the record itself is not modified."""
     from ..runner import RunConfig, Runner
 
     rec = load_record(record_path)
     tmp = Path(out_dir or Path(record_path).parent / ".reproduce")
     recorded = dict(rec.get("config") or {})
-    recorded.update(sequence=rec["sequence"]["name"], model=rec["model"]["spec"], pet=rec["pet"]["kind"],
+    sequence = rec["sequence"]["name"]
+    if recorded.get("sequence"):  # a sequence given as a file: re-run that file if it still holds this sequence
+        try:
+            if load_sequence(recorded["sequence"]).name == sequence:
+                sequence = recorded["sequence"]
+        except SequenceError:
+            pass
+    recorded.update(sequence=sequence, model=rec["model"]["spec"], pet=rec["pet"]["kind"],
                     pet_options=rec["pet"]["options"], method=rec["method"]["name"], method_options=rec["method"]["options"],
                     seed=rec["seed"], training=rec.get("training", {}))
     cfg = RunConfig.from_dict({**recorded, "out": str(tmp), "run_dir": str(tmp / "runs"), "progress": False,
@@ -107,7 +91,22 @@ def reproduce(record_path: str | Path, tolerance: float = 1e-4, out_dir: str | P
     ok = diff <= tolerance
     result = {"reproduced": ok, "max_abs_diff": diff, "tolerance": tolerance}
     if ok:
-        rec["verification"] = {"tier": "reproduced", "max_abs_diff": diff,
-                               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        write_json_atomic(record_path, rec)
+        add_verification(rec, diff, verified_file)
     return result
+
+
+def add_verification(rec: dict, max_abs_diff: float, verified_file: str | Path | None = None) -> Path:
+    """Append (or refresh) the record's entry in the verification file, written atomically."""
+    import yaml
+
+    path = Path(verified_file) if verified_file else boards_dir() / VERIFIED_FILE
+    items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    digest = record_digest(rec)
+    items = [i for i in items if i.get("digest") != digest]
+    items.append({"digest": digest, "tier": "reproduced", "run_id": rec["run_id"], "max_abs_diff": float(max_abs_diff),
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("# Maintainers' verifications (clsuite reproduce); see leaderboards/README.md\n"
+                   + yaml.safe_dump(items, sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,9 +1,13 @@
 """Continual-learning methods. Built-ins are registered here; outside packages add theirs through the
 ``clsuite.methods`` entry-point group (see :mod:`suite.methods.base` for the plug-in API).
+
+Plug-ins load lazily: a broken one fails only when it is asked for, naming its distribution and the import
+error. A plug-in must set ``name`` on its own class, equal to its entry-point name, and must not reuse a
+built-in's name; anything else is a one-line error rather than a record under the wrong name.
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from .base import Method, RunContext
@@ -23,23 +27,56 @@ BUILTIN: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, SequentialPET,
 ENTRY_POINT_GROUP = "clsuite.methods"
 
 
-def available_methods() -> dict[str, type[Method]]:
-    """Built-in methods plus every method installed under the ``clsuite.methods`` entry-point group."""
-    found = dict(BUILTIN)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in found:
-            found[ep.name] = ep.load()
+class PluginError(ValueError):
+    """A plug-in that cannot be used as asked (import error, missing or wrong name, shadowing)."""
+
+
+def _plugins() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _dist(ep: EntryPoint) -> str:
+    return getattr(getattr(ep, "dist", None), "name", None) or "an installed distribution"
+
+
+def available_methods() -> dict[str, str]:
+    """Every method name with where it comes from (``module:Class``); plug-ins are listed, not imported."""
+    found = {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in BUILTIN.items()}
+    for name, ep in _plugins().items():
+        found.setdefault(name, ep.value)
     return found
 
 
-def make_method(name: str, options: dict[str, Any] | None = None) -> Method:
-    methods = available_methods()
-    if name not in methods:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(methods))}")
-    cls = methods[name]
+def method_class(name: str) -> type[Method]:
+    """The class of method ``name``; a plug-in is imported only now, and checked."""
+    plugins = _plugins()
+    if name in BUILTIN:
+        if name in plugins:
+            raise PluginError(f"method {name!r}: the plug-in {plugins[name].value} of {_dist(plugins[name])} "
+                              f"shadows the built-in method of that name; rename the plug-in's entry point")
+        return BUILTIN[name]
+    if name not in plugins:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(available_methods()))}")
+    ep = plugins[name]
+    try:
+        cls = ep.load()
+    except Exception as exc:  # noqa: BLE001 — a plug-in's import error of any kind, reported in one line
+        raise PluginError(f"method {name!r}: cannot load {ep.value} from {_dist(ep)}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"entry point {name!r} is not a suite.methods.base.Method subclass")
-    return cls(**(options or {}))
+        raise PluginError(f"method {name!r}: {ep.value} is not a suite.methods.Method subclass")
+    own = cls.__dict__.get("name")
+    if own is None:
+        raise PluginError(f"method {name!r}: {ep.value} does not set its own class attribute name "
+                          f"(it would be recorded as {cls.name!r}); add name = {name!r}")
+    if own != name:
+        raise PluginError(f"method {name!r}: {ep.value} has name = {own!r}, which differs from its entry point "
+                          f"{name!r}; make them equal")
+    return cls
 
 
-__all__ = ["Method", "RunContext", "available_methods", "make_method", "BUILTIN"]
+def make_method(name: str, options: dict[str, Any] | None = None) -> Method:
+    return method_class(name)(**(options or {}))
+
+
+__all__ = ["Method", "RunContext", "PluginError", "available_methods", "method_class", "make_method", "BUILTIN"]

@@ -39,8 +39,8 @@ class RunContext:
     task_index: int = -1
     task_data: Any = None
     task_loss: Callable[[Any], torch.Tensor] | None = None
-    encode_batch: Callable[[Any], torch.Tensor] | None = None  # images of a batch -> image features
     batches: Callable[[Any, int], Any] | None = None  # (task_data, n) -> iterator of training batches
+    batch_size: int = 32  # of the batches ``batches`` yields
     step: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 

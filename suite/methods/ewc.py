@@ -1,4 +1,9 @@
-"""EWC (Kirkpatrick et al., 2017) on the trainable (PET) parameters: a diagonal-Fisher quadratic penalty."""
+"""EWC (Kirkpatrick et al., 2017) on the trainable (PET) parameters: a diagonal-Fisher quadratic penalty.
+
+The empirical Fisher of a task is the *mean* over the ``fisher_batches`` batches it is estimated on of the squared
+gradients of the batch loss, so the penalty's scale is set by ``weight`` alone, not by how many batches were
+used; Fishers of successive tasks add up (online EWC without decay).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -28,15 +33,18 @@ class EWC(Method):
         return loss + 0.5 * self.options["weight"] * pen
 
     def after_task(self, ctx: RunContext, t: int) -> None:
+        task = [torch.zeros_like(p) for p in self.params]
         n = 0
         for batch in ctx.batches(ctx.task_data, self.options["fisher_batches"]):
             for p in self.params:
                 p.grad = None
             ctx.task_loss(batch).backward()
-            for f, p in zip(self.fisher, self.params):
+            for f, p in zip(task, self.params):
                 if p.grad is not None:
                     f.add_(p.grad.detach() ** 2)
             n += 1
+        for f, tf in zip(self.fisher, task):
+            f.add_(tf / max(1, n))
         for p in self.params:
             p.grad = None
         self.anchor = snapshot(self.params)

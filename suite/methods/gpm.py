@@ -1,6 +1,11 @@
 """GPM (Saha et al., ICLR 2021) on full weights: train the attention/MLP Linear weights of the chosen blocks,
-projecting each weight's gradient against the basis of its old-task inputs. Biases stay frozen (a bias acts
-on a constant feature that no basis can protect without freezing it). Shares PEGP's basis code.
+projecting each weight's gradient against the basis of its old-task inputs. Biases stay frozen (a bias acts on
+a constant feature that no basis can protect without freezing it).
+
+GPM and PEGP are one implementation: the same bases (:class:`~suite.projection.FeatureBasis`, same ``basis``
+criterion) and the same :class:`~suite.projection.Projector`, including ``project_update`` (default on, as for
+PEGP), so a PEGP-vs-GPM gap on a board is about *what* is projected (PET parameters or full weights), never
+about how.
 """
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ import torch
 from torch import nn
 
 from ..pet.base import PETConfig, select_sites
-from ..projection import FeatureBasis
+from ..projection import FeatureBasis, GradSpace, Projector
 from .base import Method, RunContext
+from .pegp import basis_report
 
 
 class GPM(Method):
@@ -20,7 +26,8 @@ class GPM(Method):
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
-        return {"threshold": 0.97, "towers": "vision", "layers": "all", "roles": "q,k,v,out", "collect_batches": 8}
+        return {"threshold": 0.97, "basis": "gpm", "project_update": True, "towers": "vision", "layers": "all",
+                "roles": "q,k,v,out", "collect_batches": 8}
 
     def setup(self, ctx: RunContext) -> None:
         cfg = PETConfig(towers=self.options["towers"], layers=self.options["layers"])
@@ -30,9 +37,12 @@ class GPM(Method):
             for role in roles:
                 parent, attr = site.linears[role]
                 self.linears[f"{site.tower}.{site.index}.{role}"] = getattr(parent, attr)
-        self.bases = {k: FeatureBasis(lin.in_features, self.options["threshold"]) for k, lin in self.linears.items()}
+        self.bases = {k: FeatureBasis(lin.in_features, self.options["threshold"], self.options["basis"])
+                      for k, lin in self.linears.items()}
         for lin in self.linears.values():
             lin.weight.requires_grad_(True)
+        spaces = [GradSpace(k, lin.weight, lin.in_features, "right") for k, lin in self.linears.items()]
+        self.projector = Projector(spaces, self.bases, self.trainable(ctx), self.options["project_update"])
         self.collecting = False
         self.tasks_done = 0
         for key, lin in self.linears.items():
@@ -51,11 +61,13 @@ class GPM(Method):
     def trainable(self, ctx: RunContext) -> list[nn.Parameter]:
         return [lin.weight for lin in self.linears.values()]
 
-    @torch.no_grad()
     def before_step(self, ctx: RunContext) -> None:
-        for key, lin in self.linears.items():
-            if lin.weight.grad is not None:
-                lin.weight.grad.copy_(self.bases[key].project(lin.weight.grad, "right"))
+        if self.tasks_done:
+            self.projector.before_step()
+
+    def after_step(self, ctx: RunContext) -> None:
+        if self.tasks_done:
+            self.projector.after_step()
 
     @torch.no_grad()
     def after_task(self, ctx: RunContext, t: int) -> None:
@@ -67,11 +79,11 @@ class GPM(Method):
             self.collecting = False
         for b in self.bases.values():
             b.update()
+        self.projector.invalidate()
         self.tasks_done += 1
 
     def report(self) -> dict[str, Any]:
-        return {"basis_bytes": int(sum(b.nbytes for b in self.bases.values())),
-                "basis_directions": int(sum(b.rank for b in self.bases.values()))}
+        return basis_report(self.bases)
 
     def state_dict(self) -> dict[str, Any]:
         return {"bases": {k: b.state_dict() for k, b in self.bases.items()}, "tasks_done": self.tasks_done}
@@ -79,4 +91,5 @@ class GPM(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, s in state["bases"].items():
             self.bases[k].load_state_dict(s)
+        self.projector.invalidate()
         self.tasks_done = int(state["tasks_done"])

@@ -60,6 +60,16 @@ class Backbone(nn.Module):
     def logit_scale_value(self) -> torch.Tensor:
         raise NotImplementedError
 
+    _class_template: str | None = None
+
+    def set_class_template(self, template: str | None) -> None:
+        """Make every class prompt use ``template`` instead of the sequence's templates (a PET such as CoOp
+        that learns the prompt's words); ``None`` restores the sequence's templates."""
+        self._class_template = template
+
+    def class_templates(self, templates: list[str]) -> list[str]:
+        return [self._class_template] if self._class_template else list(templates)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -1,36 +1,68 @@
-"""Parameter-efficient tuners, all of one shape: ``<Kind>Config`` + layer module + ``attach(backbone, config)``.
+"""Parameter-efficient tuners, all of one shape (the HF PEFT shape): ``<Kind>Config`` (validated when built) +
+layer module + ``attach(backbone, config)``; each module names itself with ``KIND, CONFIG``.
 
-:func:`attach_pet` is the one door: ``attach_pet(backbone, "lora", rank=8, towers="vision")``.
+:func:`attach_pet` is the one door: ``attach_pet(backbone, "lora", rank=8, towers="vision")``. Outside packages
+add PETs through the entry-point group ``clsuite.pets`` (``mypet = "my_pkg.my_pet"``: a module with ``KIND``,
+``CONFIG`` and ``attach``), loaded only when asked for.
+
+==================  ===============================================================================
+``lora``            LoRA on q/k/v/out (and optionally the MLP) Linear maps
+``adapter``         bottleneck adapter, parallel to the MLP (or to attention: ``position: attn``)
+``prefix``          prefix-tuning: keys/values concatenated in the layer's own softmax
+``vpt``             visual prompt tuning, deep or shallow (vision tower)
+``coop``            CoOp learned text context (text tower)
+``gated-prefix``    suite variant: prefix in a separate zero-gated branch (no change at attach)
+``gated-prompt``    suite variant: prompt tokens in a separate zero-gated branch (no change at attach)
+==================  ===============================================================================
 """
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+from types import ModuleType
 from typing import Any
 
 from ..models.backbone import Backbone
-from . import adapter, lora, prefix, prompt
+from . import adapter, coop, gated_prefix, gated_prompt, lora, prefix, vpt
 from .base import PET, PETConfig, PETLayer
 
-PETS: dict[str, tuple[type[PETConfig], Any]] = {
-    "adapter": (adapter.AdapterConfig, adapter.attach),
-    "lora": (lora.LoRAConfig, lora.attach),
-    "prefix": (prefix.PrefixConfig, prefix.attach),
-    "prompt": (prompt.PromptConfig, prompt.attach),
-}
+ENTRY_POINT_GROUP = "clsuite.pets"
+BUILTIN: dict[str, ModuleType] = {m.KIND: m for m in (lora, adapter, prefix, vpt, coop, gated_prefix, gated_prompt)}
+
+
+def _module(kind: str) -> ModuleType:
+    if kind in BUILTIN:
+        return BUILTIN[kind]
+    plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if kind not in plugins:
+        raise ValueError(f"unknown PET {kind!r}; known: {', '.join(available_pets())}")
+    ep = plugins[kind]
+    try:
+        mod = ep.load()
+    except Exception as exc:  # noqa: BLE001 — a plug-in's import error of any kind, reported in one line
+        raise ValueError(f"PET {kind!r}: cannot load {ep.value}: {type(exc).__name__}: {exc}") from None
+    if getattr(mod, "KIND", None) != kind or not hasattr(mod, "attach") or not hasattr(mod, "CONFIG"):
+        raise ValueError(f"PET {kind!r}: {ep.value} must define KIND = {kind!r}, CONFIG and attach")
+    return mod
+
+
+def available_pets() -> list[str]:
+    """Built-in PETs, then plug-ins (listed, not imported)."""
+    return list(BUILTIN) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTIN)
 
 
 def make_config(kind: str, options: dict[str, Any] | None = None) -> PETConfig:
-    if kind not in PETS:
-        raise ValueError(f"unknown PET {kind!r}; known: {', '.join(PETS)}")
-    return PETS[kind][0].from_dict(dict(options or {}))
+    return _module(kind).CONFIG.from_dict(dict(options or {}))
 
 
 def attach_pet(backbone: Backbone, kind: str, **options: Any) -> PET:
     """Inject a PET of ``kind`` into ``backbone``; returns the module holding its trainable parameters."""
     cfg = make_config(kind, options)
-    pet = PETS[kind][1](backbone, cfg)
+    pet = _module(kind).attach(backbone, cfg)
     for p in pet.parameters():
         p.requires_grad_(True)
     return pet
 
 
-__all__ = ["PET", "PETConfig", "PETLayer", "PETS", "attach_pet", "make_config"]
+PETS = BUILTIN  # kind -> module (KIND, CONFIG, attach)
+
+__all__ = ["PET", "PETConfig", "PETLayer", "PETS", "attach_pet", "available_pets", "make_config"]

@@ -1,7 +1,8 @@
-"""Adapter: a bottleneck MLP beside each transformer MLP (parallel adapter, AdaptFormer-style).
+"""Adapter: a bottleneck MLP in parallel to a block's MLP (AdaptFormer-style, the default) or to its attention
+(``position: attn``, whose input is the block's ``LN(x)``, as in the PEGP authors' ViT adapter).
 
-``mlp'(h) = mlp(h) + s · W_up [f(W_down [h; 1]); 1]`` — biases are stored as the last column of each
-weight, i.e. a weight on a constant input feature 1. That keeps PEGP exact: the feature spaces are
+``out'(h) = out(h) + s · W_up [f(W_down [h; 1]); 1]`` — with ``bias`` (default) the biases are stored as the last
+column of each weight, i.e. a weight on a constant input feature 1. That keeps PEGP exact: the feature spaces are
 ``[h; 1]`` for ``W_down`` and ``[f(·); 1]`` for ``W_up``, so a projected bias update cannot move old outputs.
 ``W_up = 0`` at init, so attaching leaves the model unchanged.
 """
@@ -16,36 +17,57 @@ from torch import nn
 
 from ..models.backbone import Backbone
 from ..projection import GradSpace
-from .base import PET, PETConfig, PETLayer, replace_attr, select_sites, undo_all
+from .base import PET, register_config, PETConfig, PETLayer, replace_attr, select_sites, undo_all
+
+POSITIONS = ("mlp", "attn")
 
 
 @dataclass
 class AdapterConfig(PETConfig):
     bottleneck: int = 16
     scale: float = 1.0
+    position: str = "mlp"
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise ValueError(f"adapter position must be mlp or attn, got {self.position!r}")
+        if self.bottleneck < 1:
+            raise ValueError(f"adapter bottleneck must be >= 1, got {self.bottleneck}")
 
 
 def _with_one(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
 
 
-class AdapterMLP(PETLayer):
-    borrowed = ("mlp",)
-    def __init__(self, name: str, mlp: nn.Module, width: int, bottleneck: int, scale: float):
+class Adapter(PETLayer):
+    """Wraps a frozen module (the block's MLP or attention) and adds the bottleneck branch to its output."""
+
+    borrowed = ("inner",)
+
+    def __init__(self, name: str, inner: nn.Module, width: int, bottleneck: int, scale: float, bias: bool):
         super().__init__(name)
-        self.mlp, self.scale = mlp, scale
-        self.down = nn.Parameter(torch.empty(bottleneck, width + 1))
+        self.inner, self.scale, self.bias = inner, scale, bias
+        extra = 1 if bias else 0
+        self.down = nn.Parameter(torch.empty(bottleneck, width + extra))
         nn.init.kaiming_uniform_(self.down[:, :width], a=math.sqrt(5))
         with torch.no_grad():
-            self.down[:, width].zero_()
-        self.up = nn.Parameter(torch.zeros(width, bottleneck + 1))
+            self.down[:, width:].zero_()
+        self.up = nn.Parameter(torch.zeros(width, bottleneck + extra))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x1 = _with_one(h)
-        hid = _with_one(F.gelu(x1 @ self.down.T))
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        x1 = _with_one(h) if self.bias else h
+        hid = F.gelu(x1 @ self.down.T)
+        hid = _with_one(hid) if self.bias else hid
         self.emit("down", x1)
         self.emit("up", hid)
-        return self.mlp(h) + self.scale * (hid @ self.up.T)
+        return self.scale * (hid @ self.up.T)
+
+    def forward(self, h: torch.Tensor, *args, **kwargs):
+        out = self.inner(h, *args, **kwargs)
+        if isinstance(out, tuple):  # attention modules return (output, weights)
+            return (out[0] + self.branch(h),) + tuple(out[1:])
+        return out + self.branch(h)
 
     def grad_spaces(self) -> list[GradSpace]:
         return [GradSpace(f"{self.pet_name}.down", self.down, self.down.shape[1]),
@@ -55,7 +77,13 @@ class AdapterMLP(PETLayer):
 def attach(backbone: Backbone, cfg: AdapterConfig) -> PET:
     layers, undo = [], []
     for site in select_sites(backbone, cfg):
-        layer = AdapterMLP(f"adapter.{site.tower}.{site.index}", site.mlp, site.width, cfg.bottleneck, cfg.scale)
-        replace_attr(site.block, site.mlp_attr, layer, undo)
+        attr = site.mlp_attr if cfg.position == "mlp" else site.attn_attr
+        layer = Adapter(f"adapter.{site.tower}.{site.index}", getattr(site.block, attr), site.width, cfg.bottleneck,
+                        cfg.scale, cfg.bias)
+        replace_attr(site.block, attr, layer, undo)
         layers.append(layer)
-    return PET("adapter", cfg, layers, undo_all(undo))
+    return PET(KIND, cfg, layers, undo_all(undo))
+
+
+KIND, CONFIG = "adapter", AdapterConfig
+register_config(KIND, AdapterConfig)

@@ -34,9 +34,13 @@ class PETConfig:
         return [self.towers]
 
     def layer_ids(self, n: int) -> list[int]:
+        """Block indices: ``"all"``, ``"first:K"`` (the first K blocks, fewer if the tower has fewer), or ranges
+        and lists such as ``"0-3"``, ``"0,2,5"``."""
         spec = str(self.layers).strip()
         if spec == "all":
             return list(range(n))
+        if spec.startswith("first:"):
+            return list(range(min(n, int(spec.split(":", 1)[1]))))
         ids: list[int] = []
         for part in spec.split(","):
             lo, _, hi = part.partition("-")
@@ -48,6 +52,16 @@ class PETConfig:
 
     @classmethod
     def from_dict(cls, options: dict) -> "PETConfig":
+        """Build from options; ``preset: pegp-official`` fills in the shape of the PEGP authors' code for this
+        PET (:data:`OFFICIAL_SHAPES`), under any option given explicitly."""
+        options = dict(options)
+        preset = options.pop("preset", None)
+        if preset is not None:
+            kind = next((k for k, c in _CONFIGS.items() if c is cls), None)
+            if preset != "pegp-official" or kind not in OFFICIAL_SHAPES:
+                raise ValueError(f"{cls.__name__}: preset {preset!r} unknown for this PET (known: pegp-official "
+                                 f"for {', '.join(OFFICIAL_SHAPES)})")
+            options = {**OFFICIAL_SHAPES[kind], **options}
         known = {f.name for f in fields(cls)}
         unknown = set(options) - known
         if unknown:
@@ -56,6 +70,25 @@ class PETConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The PET shapes of the PEGP authors' released code (shared/design/pegp.md): adapter parallel to attention,
+# bottleneck 5, no bias, blocks 0-4; LoRA rank 5 on the attention's query/key/value maps of blocks 0-4 (they use
+# one A for the fused qkv; here q, k and v each have their own); prefixes of length 5 in blocks 0-4; CLIP: one
+# shallow visual prompt of 10 tokens, CoOp contexts of 16 tokens. Vision tower only.
+OFFICIAL_SHAPES: dict[str, dict] = {
+    "adapter": {"towers": "vision", "layers": "first:5", "position": "attn", "bottleneck": 5, "bias": False},
+    "lora": {"towers": "vision", "layers": "first:5", "rank": 5, "targets": "q,k,v"},
+    "prefix": {"towers": "vision", "layers": "first:5", "length": 5},
+    "vpt": {"towers": "vision", "depth": "shallow", "length": 10},
+    "coop": {"towers": "text", "length": 16, "init": "random"},
+}
+_CONFIGS: dict[str, type] = {}  # kind -> config class, filled by register_config
+
+
+def register_config(kind: str, cls: type) -> type:
+    _CONFIGS[kind] = cls
+    return cls
 
 
 def select_sites(backbone: Backbone, cfg: PETConfig) -> list[BlockSite]:
@@ -102,6 +135,10 @@ class PETLayer(nn.Module):
         """Parameters with no feature space (e.g. gates) that projection methods freeze after task 1."""
         return []
 
+    def collect_outputs(self, backbone: Backbone, classnames: list[str]) -> None:
+        """While a collector listens, after the forward passes: emit features that need more than a forward
+        pass (e.g. CoOp's output Jacobian rows for these classes). Most layers need nothing here."""
+
 
 class PET(nn.Module):
     """An attached PET: holds its layers (so ``parameters()`` are exactly the trainable PET parameters)."""
@@ -143,6 +180,10 @@ class PET(nn.Module):
     def set_sink(self, sink: Sink | None) -> None:
         for layer in self.pet_layers:
             layer._sink = sink
+
+    def collect_outputs(self, backbone: Backbone, classnames: list[str]) -> None:
+        for layer in self.pet_layers:
+            layer.collect_outputs(backbone, classnames)
 
     def touches_tower(self, tower: str) -> bool:
         return tower in self.config.tower_list()

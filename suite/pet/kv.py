@@ -56,3 +56,37 @@ def register_source(attn: SplitAttention, layer: GatedKV, undo: list) -> None:
         attn.sources = nn.ModuleList(kept)
 
     undo.append(remove)
+
+
+class ConcatKV(PETLayer):
+    """Key/value slots in the layer's *own* softmax (prefix-tuning; VPT-deep's prompts as the image tokens see
+    them): ``Attn(q, [P_k; K], [P_v; V])``. ``keys_values`` gives ``(H, L, d_h)``; while a collector listens,
+    :meth:`observe` receives the queries and the attention weights on the ``L`` slots."""
+
+    def __init__(self, name: str, attn: SplitAttention, length: int):
+        super().__init__(name)
+        self.num_heads, self.head_dim, self.length = attn.num_heads, attn.head_dim, length
+
+    def keys_values(self, attn: SplitAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def prefix(self, batch: int, attn: SplitAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        pk, pv = self.keys_values(attn)
+        return pk.unsqueeze(0).expand(batch, -1, -1, -1), pv.unsqueeze(0).expand(batch, -1, -1, -1)
+
+    def collecting(self) -> bool:
+        return self._sink is not None
+
+    def observe(self, q: torch.Tensor, weights: torch.Tensor, attn: SplitAttention) -> None:
+        raise NotImplementedError
+
+
+def register_prefix(attn: SplitAttention, layer: ConcatKV, undo: list) -> None:
+    if not isinstance(attn, SplitAttention):
+        raise TypeError(f"{layer.pet_name.split('.')[0]} needs an open_clip backbone (got {type(attn).__name__})")
+    attn.prefixes.append(layer)
+
+    def remove() -> None:
+        attn.prefixes = nn.ModuleList([s for s in attn.prefixes if s is not layer])
+
+    undo.append(remove)

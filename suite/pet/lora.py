@@ -17,7 +17,7 @@ from torch import nn
 
 from ..models.backbone import Backbone
 from ..projection import GradSpace
-from .base import PET, PETConfig, PETLayer, replace_attr, select_sites, undo_all
+from .base import PET, register_config, PETConfig, PETLayer, replace_attr, select_sites, undo_all
 
 ATTN_ROLES = ("q", "k", "v", "out")
 MLP_ROLES = ("fc1", "fc2")
@@ -67,4 +67,8 @@ def attach(backbone: Backbone, cfg: LoRAConfig) -> PET:
             layer = LoRALinear(f"lora.{site.tower}.{site.index}.{role}", base, cfg.rank, cfg.alpha)
             replace_attr(parent, attr, layer, undo)
             layers.append(layer)
-    return PET("lora", cfg, layers, undo_all(undo))
+    return PET(KIND, cfg, layers, undo_all(undo))
+
+
+KIND, CONFIG = "lora", LoRAConfig
+register_config(KIND, LoRAConfig)

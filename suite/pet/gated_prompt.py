@@ -1,14 +1,15 @@
-"""Prompt-tuning: learned tokens that every layer's (deep) or the first layer's (shallow) tokens attend to.
-
-On the vision tower these are VPT-style visual prompts; on the text tower they are CoOp-style learnable
-context tokens. Prompts are read through the block's own frozen ``LN`` and ``W_k``/``W_v`` and enter the
-gated branch of :mod:`suite.pet.kv` (zero-init gate, so attaching changes nothing). Prompts sit before every
-text token, so the text tower's causal mask is respected.
+"""Gated prompt (``gated-prompt``): learned tokens every selected layer's (deep) or the first selected layer's
+(shallow) tokens attend to, read through the block's frozen ``LN`` and ``W_k``/``W_v``, in the zero-gated branch
+of :mod:`suite.pet.kv` (attaching changes nothing). A suite variant, not VPT or CoOp as published (those are
+:mod:`suite.pet.vpt` and :mod:`suite.pet.coop`). Prompts sit before every text token, so the text tower's causal
+mask is respected.
 
 Gradient spaces (PEGP): a prompt matrix ``p`` (``L x d``) acts, on the right, on the old queries pulled back
-through the key map (``W_k,hᵀ q_h`` for every head h: that is what ``q_h · W_k,h LN(p)`` sees of ``p``), and on
-the left on the attention rows over the ``L`` prompt slots (the value path). LN makes the key side
-first-order exact only; the invariance test measures what remains.
+through the key map (``W_k,hᵀ q_h`` for every head h) and, on the left, on the attention rows over the ``L``
+slots (the value path). Not exact, not even to first order: the keys are ``W_k LN(p)``, and LayerNorm's
+Jacobian (per token, depending on ``p``) stands between ``Δp`` and ``Δk``, which these spaces leave out. The
+invariance test (``tests/test_pegp.py``) measures what remains: old-task outputs still change, by more than
+for the exact sites (LoRA, adapters, prefixes), yet at least 10x less than without projection.
 """
 from __future__ import annotations
 
@@ -19,18 +20,18 @@ from torch import nn
 
 from ..models.backbone import Backbone
 from ..projection import GradSpace
-from .base import PET, PETConfig, select_sites, undo_all
+from .base import PET, register_config, PETConfig, select_sites, undo_all
 from .kv import GatedKV, register_source
 
 
 @dataclass
-class PromptConfig(PETConfig):
+class GatedPromptConfig(PETConfig):
     length: int = 8
     depth: str = "deep"  # deep: every selected layer; shallow: the first selected layer of each tower
     init_std: float = 0.5
 
 
-class Prompt(GatedKV):
+class GatedPrompt(GatedKV):
     def __init__(self, name: str, attn, norm: nn.Module, width: int, length: int, init_std: float):
         super().__init__(name, attn, length)
         self.width = width
@@ -51,13 +52,13 @@ class Prompt(GatedKV):
         self.emit("value", a)
 
     def grad_spaces(self) -> list[GradSpace]:
-        return [GradSpace(f"{self.pet_name}.key", self.tokens, self.width, "right"),
-                GradSpace(f"{self.pet_name}.value", self.tokens, self.length, "left")]
+        return [GradSpace(f"{self.pet_name}.key", self.tokens, self.width, "right", role="key"),
+                GradSpace(f"{self.pet_name}.value", self.tokens, self.length, "left", role="value")]
 
 
-def attach(backbone: Backbone, cfg: PromptConfig) -> PET:
+def attach(backbone: Backbone, cfg: GatedPromptConfig) -> PET:
     if cfg.depth not in ("deep", "shallow"):
-        raise ValueError(f"prompt depth must be deep or shallow, got {cfg.depth!r}")
+        raise ValueError(f"gated-prompt depth must be deep or shallow, got {cfg.depth!r}")
     layers, undo, seen = [], [], set()
     for site in select_sites(backbone, cfg):
         if cfg.depth == "shallow" and site.tower in seen:
@@ -65,8 +66,12 @@ def attach(backbone: Backbone, cfg: PromptConfig) -> PET:
         seen.add(site.tower)
         norm = getattr(site.block, "ln_1", None)
         if norm is None:
-            raise TypeError("prompt tuning needs an open_clip backbone (block without ln_1)")
-        layer = Prompt(f"prompt.{site.tower}.{site.index}", site.attn, norm, site.width, cfg.length, cfg.init_std)
+            raise TypeError("gated-prompt needs an open_clip backbone (block without ln_1)")
+        layer = GatedPrompt(f"gated-prompt.{site.tower}.{site.index}", site.attn, norm, site.width, cfg.length, cfg.init_std)
         register_source(site.attn, layer, undo)
         layers.append(layer)
-    return PET("prompt", cfg, layers, undo_all(undo))
+    return PET(KIND, cfg, layers, undo_all(undo))
+
+
+KIND, CONFIG = "gated-prompt", GatedPromptConfig
+register_config(KIND, GatedPromptConfig)

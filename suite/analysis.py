@@ -1,0 +1,322 @@
+"""Records grouped into configurations, with uncertainty: mean ± 95 % CI over seeds, differences paired by seed,
+and per-step curves. Pure numpy/scipy, shared by ``clsuite compare``, ``clsuite plot`` and the leaderboard.
+
+A *group* is every seed of one (sequence, method, PET, options) — :func:`suite.records.group_key`. Intervals are
+Student-t intervals of the mean over seeds; with one seed there is no interval (``ci is None``), and a difference
+of two groups is computed on the seeds they share, so seed-to-seed variation common to both cancels.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from .metrics import METRICS, metric
+from .records import group_key, metric_value, recompute_aggregates, step_summary
+
+# The columns `compare` shows by default (the stability-plasticity picture of a method).
+COMPARE_METRICS = ("avg", "last", "transfer", "forgetting", "plasticity", "zero_shot_retention", "hallucination_fpr")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean over ``n`` seeds and the half-width of its 95 % interval (``None`` for one seed)."""
+
+    mean: float
+    ci: float | None
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - (self.ci or 0.0)
+
+    @property
+    def high(self) -> float:
+        return self.mean + (self.ci or 0.0)
+
+    def overlaps(self, other: "Stat") -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+
+def t_half_width(values: Iterable[float]) -> float | None:
+    """Half-width of the 95 % Student-t interval of the mean; ``None`` with fewer than two values."""
+    from scipy import stats
+
+    v = np.asarray(list(values), dtype=float)
+    if len(v) < 2:
+        return None
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def stat(values: Iterable[float | None]) -> Stat | None:
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return None
+    return Stat(float(np.mean(v)), t_half_width(v), len(v))
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and 95 % half-width (0 for one value): the tuple form older callers use."""
+    s = stat(values)
+    if s is None:
+        raise ValueError("mean_ci of no values")
+    return s.mean, s.ci or 0.0
+
+
+@dataclass
+class Group:
+    """Every seed of one configuration; ``label`` is unique among the groups it was built with."""
+
+    key: tuple[str, str, str, str]
+    records: list[dict] = field(default_factory=list)
+    label: str = ""
+    _aggregates: dict[int, dict] = field(default_factory=dict, repr=False)
+
+    @property
+    def sequence(self) -> str:
+        return self.key[0]
+
+    @property
+    def method(self) -> str:
+        return self.key[1]
+
+    @property
+    def pet(self) -> str:
+        return self.key[2]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r["seed"] for r in self.records]
+
+    def _agg(self, rec: dict) -> dict:
+        if id(rec) not in self._aggregates:
+            self._aggregates[id(rec)] = recompute_aggregates(rec)
+        return self._aggregates[id(rec)]
+
+    def values(self, name: str) -> dict[int, float | None]:
+        """Seed -> the metric's value (aggregates recomputed from each matrix)."""
+        return {r["seed"]: metric_value(r, name, self._agg(r)) for r in self.records}
+
+    def stat(self, name: str) -> Stat | None:
+        return stat(self.values(name).values())
+
+
+def group_records(records: Iterable[dict]) -> list[Group]:
+    """Group records by configuration, seeds sorted, groups ordered by (sequence, method, PET)."""
+    groups: dict[tuple, Group] = {}
+    for r in records:
+        groups.setdefault(group_key(r), Group(group_key(r))).records.append(r)
+    out = sorted(groups.values(), key=lambda g: g.key)
+    for g in out:
+        g.records.sort(key=lambda r: r["seed"])
+    relabel(out)
+    return out
+
+
+def relabel(groups: list[Group]) -> None:
+    """``method/pet``; the sequence is prefixed when several sequences mix, an options tag when options differ."""
+    several = len({g.sequence for g in groups}) > 1
+    base = {id(g): (f"{g.sequence}: " if several else "") + f"{g.method}/{g.pet}" for g in groups}
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[base[id(g)]] = counts.get(base[id(g)], 0) + 1
+    for g in groups:
+        g.label = base[id(g)]
+        if counts[g.label] > 1:
+            g.label += f" [{options_tag(g.records[0])}]"
+
+
+def options_tag(rec: dict) -> str:
+    """Short text of the non-default-looking options of a record, e.g. ``threshold=0.9``."""
+    opts = {**rec["pet"]["options"], **rec["method"]["options"]}
+    text = ",".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(opts.items()))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def find_group(groups: list[Group], label: str) -> Group:
+    """A group by its exact label, or by ``method/pet`` / ``method`` when that names exactly one."""
+    exact = [g for g in groups if g.label == label]
+    if exact:
+        return exact[0]
+    loose = [g for g in groups if f"{g.method}/{g.pet}" == label or g.method == label]
+    if len(loose) == 1:
+        return loose[0]
+    known = ", ".join(g.label for g in groups)
+    what = "matches several groups" if loose else "matches no group"
+    raise ValueError(f"{label!r} {what}; groups: {known}")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``a − b`` of one metric over the seeds both groups have; ``tie`` when the interval contains 0."""
+
+    a: str
+    b: str
+    metric: str
+    mean: float
+    ci: float | None
+    seeds: tuple[int, ...]
+
+    @property
+    def tie(self) -> bool | None:
+        if self.ci is None:
+            return None
+        return self.mean - self.ci <= 0.0 <= self.mean + self.ci
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "metric": self.metric, "mean": self.mean, "ci": self.ci,
+                "n": len(self.seeds), "seeds": list(self.seeds), "tie": self.tie}
+
+
+def paired_difference(a: Group, b: Group, name: str) -> Difference | None:
+    """The per-seed difference ``a − b`` on the shared seeds, with its 95 % interval; ``None`` if none shared."""
+    va, vb = a.values(name), b.values(name)
+    seeds = tuple(sorted(s for s in va if s in vb and va[s] is not None and vb[s] is not None))
+    if not seeds:
+        return None
+    d = [va[s] - vb[s] for s in seeds]
+    return Difference(a.label, b.label, name, float(np.mean(d)), t_half_width(d), seeds)
+
+
+# ------------------------------------------------------------------------------------------- curves
+CURVE_METRICS = ("avg", "first-task", "task:<name>", "control:<name>")
+
+
+def curve(rec: dict, name: str = "avg") -> list[float | None]:
+    """A value per step ``x = 0..T`` (0 = the pretrained model) of one record.
+
+    ``avg``: mean accuracy over the tasks trained so far (undefined at step 0); ``first-task``: accuracy on
+    task 1; ``task:<name>`` / ``control:<name>``: accuracy on that task or control set;
+    ``retention``: mean zero-shot retention over control sets; ``hallucination``: the hallucination summary.
+    """
+    zs, rows, tasks = rec["zero_shot"], rec["matrix"], rec["sequence"]["tasks"]
+    if name == "avg":
+        return [None] + [float(np.mean(row[: t + 1])) for t, row in enumerate(rows)]
+    if name == "first-task" or name.startswith("task:"):
+        task = tasks[0] if name == "first-task" else name.split(":", 1)[1]
+        if task not in tasks:
+            raise ValueError(f"{name}: no task {task!r} in {rec['sequence']['name']} (tasks: {', '.join(tasks)})")
+        d = tasks.index(task)
+        return [zs["tasks"][d]] + [row[d] for row in rows]
+    if name.startswith("control:"):
+        c = name.split(":", 1)[1]
+        if c not in zs.get("controls", {}):
+            known = ", ".join(zs.get("controls", {})) or "none"
+            raise ValueError(f"{name}: no control set {c!r} in {rec['sequence']['name']} (controls: {known})")
+        return [zs["controls"][c]] + [s["control_accuracy"].get(c) for s in rec["steps"]]
+    if name in ("retention", "hallucination"):
+        key = "zero_shot_retention" if name == "retention" else "hallucination_fpr"
+        first = 1.0 if name == "retention" else step_summary(rec.get("zero_shot_step", {})).get(key)
+        return [first] + [step_summary(s).get(key) for s in rec["steps"]]
+    raise ValueError(f"unknown curve metric {name!r}; use avg, first-task, task:<name> or control:<name>")
+
+
+def curve_stats(group: Group, name: str) -> list[Stat | None]:
+    """Per step, the mean and interval of :func:`curve` over the group's seeds."""
+    curves = [curve(r, name) for r in group.records]
+    steps = max(len(c) for c in curves)
+    return [stat(c[x] if x < len(c) else None for c in curves) for x in range(steps)]
+
+
+# ------------------------------------------------------------------------------------------ compare
+def compare(records: list[dict], metrics_: tuple[str, ...] = COMPARE_METRICS,
+            pairs: list[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Mean ± CI per group of every metric, and the paired differences asked for (``a − b``)."""
+    for name in metrics_:
+        metric(name)
+    groups = group_records(records)
+    rows = [{"group": g.label, "sequence": g.sequence, "method": g.method, "pet": g.pet, "seeds": g.seeds,
+             **{name: g.stat(name) for name in metrics_}} for g in groups]
+    diffs = []
+    for a_label, b_label in pairs:
+        a, b = find_group(groups, a_label), find_group(groups, b_label)
+        for name in metrics_:
+            d = paired_difference(a, b, name)
+            if d is not None:
+                diffs.append(d)
+    return {"metrics": list(metrics_), "rows": rows, "differences": diffs}
+
+
+def _cell(name: str, s: Stat | None, signed: bool = False) -> str:
+    if s is None:
+        return "n/a"
+    return format_value(name, s.mean, s.ci, signed)
+
+
+def format_value(name: str, mean: float, ci: float | None = None, signed: bool = False) -> str:
+    """A metric's value in its unit (fractions as percent), ``± ci`` only where there is an interval; no -0.0."""
+    unit = METRICS[name].unit if name in METRICS else "fraction"
+    scale, digits, suffix = {"fraction": (100.0, 1, ""), "bytes": (1 / 1024, 1, " KiB"),
+                             "seconds": (1.0, 1, " s"), "count": (1.0, 0, "")}[unit]
+    m = mean * scale
+    if round(m, digits) == 0:
+        m = 0.0
+    text = f"{m:+,.{digits}f}" if signed else f"{m:,.{digits}f}"
+    if ci is not None:
+        text += f" ± {ci * scale:,.{digits}f}"
+    return text + suffix
+
+
+def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
+    """The compare result as a terminal table, Markdown, CSV or JSON."""
+    names = result["metrics"]
+    if fmt == "json":
+        def enc(s: Stat | None):
+            return None if s is None else {"mean": s.mean, "ci": s.ci, "n": s.n}
+        return json.dumps({"metrics": names,
+                           "rows": [{**{k: v for k, v in r.items() if k not in names}, **{n: enc(r[n]) for n in names}}
+                                    for r in result["rows"]],
+                           "differences": [d.as_dict() for d in result["differences"]]}, indent=1)
+    head = ["group", "n"] + [METRICS[n].label + ("" if METRICS[n].higher_is_better else " ↓") for n in names]
+    body = [[r["group"], str(len(r["seeds"]))] + [_cell(n, r[n]) for n in names] for r in result["rows"]]
+    diff_head = ["a − b", "metric", "difference", "seeds", "verdict"]
+    diff_body = [[f"{d.a} − {d.b}", METRICS[d.metric].label, format_value(d.metric, d.mean, d.ci, signed=True),
+                  str(len(d.seeds)), _verdict(d)] for d in result["differences"]]
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["group", "sequence", "method", "pet", "seeds"] + [c for n in names for c in (n, f"{n}_ci")])
+        for r in result["rows"]:
+            w.writerow([r["group"], r["sequence"], r["method"], r["pet"], " ".join(map(str, r["seeds"]))]
+                       + [c for n in names for c in ((r[n].mean, r[n].ci) if r[n] else ("", ""))])
+        if result["differences"]:
+            w.writerow([])
+            w.writerow(["a", "b", "metric", "difference", "ci", "seeds", "tie"])
+            for d in result["differences"]:
+                w.writerow([d.a, d.b, d.metric, d.mean, d.ci, " ".join(map(str, d.seeds)), d.tie])
+        return buf.getvalue()
+    if fmt == "md":
+        def md(h, rows):
+            lines = ["| " + " | ".join(h) + " |", "|" + "|".join("---" for _ in h) + "|"]
+            return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        out = md(head, body)
+        if diff_body:
+            out += [""] + md(diff_head, diff_body)
+        return "\n".join(out)
+    if fmt != "text":
+        raise ValueError(f"unknown format {fmt!r}; use text, md, csv or json")
+    out = _columns(head, body)
+    if diff_body:
+        out += ["", "paired by seed (a − b, 95 % CI over the shared seeds):"] + _columns(diff_head, diff_body)
+    out.append("(percent points for accuracies and rates; ↓ lower is better)")
+    return "\n".join(out)
+
+
+def _verdict(d: Difference) -> str:
+    if d.tie is None:
+        return "one seed: no interval"
+    if d.tie:
+        return "tie (interval contains 0)"
+    better = (d.mean > 0) == METRICS[d.metric].higher_is_better
+    return f"{'a' if better else 'b'} better"
+
+
+def _columns(head: list[str], body: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    return [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]

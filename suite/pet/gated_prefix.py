@@ -1,0 +1,62 @@
+"""Gated prefix (``gated-prefix``): learned key/value prefixes per layer in a separate, zero-gated attention
+branch (LLaMA-Adapter's zero-init attention): ``tanh(g) · softmax(q P_kᵀ / sqrt(d_h)) P_v``. Not the standard
+prefix-tuning of the literature (that is :mod:`suite.pet.prefix`, in the layer's own softmax); attaching it
+changes nothing until ``g`` moves.
+
+Gradient spaces (PEGP): ``P_k`` of head h acts on that head's queries (right side, ``d_h``); ``P_v`` of head h
+acts, from the left, on the attention rows over the ``L`` slots. Both are exact (not only first-order) for old
+inputs whose queries and attention rows lie in the bases' spans; the gate is frozen after task 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models.backbone import Backbone
+from ..projection import GradSpace
+from .base import PET, register_config, PETConfig, select_sites, undo_all
+from .kv import GatedKV, register_source
+
+
+@dataclass
+class GatedPrefixConfig(PETConfig):
+    length: int = 8
+    init_std: float = 0.5
+
+
+class GatedPrefix(GatedKV):
+    def __init__(self, name: str, attn, length: int, init_std: float):
+        super().__init__(name, attn, length)
+        h, d = attn.num_heads, attn.head_dim
+        self.pk = nn.Parameter(torch.randn(h, length, d) * init_std)
+        self.pv = nn.Parameter(torch.randn(h, length, d) * init_std)
+
+    def keys_values(self, attn) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pk, self.pv
+
+    def observe(self, q: torch.Tensor, a: torch.Tensor, attn) -> None:
+        for h in range(self.num_heads):
+            self.emit(f"pk.h{h}", q[:, h])
+            self.emit(f"pv.h{h}", a[:, h])
+
+    def grad_spaces(self) -> list[GradSpace]:
+        spaces = []
+        for h in range(self.num_heads):
+            spaces.append(GradSpace(f"{self.pet_name}.pk.h{h}", self.pk, self.head_dim, "right", index=h, role="key"))
+            spaces.append(GradSpace(f"{self.pet_name}.pv.h{h}", self.pv, self.length, "left", index=h, role="value"))
+        return spaces
+
+
+def attach(backbone: Backbone, cfg: GatedPrefixConfig) -> PET:
+    layers, undo = [], []
+    for site in select_sites(backbone, cfg):
+        layer = GatedPrefix(f"gated-prefix.{site.tower}.{site.index}", site.attn, cfg.length, cfg.init_std)
+        register_source(site.attn, layer, undo)
+        layers.append(layer)
+    return PET(KIND, cfg, layers, undo_all(undo))
+
+
+KIND, CONFIG = "gated-prefix", GatedPrefixConfig
+register_config(KIND, GatedPrefixConfig)
