@@ -91,7 +91,7 @@ def _metrics(args: argparse.Namespace) -> int:
     from .metrics import aggregate, load_matrix
 
     a = load_matrix(args.file)
-    z = json.loads(args.zero_shot) if args.zero_shot else None
+    z = json.loads(args.zero_shot) if args.zero_shot else _record_zero_shot(args.file)
     agg = aggregate(a, z)
     if args.json:
         print(json.dumps(agg))
@@ -99,6 +99,18 @@ def _metrics(args: argparse.Namespace) -> int:
         for k, v in agg.items():
             print(f"{k:16s} {'n/a' if v is None else f'{v:.4f}'}")
     return 0
+
+
+def _record_zero_shot(path: str) -> list[float] | None:
+    """A results record's own zero-shot row (so FWT and plasticity agree with the record), else ``None``."""
+    if not str(path).endswith(".json"):
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    z = data.get("zero_shot", {}).get("tasks") if isinstance(data, dict) else None
+    return z if isinstance(z, list) else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("metrics", help="every aggregate (Transfer/Avg/Last/BWT/forgetting/FWT) of an accuracy matrix")
     m.add_argument("file", help="matrix as JSON (list of rows or {'matrix': ...}), CSV, or .npy")
     m.add_argument("--json", action="store_true", help="print one JSON object")
-    m.add_argument("--zero-shot", help="JSON list of zero-shot accuracies per task, for FWT")
+    m.add_argument("--zero-shot", help="JSON list of zero-shot accuracies per task, for FWT and plasticity "
+                   "(default: a results record's own zero-shot row)")
 
     for register in _EXTENSIONS:
         register(sub)

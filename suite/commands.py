@@ -101,12 +101,17 @@ def _run(args: argparse.Namespace) -> int:
 
 @command("sweep")
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import sweep
+    from .sweep import grid, load_plan, main_log, sweep
 
-    base = run_config_from_args(args)
-    paths = sweep(base, methods=args.methods.split(","), pets=args.pets.split(","),
-                  seeds=[int(s) for s in args.seeds.split(",")])
-    for p in paths:
+    if args.plan:
+        if args.sequence or args.config:
+            raise ValueError("--plan: the plan names the sequences; give no --sequence or --config with it")
+        args.sequence = "-"  # the plan's runs replace it
+        cfgs = load_plan(args.plan, run_config_from_args(args))
+    else:
+        cfgs = grid(run_config_from_args(args), methods=args.methods.split(","), pets=args.pets.split(","),
+                    seeds=[int(s) for s in args.seeds.split(",")])
+    for p in sweep(cfgs, jobs=args.jobs, resume=bool(args.resume), log=main_log):
         print(p)
     return 0
 
@@ -270,16 +275,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="run one (sequence, model, PET, method, seed) and write its results record")
     _add_run_options(p)
-    p = sub.add_parser("sweep", help="run a grid of methods x PETs x seeds")
+    p = sub.add_parser("sweep", help="run a grid of methods x PETs x seeds, or every run of a plan file")
     _add_run_options(p)
+    p.add_argument("--plan", help="a plan file (e.g. leaderboards/embedded-plan.yaml) instead of the grid options")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once; the CPU cores are divided between them")
     p.add_argument("--methods", default="seq,pegp", help="comma-separated methods")
     p.add_argument("--pets", default="lora", help="comma-separated PETs (none for PET-less methods)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p = sub.add_parser("summarize", help="mean ± 95%% CI across seeds of records")
     p.add_argument("records", nargs="+", help="record files or folders")
     p = sub.add_parser("demo", help="the main job: zero-shot, seq-PET and PET+PEGP on the embedded sequences")
-    p.add_argument("--out", default="results", help="folder for records (default results/)")
-    p.add_argument("--quick", action="store_true", help="fewer iterations and sequences (smoke test)")
+    p.add_argument("--out", default="demo-results", help="folder for records and site (default demo-results/)")
+    p.add_argument("--quick", action="store_true", help="one sequence, short training (a smoke test; its numbers "
+                   "are not the board's)")
     p.add_argument("--no-site", action="store_true", help="do not build the leaderboard site")
     p = sub.add_parser("pretrain", help="pretrain an embedded CLIP with a recipe (suite/models/recipes)")
     p.add_argument("--recipe", default="tiny-world")

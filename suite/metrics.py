@@ -67,6 +67,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("avg_incremental", "Avg incremental", True),
     Metric("plasticity", "Plasticity gain", True),
     Metric("zero_shot_retention", "Zero-shot retention", True, source="summary"),
+    Metric("pope_auroc", "POPE AUROC", True, source="summary"),
     Metric("hallucination_fpr", "Hallucination FPR", False, source="summary"),
     Metric("hijacking_rate", "Hijacking rate", False, source="summary"),
     Metric("retrieval_confident_mismatch", "Confident mismatch", False, source="summary"),

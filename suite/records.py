@@ -79,11 +79,16 @@ def step_summary(step: dict) -> dict[str, float | None]:
     if step.get("retention"):
         vals = [v for v in step["retention"].values() if v is not None]
         out["zero_shot_retention"] = float(sum(vals) / len(vals)) if vals else None
-    if step.get("ece"):
-        out["ece"] = float(sum(step["ece"]) / len(step["ece"]))
+    ece = step.get("ece")
+    if isinstance(ece, dict):
+        out["ece"] = ece["value"]
+    elif ece:  # records before pooled ECE: the mean of per-task values
+        out["ece"] = float(sum(ece) / len(ece))
     hall = step.get("hallucination", {})
     if "adversarial" in hall.get("pope", {}):
         out["hallucination_fpr"] = hall["pope"]["adversarial"]["false_positive_rate"]
+    if hall.get("pope", {}).get("auroc") is not None:
+        out["pope_auroc"] = hall["pope"]["auroc"]
     if "hijacking" in hall:
         out["hijacking_rate"] = hall["hijacking"].get("mean_rate")
     if "retrieval_confident_mismatch" in hall:

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 from . import metrics
 from .data import TaskData, materialize
+from .evaluation.calibration import ece_with_interval
 from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, hijacking
+from .evaluation.hallucination import name_words
 from .methods import Method, RunContext, make_method
 from .models import create_model_and_transforms
 from .paths import safe_name
@@ -59,6 +61,7 @@ class RunConfig:
     max_eval: int | None = None
     progress: bool = True
     command: str = ""
+    threads: int | None = None  # torch CPU threads for this run (None: torch's default)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> "RunConfig":
@@ -158,6 +161,8 @@ class Batches:
 class Runner:
     def __init__(self, cfg: RunConfig, method: Method | None = None):
         self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
         self.device = resolve_device(cfg.device)
         init_distributed(self.device)
         self.rank, self.world = _dist()
@@ -288,13 +293,12 @@ class Runner:
     def evaluate(self, t: int, zero_shot: dict[str, Any] | None) -> dict[str, Any]:
         """Evaluate on every task and control set after step ``t`` (``t = -1``: the pretrained model)."""
         ev, seq = self.evaluator, self.seq
-        acc, ece, retrieval = [], [], {}
+        acc, confidence, correct, retrieval = [], [], [], {}
         feats: dict[str, torch.Tensor] = {}
         from tqdm import tqdm
 
         label = "zero-shot" if t < 0 else f"after {t + 1}/{len(seq.tasks)}"
-        for d, task in enumerate(tqdm(seq.tasks, desc=f"eval {label}", leave=False,
-                                      disable=not self.cfg.progress or bool(self.rank))):
+        for task in tqdm(seq.tasks, desc=f"eval {label}", leave=False, disable=not self.cfg.progress or bool(self.rank)):
             data = self.data[task.name]
             img = feats[task.name] = ev.image_features(data.test)
             if seq.track == "cross-modal":
@@ -302,23 +306,26 @@ class Runner:
                 retrieval[task.name] = r
                 acc.append(r["r1_mean"])
                 continue
+            labels = ev.eval_labels(data.test)
             if seq.protocol == "task-id":
-                res = ev.classify(img, data.test.labels, data.classnames, [data.templates] * len(data.classnames))
+                res = ev.classify(img, labels, data.classnames, [data.templates] * len(data.classnames))
             else:
                 names = [c for c, _ in self.head]
-                offset_labels = np.array([names.index(data.classnames[int(l)]) for l in data.test.labels])
+                offset_labels = np.array([names.index(data.classnames[int(l)]) for l in labels])
                 res = ev.classify(img, offset_labels, names, [list(tp) for _, tp in self.head])
             acc.append(res["accuracy"])
-            ece.append(res["ece"])
+            confidence.append(res["confidence"])
+            correct.append(res["correct"])
         controls = {}
         for c in seq.control_sets:
             data = self.data[c.name]
             img = feats[c.name] = ev.image_features(data.test)
-            controls[c.name] = ev.classify(img, data.test.labels, data.classnames, [data.templates] * len(data.classnames))["accuracy"]
+            controls[c.name] = ev.classify(img, ev.eval_labels(data.test), data.classnames,
+                                           [data.templates] * len(data.classnames))["accuracy"]
         step: dict[str, Any] = {"task": t, "name": seq.tasks[t].name if t >= 0 else "pretrained", "accuracy": acc,
                                 "control_accuracy": controls}
-        if ece:
-            step["ece"] = ece
+        if confidence:  # pooled over every task's test images of this step, equal-mass bins, bootstrap interval
+            step["ece"] = ece_with_interval(np.concatenate(confidence), np.concatenate(correct), seed=self.cfg.seed)
         if retrieval:
             step["retrieval"] = retrieval
         if zero_shot is not None:
@@ -326,10 +333,9 @@ class Runner:
                                  for k, v in controls.items()}
         hall: dict[str, Any] = {}
         if self.probe is not None:
-            hall["pope"] = self.probe.evaluate(ev, self.cfg.seed, feats)
-        hij = self._hijacking(t, feats)
-        if hij:
-            hall["hijacking"] = hij
+            hall["pope"] = self.probe.evaluate(ev, self.cfg.seed)
+        if seq.track != "cross-modal" and t >= 0:
+            hall["hijacking"] = self._hijacking(t, feats)
         if retrieval:
             hall["retrieval_confident_mismatch"] = float(np.mean(
                 [(r["i2t_confident_mismatch"] + r["t2i_confident_mismatch"]) / 2 for r in retrieval.values()]))
@@ -337,30 +343,40 @@ class Runner:
             step["hallucination"] = hall
         return step
 
-    def _hijacking(self, t: int, feats: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Images of not-yet-learned tasks and control sets, classified among learned ∪ own classes."""
-        if t < 0 or self.seq.track == "cross-modal":
-            return {}
+    def _hijacking(self, t: int, feats: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Images of *unlearned* classes (later tasks, control sets) among a head fixed for this step.
+
+        A class is unlearned when its name shares no word with a learned class (:func:`name_words`: lower case,
+        articles dropped, the sequence's synonyms merged); the head is every learned class plus every unlearned
+        class of every target. ``not_applicable`` where no class qualifies."""
         learned = self._class_templates(self.seq.tasks[: t + 1])
-        out = {}
-        targets = [(task.name, self.data[task.name]) for task in self.seq.tasks[t + 1:]]
-        targets += [(c.name, self.data[c.name]) for c in self.seq.control_sets]
+        taken = set().union(*(name_words(c, self.seq.synonyms) for c in learned))
+        targets = [(x.name, self.data[x.name]) for x in list(self.seq.tasks[t + 1:]) + list(self.seq.control_sets)]
+        own = {name: [c for c in data.classnames if c not in learned and not name_words(c, self.seq.synonyms) & taken]
+               for name, data in targets}
+        unlearned: dict[str, tuple[str, ...]] = {}
+        for name, data in targets:
+            for c in own[name]:
+                unlearned.setdefault(c, tuple(data.templates))
+        if not unlearned:
+            return {"not_applicable": "no class of a later task or control set is name-disjoint from the learned classes"}
+        names = list(learned) + list(unlearned)
+        temps = [list(tp) for tp in learned.values()] + [list(tp) for tp in unlearned.values()]
+        is_learned = np.array([n in learned for n in names])
+        out: dict[str, Any] = {"head": {"learned": len(learned), "unlearned": len(unlearned)}}
         rates, confs = [], []
         for name, data in targets:
-            own = [c for c in data.classnames if c not in learned]
-            if not own or not data.classnames:
+            labels = self.evaluator.eval_labels(data.test)
+            keep = [i for i, l in enumerate(labels) if data.classnames[int(l)] in own[name]]
+            if not keep:
                 continue
-            names = list(learned) + own
-            temps = [list(tp) for tp in learned.values()] + [data.templates] * len(own)
-            keep = [i for i, l in enumerate(data.test.labels[: len(feats[name])]) if data.classnames[int(l)] in own]
             probs = self.evaluator.classify(feats[name][keep], np.zeros(len(keep), dtype=int), names, temps)["probs"]
-            h = hijacking(probs, np.array([n in learned for n in names]))
+            h = hijacking(probs, is_learned)
             out[name] = h["rate"]
             rates.append(h["rate"])
             confs.append(h["confidence"])
-        if rates:
-            out["mean_rate"] = float(np.mean(rates))
-            out["mean_confidence"] = float(np.mean(confs))
+        out["mean_rate"] = float(np.mean(rates))
+        out["mean_confidence"] = float(np.mean(confs))
         return out
 
     # -- record & checkpoint ------------------------------------------------------------------------
@@ -380,7 +396,8 @@ class Runner:
             "method": {"name": self.method.name, "options": dict(self.method.options),
                        "source": f"{type(self.method).__module__}:{type(self.method).__qualname__}"},
             "seed": cfg.seed, "training": dict(self.train_cfg),
-            "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "run_dir", "resume", "progress", "command")},
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "run_dir", "resume", "progress", "command",
+                                                                         "threads")},
             "zero_shot": {"tasks": [], "controls": {}}, "matrix": [], "steps": [],
             "aggregates": {k: None for k in metrics.METRIC_NAMES}, "summary": {},
             "efficiency": {"trainable_parameters": trainable, "world_size": self.world},
@@ -398,8 +415,7 @@ class Runner:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = {"tasks_done": tasks_done, "params": [p.detach().cpu().clone() for p in self.params],
-                 "method": self.method.state_dict(), "record": json.dumps(rec),
-                 "thresholds": None if self.probe is None or self.probe.thresholds is None else torch.as_tensor(self.probe.thresholds)}
+                 "method": self.method.state_dict(), "record": json.dumps(rec)}
         tmp = self.run_dir / "checkpoint.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.run_dir / "checkpoint.pt")
@@ -414,8 +430,6 @@ class Runner:
             for p, v in zip(self.params, state["params"]):
                 p.copy_(v)
         self.method.load_state_dict(state["method"])
-        if state.get("thresholds") is not None and self.probe is not None:
-            self.probe.thresholds = state["thresholds"].numpy()
         return json.loads(state["record"]), int(state["tasks_done"])
 
     def out_path(self) -> Path:

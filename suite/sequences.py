@@ -61,6 +61,7 @@ class TaskSequence:
     image_size: int | None = None
     seed: int = 0
     training: dict[str, Any] = field(default_factory=dict)
+    synonyms: tuple[tuple[str, ...], ...] = ()  # groups of words one class-name rule treats as the same (hijacking)
     path: str = ""
 
     def default_training(self) -> dict[str, Any]:
@@ -185,6 +186,7 @@ def parse_sequence(data: Any, file: str | Path = "<memory>") -> TaskSequence:
         embedded=bool(data.get("embedded", False)), description=data.get("description", "").strip(),
         reference=data.get("reference", ""), image_size=data.get("image_size"), seed=data.get("seed", 0),
         training=dict(data.get("training", {})), path=str(file),
+        synonyms=tuple(tuple(g) for g in data.get("synonyms", [])),
     )
 
 

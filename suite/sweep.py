@@ -1,26 +1,131 @@
-"""Grids of runs and their summary across seeds (mean ± 95% confidence interval, Student t; see :mod:`suite.analysis`)."""
+"""Grids of runs — from the command line or from a plan file — and their summary across seeds (mean ± 95 %
+confidence interval, Student t; see :mod:`suite.analysis`).
+
+A plan file (``clsuite sweep --plan leaderboards/embedded-plan.yaml``) lists groups of runs::
+
+    out: results                  # where records go (relative to the plan file's repository root)
+    seeds: [0, 1, 2]              # default seeds of every group
+    groups:
+      - sequences: [world-class-incremental, mini-mtil]
+        methods: [seq, pegp]
+        pets: [lora, adapter]     # omit (or [none]) for methods without a PET
+        method_options: {}        # optional, the same for the whole group
+        pet_options: {}
+
+``--jobs N`` runs N runs at once in separate processes with the machine's cores divided between them (each run
+sets its torch threads explicitly, so processes never oversubscribe cores); ``--resume`` skips runs whose record
+already exists and is complete.
+"""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
-from .analysis import group_records, mean_ci  # noqa: F401  (mean_ci: re-exported for older callers)
-from .records import load_record
+import jsonschema
+import yaml
+
+from .analysis import group_records
+from .records import RecordError, load_record
 from .runner import RunConfig, Runner
 
 HEADLINE = ("transfer", "avg", "last", "bwt", "forgetting")
 
 
-def sweep(base: RunConfig, methods: list[str], pets: list[str], seeds: list[int]) -> list[Path]:
-    paths = []
-    for method in methods:
-        for pet in pets:
-            for seed in seeds:
-                cfg = dataclasses.replace(base, method=method, pet=None if pet == "none" else pet, seed=seed)
-                runner = Runner(cfg)
-                runner.run()
-                paths.append(runner.out_path())
-    return paths
+class PlanError(ValueError):
+    """A plan file that is malformed; one line naming the file and field."""
+
+
+@lru_cache(maxsize=1)
+def _plan_schema() -> dict:
+    return json.loads(resources.files("suite").joinpath("schemas/plan.schema.json").read_text())
+
+
+def load_plan(path: str | Path, base: RunConfig | None = None) -> list[RunConfig]:
+    """Every run of a plan file, in order (groups, then sequences, methods, PETs, seeds)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"{path}: (file): no such plan file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{path}: (file): not valid YAML ({str(exc).splitlines()[0]})") from None
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_plan_schema()).iter_errors(data))
+    if err is not None:
+        raise PlanError(f"{path}: {'.'.join(map(str, err.absolute_path)) or '(top level)'}: {err.message}")
+    base = base or RunConfig(sequence="")
+    out = data.get("out", base.out)
+    cfgs = []
+    for g in data["groups"]:
+        for seq in g["sequences"]:
+            for method in g["methods"]:
+                for pet in g.get("pets", ["none"]):
+                    for seed in g.get("seeds", data.get("seeds", [0])):
+                        cfgs.append(dataclasses.replace(
+                            base, sequence=seq, method=method, pet=None if pet == "none" else pet, seed=seed,
+                            method_options=dict(g.get("method_options", {})), pet_options=dict(g.get("pet_options", {})),
+                            out=out, run_dir=str(Path(out) / ".runs"), command=f"clsuite sweep --plan {path}"))
+    return cfgs
+
+
+def grid(base: RunConfig, methods: list[str], pets: list[str], seeds: list[int]) -> list[RunConfig]:
+    return [dataclasses.replace(base, method=m, pet=None if p == "none" else p, seed=s)
+            for m in methods for p in pets for s in seeds]
+
+
+def _finished(cfg: RunConfig) -> bool:
+    path = Path(cfg.out) / f"{cfg.run_id()}.json"
+    try:
+        return path.is_file() and load_record(path)["status"] == "complete"
+    except RecordError:
+        return False
+
+
+def _run_one(cfg: RunConfig) -> tuple[str, float]:
+    t = time.perf_counter()
+    runner = Runner(cfg)
+    runner.run()
+    return str(runner.out_path()), time.perf_counter() - t
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print) -> list[Path]:
+    """Run ``cfgs`` (``jobs`` at a time, cores divided between them); returns the record paths in order."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = max(1, min(int(jobs), cores))
+    threads = max(1, cores // jobs)
+    cfgs = [dataclasses.replace(c, threads=c.threads or threads, progress=False if jobs > 1 else c.progress,
+                                resume=c.resume or resume) for c in cfgs]
+    todo = [c for c in cfgs if not (resume and _finished(c))]
+    log(f"sweep: {len(cfgs)} runs, {len(cfgs) - len(todo)} already done, {jobs} at a time with {threads} thread(s) each")
+    t0 = time.perf_counter()
+    if jobs == 1:
+        for i, c in enumerate(todo, 1):
+            path, sec = _run_one(c)
+            log(f"  [{i}/{len(todo)}] {Path(path).name} {sec:.0f}s")
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_one, c): c for c in todo}
+            for i, fut in enumerate(as_completed(futures), 1):
+                path, sec = fut.result()
+                log(f"  [{i}/{len(todo)}] {Path(path).name} {sec:.0f}s")
+    log(f"sweep: done in {time.perf_counter() - t0:.0f}s wall")
+    return [Path(c.out) / f"{c.run_id()}.json" for c in cfgs]
 
 
 def collect(paths: list[str]) -> list[dict]:
@@ -44,9 +149,17 @@ def summarize(records: list[dict]) -> list[dict]:
 
 def summarize_table(paths: list[str]) -> str:
     rows = summarize(collect(paths))
-    head = f"{'sequence':26s} {'method':9s} {'pet':8s} {'n':>2s} " + " ".join(f"{k:>14s}" for k in HEADLINE)
+    head = f"{'sequence':26s} {'method':9s} {'pet':12s} {'n':>2s} " + " ".join(f"{k:>14s}" for k in HEADLINE)
     out = [head]
     for r in rows:
         cells = [("n/a" if r[k] is None else f"{100 * r[k][0]:.1f}±{100 * r[k][1]:.1f}") for k in HEADLINE]
-        out.append(f"{r['sequence']:26s} {r['method']:9s} {r['pet']:8s} {len(r['seeds']):2d} " + " ".join(f"{c:>14s}" for c in cells))
+        out.append(f"{r['sequence']:26s} {r['method']:9s} {r['pet']:12s} {len(r['seeds']):2d} " + " ".join(f"{c:>14s}" for c in cells))
     return "\n".join(out)
+
+
+def main_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+__all__ = ["PlanError", "load_plan", "grid", "sweep", "collect", "summarize", "summarize_table"]
+

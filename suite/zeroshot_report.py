@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import world
 from .data.embedded import (FASHION_MNIST_CLASSES, HELDOUT_COMPOSITIONS, HELDOUT_FONTS, PRETRAIN_FONTS,
-                            fashion_mnist_available, world_split)
+                            fashion_mnist_available, fashion_mnist_root, world_split)
 from .evaluation.evaluator import Evaluator
 from .sequences import parse_sequence
 from .data import materialize
@@ -60,4 +60,6 @@ def zero_shot_report(backbone, per_class: int = 40, seed: int = 1234) -> dict[st
         out["fashion_mnist_n"] = len(f.test)
     else:
         out["fashion_mnist_10way"] = None
+        out["fashion_mnist_unavailable"] = (f"Fashion-MNIST IDX files not found under {fashion_mnist_root()} "
+                                            f"(apt-get install dataset-fashion-mnist, or set $CLSUITE_FASHION_MNIST)")
     return out

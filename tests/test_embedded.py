@@ -38,16 +38,19 @@ def test_pretraining_is_deterministic_for_a_seed():
     assert a == b
 
 
-def test_demo_quick_writes_records_site_and_table(tmp_path, monkeypatch):
-    from suite.demo import demo
-
-    monkeypatch.setenv("CLSUITE_BOARDS_DIR", str(tmp_path / "boards"))
-    import shutil
+def test_demo_quick_writes_records_site_and_table_in_its_own_folder(tmp_path, monkeypatch):
     from pathlib import Path
 
-    shutil.copytree(Path(__file__).resolve().parents[1] / "leaderboards", tmp_path / "boards",
-                    ignore=shutil.ignore_patterns("site"))
-    table = demo(out=str(tmp_path / "results"), quick=True)
-    assert "zeroshot" in table and "pegp" in table and "leaderboard site" in table
-    assert len(list((tmp_path / "results").glob("*.json"))) == 3
-    assert (tmp_path / "boards" / "site" / "class-incremental.html").is_file()
+    from suite.demo import demo
+
+    repo = Path(__file__).resolve().parents[1]
+    before = sorted(p.name for p in (repo / "results").iterdir())
+    table = demo(out=str(tmp_path / "demo"), quick=True)
+    assert "zeroshot" in table and "pegp" in table and "leaderboard site" in table and "refLast" in table
+    assert len(list((tmp_path / "demo").glob("*.json"))) == 3
+    assert (tmp_path / "demo" / "site" / "class-incremental.html").is_file()
+    assert sorted(p.name for p in (repo / "results").iterdir()) == before  # the reference records are untouched
+    import pytest
+
+    with pytest.raises(ValueError, match="does not write into the committed reference records"):
+        demo(out=str(repo / "results"), quick=True)

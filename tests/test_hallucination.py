@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from suite.evaluation.calibration import expected_calibration_error
-from suite.evaluation.hallucination import calibrate_thresholds, hijacking, pope
+from suite.evaluation.calibration import ece_with_interval, expected_calibration_error
+from suite.evaluation.hallucination import calibrate_thresholds, concept_auroc, hijacking, name_words, pope, pope_step
 from suite.evaluation.retrieval import confident_mismatch_rate, recall_at_k
 
 CONCEPTS = ["red circle", "blue circle", "red square", "green star"]
@@ -46,8 +46,46 @@ def test_retrieval_recall_and_confident_mismatch():
     assert confident_mismatch_rate(sim, delta=0.5)["i2t_confident_mismatch"] == 0.0
 
 
-def test_ece_perfect_and_overconfident():
-    labels = np.array([0, 1, 0, 1])
-    assert expected_calibration_error(np.eye(2)[labels], labels) == 0.0
-    wrong = np.eye(2)[1 - labels]
-    assert expected_calibration_error(wrong, labels) == pytest.approx(1.0)
+def test_ece_equal_mass_bins_and_interval():
+    assert expected_calibration_error(np.ones(4), np.ones(4, bool)) == 0.0
+    assert expected_calibration_error(np.ones(4), np.zeros(4, bool)) == pytest.approx(1.0)
+    # equal-mass: 4 predictions, 2 bins of 2 -> |0.5-0.35| * .5 + |1-0.95| * .5
+    conf, ok = np.array([0.3, 0.4, 0.9, 1.0]), np.array([1, 0, 1, 1], bool)
+    assert expected_calibration_error(conf, ok, bins=2) == pytest.approx(0.5 * 0.15 + 0.5 * 0.05)
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.5, 1, 400)
+    res = ece_with_interval(conf, rng.uniform(size=400) < conf)  # calibrated by construction
+    assert res["low"] <= res["value"] <= res["high"] and res["high"] - res["low"] < 0.15 and res["n"] == 400
+
+
+def test_auroc_improves_with_ranking_while_fixed_thresholds_degrade():
+    """Training shifts the score scale up and improves the ranking: the fixed-threshold false-positive rate
+    rises, the threshold-free AUROC and the per-step calibrated F1 improve."""
+    rng = np.random.default_rng(0)
+    present = rng.uniform(size=(200, 6)) < 0.3
+    before = present * 0.10 + rng.normal(0, 0.10, present.shape)
+    after = present * 0.30 + rng.normal(0, 0.10, present.shape) + 0.25  # better separated, shifted scale
+    concepts = [f"c{i}" for i in range(6)]
+    fixed = calibrate_thresholds(before[:100], present[:100])
+    fpr_before = pope(before[100:], present[100:], fixed, concepts)["random"]["false_positive_rate"]
+    fpr_after = pope(after[100:], present[100:], fixed, concepts)["random"]["false_positive_rate"]
+    assert fpr_after > fpr_before  # the number the board used to rank on gets worse
+    assert concept_auroc(after, present) > concept_auroc(before, present) + 0.1
+    step_before = pope_step(before[:100], present[:100], before[100:], present[100:], concepts)
+    step_after = pope_step(after[:100], present[:100], after[100:], present[100:], concepts)
+    assert step_after["auroc"] > step_before["auroc"]
+    assert step_after["random"]["f1"] > step_before["random"]["f1"]
+    assert step_after["random"]["false_positive_rate"] <= step_before["random"]["false_positive_rate"]
+
+
+def test_auroc_by_hand():
+    scores = np.array([[0.9], [0.2], [0.5], [0.1]])
+    present = np.array([[1], [0], [0], [1]], bool)
+    assert concept_auroc(scores, present) == pytest.approx(2 / 4)  # pairs (p, n): (0.9 > 0.2, 0.5), (0.1 < both)
+
+
+def test_name_words_for_hijacking():
+    assert name_words("a Red Circle") == {"red", "circle"}
+    assert name_words("t-shirt", [["shirt", "t-shirt", "tee"]]) == {"t", "shirt"}
+    assert name_words("tee", [["shirt", "tee"]]) == {"shirt"}
+    assert not name_words("purple heart") & name_words("red circle")

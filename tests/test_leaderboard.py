@@ -27,7 +27,7 @@ def board_records(tmp_path_factory):
     recs.append(make_record(reference(method="zeroshot", pet="none"), 0))
     xss = make_record(base, 0, XSS, 0.02)
     xss["method"]["options"] = {"note": "</code><script>alert(2)</script>"}
-    xss["summary"].pop("hallucination_fpr")  # an entry with a missing value
+    xss["summary"].pop("zero_shot_retention")  # an entry with a missing value
     recs.append(xss)
     return write(tmp_path_factory.mktemp("results"), recs)
 
@@ -342,10 +342,10 @@ def test_board_page_in_a_browser(board_records, tmp_path):
         assert asc == sorted(asc)
         last.click()
         assert [float(v) for v in column(last.text)] == sorted(asc, reverse=True)
-        fpr = table.find_element(By.CSS_SELECTOR, "th[data-col='hallucination_fpr']")
+        ret = table.find_element(By.CSS_SELECTOR, "th[data-col='zero_shot_retention']")
         for _ in range(2):  # ascending, then descending: the entry without a value is last both times
-            fpr.click()
-            values = column(fpr.text)
+            ret.click()
+            values = column(ret.text)
             assert values[-1] == "" and all(values[:-1])
         assert XSS in driver.find_element(By.TAG_NAME, "body").text  # shown as text, not run
         for img in driver.find_elements(By.CSS_SELECTOR, "img.figure"):

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.base import Split, TaskData
-from .calibration import expected_calibration_error
-from .hallucination import calibrate_thresholds, hijacking, pope
+from .hallucination import hijacking, pope_step
 from .retrieval import confident_mismatch_rate, recall_at_k
+
+EVAL_SAMPLE_SEED = 0  # the --max-eval sample is the same for every step, method and seed
 
 
 def batch_images(backbone, split: Split, idx: Iterable[int]) -> torch.Tensor:
@@ -40,6 +41,7 @@ class Evaluator:
     max_eval: int | None = None
     autocast: Callable[[], Any] | None = None
     _text_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    _samples: dict[int, list[int]] = field(default_factory=dict)
     text_encodes: int = 0  # how many times class prompts were encoded (for the speed benchmark)
 
     def invalidate_text(self) -> None:
@@ -75,11 +77,18 @@ class Evaluator:
         return torch.cat(out)
 
     def eval_indices(self, split: Split) -> list[int]:
+        """All test images, or with ``max_eval`` a fixed, seeded, class-stratified sample of that many (classes
+        take turns, so every class is covered when ``max_eval`` >= the number of classes); sorted."""
         n = len(split)
-        return list(range(n if self.max_eval is None else min(n, self.max_eval)))
+        if self.max_eval is None or self.max_eval >= n:
+            return list(range(n))
+        if id(split) not in self._samples:
+            self._samples[id(split)] = stratified_sample(split.labels, self.max_eval, EVAL_SAMPLE_SEED)
+        return self._samples[id(split)]
 
-    def image_features(self, split: Split) -> torch.Tensor:
-        idx = self.eval_indices(split)
+    def image_features(self, split: Split, sample: bool = True) -> torch.Tensor:
+        """Normalised features of the split's evaluated images (``sample=False``: all of its images)."""
+        idx = self.eval_indices(split) if sample else list(range(len(split)))
         out = []
         with torch.no_grad(), self._ctx():
             for i in range(0, len(idx), self.batch_size):
@@ -100,9 +109,13 @@ class Evaluator:
         text = torch.cat(parts)[torch.argsort(order)]
         logits = self.backbone.logit_scale_value.detach().float() * img @ text.T
         probs = torch.softmax(logits, -1).cpu().numpy()
-        y = labels[: len(img)] + label_offset
-        return {"accuracy": float((probs.argmax(1) == y).mean()) if len(y) else 0.0,
-                "ece": expected_calibration_error(probs, y), "probs": probs}
+        y = np.asarray(labels)[: len(img)] + label_offset
+        return {"accuracy": float((probs.argmax(1) == y).mean()) if len(y) else 0.0, "probs": probs,
+                "confidence": probs.max(1) if len(y) else np.zeros(0),
+                "correct": (probs.argmax(1) == y) if len(y) else np.zeros(0, bool)}
+
+    def eval_labels(self, split: Split) -> np.ndarray:
+        return np.asarray(split.labels)[self.eval_indices(split)]
 
     def retrieval(self, img: torch.Tensor, split: Split, delta: float = 0.05) -> dict[str, float]:
         caps = [split.captions[i] for i in self.eval_indices(split)]
@@ -113,46 +126,81 @@ class Evaluator:
         return out
 
 
+def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> list[int]:
+    """``n`` indices drawn class by class in turn (a seeded order within each class); sorted."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    chosen: list[int] = []
+    while len(chosen) < n and any(pools):
+        for pool in pools:
+            if pool and len(chosen) < n:
+                chosen.append(int(pool.pop(0)))
+    return sorted(chosen)
+
+
 @dataclass
 class ConceptProbe:
-    """POPE on images with ground-truth object lists: concept vocabulary, prompts, thresholds from step 0."""
+    """CLIP-POPE on images with ground-truth object lists: a fixed, seeded sample with positives for every
+    concept it scores, split into a calibration half (thresholds, refitted every step) and a scored half."""
 
     concepts: list[str]
-    images: dict[str, Split]  # task name -> split with objects
-    thresholds: np.ndarray | None = None
+    excluded: list[str]  # concepts with no positive image in one of the halves (not scored, counted)
+    calibration: dict[str, Split]
+    scored: dict[str, Split]
 
     @classmethod
-    def from_tasks(cls, data: dict[str, TaskData], names: list[str], per_task: int = 64) -> "ConceptProbe | None":
+    def from_tasks(cls, data: dict[str, TaskData], names: list[str], per_concept: int = 8,
+                   seed: int = 0) -> "ConceptProbe | None":
         splits = {n: data[n].test for n in names if data[n].test.objects is not None}
         if not splits:
             return None
-        concepts = sorted({o for s in splits.values() for objs in s.objects for o in objs})
+        images = [(n, i) for n, sp in splits.items() for i in range(len(sp))]
+        vocab = sorted({o for sp in splits.values() for objs in sp.objects for o in objs})
+        if len(vocab) < 2:
+            return None
+        rng = np.random.default_rng(seed)
+        halves: tuple[dict, dict] = ({}, {})  # (task, index) -> True, for calibration and scored
+        for concept in vocab:
+            positives = [im for im in images if concept in splits[im[0]].objects[im[1]]]
+            for k, im in enumerate(rng.permutation(len(positives))[: 2 * per_concept]):
+                im = positives[int(im)]
+                if im not in halves[0] and im not in halves[1]:
+                    halves[k % 2][im] = True
+        negatives = [im for im in images if im not in halves[0] and im not in halves[1]]
+        for k, j in enumerate(rng.permutation(len(negatives))[: 2 * per_concept]):
+            halves[k % 2][negatives[int(j)]] = True
+        def has(half, c):
+            return any(c in splits[n].objects[i] for n, i in half)
+        concepts = [c for c in vocab if has(halves[0], c) and has(halves[1], c)]
         if len(concepts) < 2:
             return None
-        return cls(concepts, {n: s.subset(range(min(per_task, len(s)))) for n, s in splits.items()})
+        pick = lambda half: {n: splits[n].subset(sorted(i for m, i in half if m == n)) for n in splits  # noqa: E731
+                             if any(m == n for m, _ in half)}
+        return cls(concepts, [c for c in vocab if c not in concepts], pick(halves[0]), pick(halves[1]))
 
-    def scores(self, ev: Evaluator, feats: dict[str, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Image-concept scores; ``feats`` (task -> test-split features already computed this step) are reused,
-        since the probe's images are the first test images of each task."""
-        text = ev.class_text_features(self.concepts, ["a photo of a {}."])
+    def _scores(self, ev: Evaluator, half: dict[str, Split], text: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         rows, present = [], []
-        for name, split in self.images.items():
-            n = len(ev.eval_indices(split))
-            known = (feats or {}).get(name)
-            img = known[:n] if known is not None and len(known) >= n else ev.image_features(split)
+        index = {c: j for j, c in enumerate(self.concepts)}
+        for split in half.values():
+            img = ev.image_features(split, sample=False)
             rows.append((img @ text.T).cpu().numpy())
-            p = np.zeros((len(img), len(self.concepts)), bool)
-            for i, objs in enumerate(split.objects[: len(img)]):
+            p = np.zeros((len(split), len(self.concepts)), bool)
+            for i, objs in enumerate(split.objects):
                 for o in objs:
-                    p[i, self.concepts.index(o)] = True
+                    if o in index:
+                        p[i, index[o]] = True
             present.append(p)
         return np.concatenate(rows), np.concatenate(present)
 
-    def evaluate(self, ev: Evaluator, seed: int = 0, feats: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-        scores, present = self.scores(ev, feats)
-        if self.thresholds is None:
-            self.thresholds = calibrate_thresholds(scores, present)
-        return pope(scores, present, self.thresholds, self.concepts, seed)
+    def evaluate(self, ev: Evaluator, seed: int = 0) -> dict[str, Any]:
+        text = ev.class_text_features(self.concepts, ["a photo of a {}."])
+        cal = self._scores(ev, self.calibration, text)
+        scored = self._scores(ev, self.scored, text)
+        out = pope_step(*cal, *scored, self.concepts, seed)
+        out.update(concepts=len(self.concepts), excluded_concepts=len(self.excluded),
+                   calibration_images=int(len(cal[0])), scored_images=int(len(scored[0])))
+        return out
 
 
 __all__ = ["Evaluator", "ConceptProbe", "batch_images", "hijacking"]

@@ -1,24 +1,37 @@
 """Cross-modal hallucination, defined once here. All functions take score matrices, so they are testable
 on hand-built numbers and reusable for any model.
 
+These are the suite's own definitions: the PEGP authors released no hallucination evaluation.
+
 1. **Absent-concept false positives (CLIP-POPE).** For images with known object lists and a concept
-   vocabulary, ``scores[i, c]`` is the image-text score of image i with the text naming concept c. A concept
-   is answered "yes" when its score exceeds a per-concept threshold calibrated on the *pretrained* model
-   (:func:`calibrate_thresholds`: the threshold maximising that model's F1 for the concept). Questions are
-   all present concepts plus an equal number of absent ones drawn three ways, as in POPE (Li et al., 2023):
-   *random* (uniform over absent concepts), *popular* (most frequent concepts overall), *adversarial* (absent
-   concepts that share an attribute with a present one — here colour or shape). Reported: precision, recall,
-   F1, yes-ratio, and the false-positive rate on absent concepts.
-2. **Seen-class hijacking.** Images whose true class is *not* among the learned classes (control sets,
-   not-yet-learned tasks), classified among learned ∪ own classes: the share predicted as a learned class,
-   and the mean probability of those predictions.
+   vocabulary, ``scores[i, c]`` is the image-text score of image i with the text naming concept c. The probe is
+   a fixed, seeded sample with positives for every concept it scores, split in two disjoint halves: at every
+   step, a per-concept threshold is fitted on the *calibration* half (:func:`calibrate_thresholds`: the
+   threshold maximising F1 for the concept) and the *scored* half is answered with it, so thresholds never see
+   the scored images and follow the model's score scale as training shifts it. Questions are all present
+   concepts plus an equal number of absent ones drawn three ways, as in POPE (Li et al., 2023): *random*,
+   *popular* (most frequent concepts), *adversarial* (absent concepts sharing a word — colour or shape — with a
+   present one). Reported per strategy: precision, recall, F1, yes-ratio, false-positive rate; and the
+   threshold-free macro AUROC of concept presence (:func:`concept_auroc`), which the boards rank on. It detects
+   a model that scores absent concepts above present ones; it cannot tell *which* wrong concept a caption
+   would contain, and it needs images with ground-truth object lists (the procedural world).
+2. **Seen-class hijacking.** Images of classes that are *not learned* — whose names share no word (after
+   normalisation and the sequence's synonym list) with any learned class — from later tasks and control sets,
+   classified among a head fixed per step (every learned class plus every such unlearned class): the share
+   predicted as a learned class, and the mean probability of those predictions. Where no class qualifies the
+   measure is ``not_applicable``. It detects a model pulled towards what it was trained on; it cannot separate
+   that from plain confusion between similar classes.
 3. **Retrieval confident mismatch** — see :func:`suite.evaluation.retrieval.confident_mismatch_rate`.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
+from typing import Iterable
 
 import numpy as np
+
+_ARTICLES = {"a", "an", "the"}
 
 STRATEGIES = ("random", "popular", "adversarial")
 
@@ -76,6 +89,38 @@ def pope(scores: np.ndarray, present: np.ndarray, thresholds: np.ndarray, concep
         out[strategy] = {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
                          "yes_ratio": float(yes.mean()), "accuracy": float((yes == truth).mean()),
                          "false_positive_rate": float(yes[~truth].mean()) if (~truth).any() else 0.0}
+    return out
+
+
+def name_words(name: str, synonyms: Iterable[Iterable[str]] = ()) -> set[str]:
+    """The words of a class name for the hijacking rule: lower case, split on non-alphanumerics, articles
+    dropped, each word replaced by the first word of its synonym group (``synonyms``: groups of words)."""
+    canon = {w.lower(): str(list(group)[0]).lower() for group in synonyms for w in group}
+    return {canon.get(w, w) for w in re.split(r"[^0-9a-z]+", name.lower()) if w and w not in _ARTICLES}
+
+
+def concept_auroc(scores: np.ndarray, present: np.ndarray) -> float | None:
+    """Mean over concepts (with both present and absent images) of the AUROC of ``scores`` for ``present``:
+    the chance a present concept outscores an absent one; threshold-free, so a shifted score scale leaves it
+    unchanged while a better ranking raises it."""
+    from scipy.stats import rankdata
+
+    scores, present = np.asarray(scores, np.float64), np.asarray(present, bool)
+    aucs = []
+    for c in range(scores.shape[1]):
+        y, s = present[:, c], scores[:, c]
+        pos, neg = int(y.sum()), int((~y).sum())
+        if pos and neg:
+            ranks = rankdata(s)
+            aucs.append((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return float(np.mean(aucs)) if aucs else None
+
+
+def pope_step(cal_scores: np.ndarray, cal_present: np.ndarray, scores: np.ndarray, present: np.ndarray,
+              concepts: list[str], seed: int = 0) -> dict:
+    """One step's CLIP-POPE: thresholds fitted on the calibration half, questions answered on the scored half."""
+    out: dict = dict(pope(scores, present, calibrate_thresholds(cal_scores, cal_present), concepts, seed))
+    out["auroc"] = concept_auroc(scores, present)
     return out
 
 
