@@ -116,23 +116,29 @@ def group_records(records: Iterable[dict]) -> list[Group]:
 
 
 def relabel(groups: list[Group]) -> None:
-    """``method/pet``; the sequence is prefixed when several sequences mix, an options tag when options differ."""
+    """``method/pet``; the sequence is prefixed when several sequences mix; where several groups share a label,
+    each gets the options that tell them apart, e.g. ``pegp/lora [threshold=0.8]``."""
     several = len({g.sequence for g in groups}) > 1
     base = {id(g): (f"{g.sequence}: " if several else "") + f"{g.method}/{g.pet}" for g in groups}
-    counts: dict[str, int] = {}
+    by_label: dict[str, list[Group]] = {}
     for g in groups:
-        counts[base[id(g)]] = counts.get(base[id(g)], 0) + 1
-    for g in groups:
-        g.label = base[id(g)]
-        if counts[g.label] > 1:
-            g.label += f" [{options_tag(g.records[0])}]"
+        by_label.setdefault(base[id(g)], []).append(g)
+    for label, same in by_label.items():
+        for g in same:
+            g.label = label if len(same) == 1 else f"{label} [{options_tag(g.records[0], [o.records[0] for o in same])}]"
 
 
-def options_tag(rec: dict) -> str:
-    """Short text of the non-default-looking options of a record, e.g. ``threshold=0.9``."""
-    opts = {**rec["pet"]["options"], **rec["method"]["options"]}
-    text = ",".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(opts.items()))
-    return text if len(text) <= 60 else text[:57] + "..."
+def _options(rec: dict) -> dict:
+    return {**rec["pet"]["options"], **rec["method"]["options"]}
+
+
+def options_tag(rec: dict, others: list[dict]) -> str:
+    """The options of ``rec`` whose values differ among ``others`` (``default`` when none of its own differ)."""
+    mine = _options(rec)
+    keys = sorted({k for o in others for k, v in _options(o).items() if any(_options(x).get(k) != v for x in others)})
+    show = lambda v: v if isinstance(v, str) else json.dumps(v, sort_keys=True)  # noqa: E731
+    text = ",".join(f"{k}={show(mine[k])}" for k in keys if k in mine)
+    return (text if len(text) <= 60 else text[:57] + "...") or "default"
 
 
 def find_group(groups: list[Group], label: str) -> Group:

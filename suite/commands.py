@@ -183,6 +183,10 @@ def _records_from(args: argparse.Namespace) -> list[dict]:
     records = collect(list(args.records) + ([args.results] if getattr(args, "results", None) else []))
     if getattr(args, "sequence", None):
         records = [r for r in records if r["sequence"]["name"] == args.sequence]
+    if getattr(args, "method", None):
+        records = [r for r in records if r["method"]["name"] in args.method]
+    if getattr(args, "pet", None):
+        records = [r for r in records if (r["pet"]["kind"] or "none") in args.pet]
     if not records:
         raise ValueError("no records: name record files or folders, or --results DIR [--sequence NAME]")
     return records
@@ -192,7 +196,7 @@ def _records_from(args: argparse.Namespace) -> list[dict]:
 def _plot(args: argparse.Namespace) -> int:
     from .leaderboard.plots import plot_records
 
-    print(plot_records(_records_from(args), args.kind, args.out, args.metric, args.x))
+    print(plot_records(_records_from(args), args.kind, args.out, args.metric, args.x, args.y))
     return 0
 
 
@@ -250,14 +254,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("records", nargs="*", help="record files or folders")
     p.add_argument("--results", help="a folder of records (with --sequence to pick one sequence)")
     p.add_argument("--sequence", help="only records of this sequence")
+    p.add_argument("--method", action="append", help="only records of this method (repeatable)")
+    p.add_argument("--pet", action="append", help="only records of this PET, or none (repeatable)")
     p.add_argument("--kind", default="curves", choices=["curves", "matrix", "retention", "hallucination", "tradeoff"])
     p.add_argument("--metric", default="avg", help="curves: avg, first-task, task:<name> or control:<name>")
     p.add_argument("--x", default="plasticity", help="tradeoff: the x metric (plasticity, zero_shot_retention, ...)")
+    p.add_argument("--y", default="last", help="tradeoff: the y metric (last, forgetting, ...)")
     p.add_argument("--out", default="figure.svg", help="the figure file: .svg, .png or .pdf")
     p = sub.add_parser("compare", help="mean ± 95%% CI per method group, and paired-by-seed differences")
     p.add_argument("records", nargs="*", help="record files or folders")
     p.add_argument("--results", help="a folder of records (with --sequence to pick one sequence)")
     p.add_argument("--sequence", help="only records of this sequence")
+    p.add_argument("--method", action="append", help="only records of this method (repeatable)")
+    p.add_argument("--pet", action="append", help="only records of this PET, or none (repeatable)")
     p.add_argument("--pair", action="append", help="A:B — print A − B per metric, paired by seed (repeatable); "
                    "A and B are group labels such as pegp/lora")
     p.add_argument("--metrics", help="comma-separated metrics (default: avg,last,transfer,forgetting,plasticity,"

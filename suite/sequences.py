@@ -190,17 +190,21 @@ def parse_sequence(data: Any, file: str | Path = "<memory>") -> TaskSequence:
     )
 
 
-def load_sequence_file(path: str | Path) -> TaskSequence:
+def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
+    """Parse a YAML file; a missing file or bad YAML is ``error`` with one line naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise SequenceError(f"{path}: (file): no such sequence file")
+        raise error(f"{path}: (file): no such {what}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}" if mark else "(file)"
-        raise SequenceError(f"{path}: {at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_sequence(data, path)
+        raise error(f"{path}: {at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def load_sequence_file(path: str | Path) -> TaskSequence:
+    return parse_sequence(read_yaml(path, SequenceError, "sequence file"), Path(path))
 
 
 def sequence_files() -> dict[str, Path]:

@@ -29,11 +29,11 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
-import yaml
 
 from .analysis import group_records
 from .records import RecordError, load_record
 from .runner import RunConfig, Runner
+from .sequences import read_yaml
 
 HEADLINE = ("transfer", "avg", "last", "bwt", "forgetting")
 
@@ -50,12 +50,7 @@ def _plan_schema() -> dict:
 def load_plan(path: str | Path, base: RunConfig | None = None) -> list[RunConfig]:
     """Every run of a plan file, in order (groups, then sequences, methods, PETs, seeds)."""
     path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"{path}: (file): no such plan file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{path}: (file): not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, PlanError, "plan file")
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_plan_schema()).iter_errors(data))
     if err is not None:
         raise PlanError(f"{path}: {'.'.join(map(str, err.absolute_path)) or '(top level)'}: {err.message}")

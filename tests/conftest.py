@@ -33,6 +33,19 @@ def small_sequence(track: str = "class-incremental", protocol: str = "task-agnos
                               "split": {"rule": "generated", "train_per_class": 0, "test_per_class": 4}}]}
 
 
+MICRO = "embedded:micro-clip@random"
+
+
+def run_config(seq, tmp_path, **kw):
+    """A quick run of the micro model on ``seq`` writing under ``tmp_path`` (fields overridable)."""
+    from suite.runner import RunConfig
+
+    base = dict(sequence=seq, model=MICRO, pet="lora", method="seq", out=str(tmp_path / "results"),
+                run_dir=str(tmp_path / "runs"), progress=False)
+    base.update(kw)
+    return RunConfig(**base)
+
+
 @pytest.fixture
 def seq_file(tmp_path):
     def make(**kw) -> str:

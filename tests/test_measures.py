@@ -3,20 +3,13 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import small_sequence
+from conftest import MICRO, run_config, small_sequence
 from suite.data import materialize_sequence
 from suite.evaluation.evaluator import ConceptProbe, Evaluator, stratified_sample
 from suite.runner import RunConfig, run
 from suite.sequences import load_sequence
 
-MICRO = "embedded:micro-clip@random"
-
-
-def _cfg(seq, tmp_path, **kw):
-    base = dict(sequence=seq, model=MICRO, pet="lora", method="seq", out=str(tmp_path / "results"),
-                run_dir=str(tmp_path / "runs"), progress=False)
-    base.update(kw)
-    return RunConfig(**base)
+_cfg = run_config
 
 
 def test_pope_probe_has_positives_for_every_concept_and_disjoint_halves():

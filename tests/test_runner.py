@@ -11,18 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import MICRO, run_config
 from suite.methods import Method
 from suite.records import load_record, strip_timings, validate_record
 from suite.runner import RunConfig, TrainingFailed, run
 
-MICRO = "embedded:micro-clip@random"
-
-
-def _cfg(seq, tmp_path, **kw):
-    base = dict(sequence=seq, model=MICRO, pet="lora", method="seq", out=str(tmp_path / "results"),
-                run_dir=str(tmp_path / "runs"), progress=False)
-    base.update(kw)
-    return RunConfig(**base)
+_cfg = run_config
 
 
 @pytest.mark.parametrize("method,pet", [("zeroshot", None), ("seq", "lora"), ("pegp", "lora")])

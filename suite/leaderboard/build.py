@@ -160,7 +160,7 @@ def _render(out: Path, boards: dict, tri: Triage, n_records: int) -> None:
             block = _sequence_block(out, env, board, seq, mine, tri, common)
             blocks.append(block)
             leaders += [{"sequence": seq, **row} for row in block["rows"][:LEADERS_ON_INDEX]]
-            figure = figure or block["figures"][0]
+            figure = figure or next(iter(block["figures"]), None)
         page = f"{safe_name(board['name'])}.html"
         inside(out, page).write_text(env.get_template("board.html.j2").render(
             board=board, sequences=blocks, summary_columns=_headers(board["summary_columns"]),

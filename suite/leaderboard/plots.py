@@ -165,29 +165,32 @@ def _title(groups: list[Group], what: str) -> str:
     return f"{', '.join(seqs)}: {what}" if len(seqs) == 1 else what
 
 
-def comparison_figure(groups: list[Group], kind: str, name: str = "avg", x: str = "plasticity") -> Figure:
+def comparison_figure(groups: list[Group], kind: str, name: str = "avg", x: str = "plasticity",
+                      y: str = "last") -> Figure:
     """A figure of ``kind`` (:data:`KINDS`) comparing ``groups``."""
     if kind == "curves":
         return curves_figure(groups, name)
     if kind in ("retention", "hallucination"):
         return curves_figure(groups, kind)
     if kind == "tradeoff":
-        return tradeoff_figure(groups, x=x, y="last")
+        return tradeoff_figure(groups, x=x, y=y)
     if kind == "matrix":
         return matrix_figure(groups)
     raise ValueError(f"unknown figure kind {kind!r}; use {', '.join(KINDS)}")
 
 
-def plot_records(records: Iterable[dict], kind: str, out: str | Path, name: str = "avg", x: str = "plasticity") -> Path:
+def plot_records(records: Iterable[dict], kind: str, out: str | Path, name: str = "avg", x: str = "plasticity",
+                 y: str = "last") -> Path:
     """``clsuite plot``: group ``records`` by configuration and draw one comparison figure to ``out``."""
     groups = group_records(records)
     if not groups:
         raise ValueError("no records to plot")
     if kind in ("curves", "retention", "hallucination") and len({g.sequence for g in groups}) > 1:
         raise ValueError(f"curves compare one sequence at a time; got {sorted({g.sequence for g in groups})}")
-    if x not in METRICS:
-        raise ValueError(f"--x: unknown metric {x!r}; known: {', '.join(METRICS)}")
-    return save_figure(comparison_figure(groups, kind, name, x), out)
+    for flag, m in (("--x", x), ("--y", y)):
+        if m not in METRICS:
+            raise ValueError(f"{flag}: unknown metric {m!r}; known: {', '.join(METRICS)}")
+    return save_figure(comparison_figure(groups, kind, name, x, y), out)
 
 
 # ------------------------------------------------------------------------------ one entry's figures
@@ -221,4 +224,36 @@ def entry_figures(g: Group, out_dir: str | Path, fmt: str = ".svg") -> dict[str,
     _legend(ax)
     figs["controls"] = fig
     figs["hallucination"] = curves_figure([g], "hallucination", title="Hallucination FPR (POPE adversarial)")
+    if any("basis_dims_per_space" in s.get("method", {}) for s in rec["steps"]):
+        figs["saturation"] = saturation_figure(g)
     return {k: save_figure(f, out_dir / f"{k}{fmt}") for k, f in figs.items()}
+
+
+def saturation(step: dict) -> tuple[float, float] | None:
+    """(share of basis spaces at full rank, mean rank/dim) after one step, from the method's report."""
+    m = step.get("method", {})
+    ranks, dims = m.get("basis_directions_per_space"), m.get("basis_dims_per_space")
+    if not ranks or not dims:
+        return None
+    ratios = [ranks[k] / dims[k] for k in dims if dims[k]]
+    return float(np.mean([r >= 1.0 for r in ratios])), float(np.mean(ratios))
+
+
+def saturation_figure(g: Group) -> Figure:
+    """How full the projection bases are after each task: a full space freezes its parameter for good."""
+    from ..analysis import stat
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    steps = max(len(r["steps"]) for r in g.records)
+    x = np.arange(1, steps + 1)
+    for which, label, ls in ((0, "spaces at full rank", "-"), (1, "mean rank / dim", "--")):
+        stats = [stat(saturation(r["steps"][t])[which] if t < len(r["steps"]) and saturation(r["steps"][t]) else None
+                      for r in g.records) for t in range(steps)]
+        _line_with_band(ax, np.concatenate([[0], x]), [None] + stats, label,
+                        {"color": "#444", "linestyle": ls, "marker": "o" if which == 0 else "s"})
+    _step_axis(ax, steps + 1)
+    ax.set_ylim(-2, 102)
+    ax.set_ylabel("% of basis spaces")
+    ax.set_title("Saturation of the projection bases")
+    _legend(ax)
+    return fig

@@ -7,8 +7,9 @@ built-in's name; anything else is a one-line error rather than a record under th
 """
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
+
+from ..plugins import PluginError, distribution, load, plugins
 
 from .base import Method, RunContext
 from .ewc import EWC
@@ -27,42 +28,26 @@ BUILTIN: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, SequentialPET,
 ENTRY_POINT_GROUP = "clsuite.methods"
 
 
-class PluginError(ValueError):
-    """A plug-in that cannot be used as asked (import error, missing or wrong name, shadowing)."""
-
-
-def _plugins() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def _dist(ep: EntryPoint) -> str:
-    return getattr(getattr(ep, "dist", None), "name", None) or "an installed distribution"
-
-
 def available_methods() -> dict[str, str]:
     """Every method name with where it comes from (``module:Class``); plug-ins are listed, not imported."""
     found = {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in BUILTIN.items()}
-    for name, ep in _plugins().items():
+    for name, ep in plugins(ENTRY_POINT_GROUP).items():
         found.setdefault(name, ep.value)
     return found
 
 
 def method_class(name: str) -> type[Method]:
     """The class of method ``name``; a plug-in is imported only now, and checked."""
-    plugins = _plugins()
+    found = plugins(ENTRY_POINT_GROUP)
     if name in BUILTIN:
-        if name in plugins:
-            raise PluginError(f"method {name!r}: the plug-in {plugins[name].value} of {_dist(plugins[name])} "
+        if name in found:
+            raise PluginError(f"method {name!r}: the plug-in {found[name].value} of {distribution(found[name])} "
                               f"shadows the built-in method of that name; rename the plug-in's entry point")
         return BUILTIN[name]
-    if name not in plugins:
+    if name not in found:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(available_methods()))}")
-    ep = plugins[name]
-    try:
-        cls = ep.load()
-    except Exception as exc:  # noqa: BLE001 — a plug-in's import error of any kind, reported in one line
-        raise PluginError(f"method {name!r}: cannot load {ep.value} from {_dist(ep)}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    ep = found[name]
+    cls = load(ep, "method")
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise PluginError(f"method {name!r}: {ep.value} is not a suite.methods.Method subclass")
     own = cls.__dict__.get("name")

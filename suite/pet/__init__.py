@@ -17,11 +17,11 @@ add PETs through the entry-point group ``clsuite.pets`` (``mypet = "my_pkg.my_pe
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
 
 from ..models.backbone import Backbone
+from ..plugins import PluginError, load, plugins
 from . import adapter, coop, gated_prefix, gated_prompt, lora, prefix, vpt
 from .base import PET, PETConfig, PETLayer
 
@@ -32,22 +32,18 @@ BUILTIN: dict[str, ModuleType] = {m.KIND: m for m in (lora, adapter, prefix, vpt
 def _module(kind: str) -> ModuleType:
     if kind in BUILTIN:
         return BUILTIN[kind]
-    plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    if kind not in plugins:
+    found = plugins(ENTRY_POINT_GROUP)
+    if kind not in found:
         raise ValueError(f"unknown PET {kind!r}; known: {', '.join(available_pets())}")
-    ep = plugins[kind]
-    try:
-        mod = ep.load()
-    except Exception as exc:  # noqa: BLE001 — a plug-in's import error of any kind, reported in one line
-        raise ValueError(f"PET {kind!r}: cannot load {ep.value}: {type(exc).__name__}: {exc}") from None
+    mod = load(found[kind], "PET")
     if getattr(mod, "KIND", None) != kind or not hasattr(mod, "attach") or not hasattr(mod, "CONFIG"):
-        raise ValueError(f"PET {kind!r}: {ep.value} must define KIND = {kind!r}, CONFIG and attach")
+        raise PluginError(f"PET {kind!r}: {found[kind].value} must define KIND = {kind!r}, CONFIG and attach")
     return mod
 
 
 def available_pets() -> list[str]:
     """Built-in PETs, then plug-ins (listed, not imported)."""
-    return list(BUILTIN) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTIN)
+    return list(BUILTIN) + sorted(n for n in plugins(ENTRY_POINT_GROUP) if n not in BUILTIN)
 
 
 def make_config(kind: str, options: dict[str, Any] | None = None) -> PETConfig:

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from ..models.backbone import Backbone
-from ..projection import GradSpace
 from .base import PET, register_config, PETConfig, select_sites, undo_all
-from .kv import GatedKV, register_source
+from .kv import GatedKV, PrefixSlots, register_source
 
 
 @dataclass
@@ -26,27 +22,10 @@ class GatedPrefixConfig(PETConfig):
     init_std: float = 0.5
 
 
-class GatedPrefix(GatedKV):
+class GatedPrefix(PrefixSlots, GatedKV):
     def __init__(self, name: str, attn, length: int, init_std: float):
         super().__init__(name, attn, length)
-        h, d = attn.num_heads, attn.head_dim
-        self.pk = nn.Parameter(torch.randn(h, length, d) * init_std)
-        self.pv = nn.Parameter(torch.randn(h, length, d) * init_std)
-
-    def keys_values(self, attn) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pk, self.pv
-
-    def observe(self, q: torch.Tensor, a: torch.Tensor, attn) -> None:
-        for h in range(self.num_heads):
-            self.emit(f"pk.h{h}", q[:, h])
-            self.emit(f"pv.h{h}", a[:, h])
-
-    def grad_spaces(self) -> list[GradSpace]:
-        spaces = []
-        for h in range(self.num_heads):
-            spaces.append(GradSpace(f"{self.pet_name}.pk.h{h}", self.pk, self.head_dim, "right", index=h, role="key"))
-            spaces.append(GradSpace(f"{self.pet_name}.pv.h{h}", self.pv, self.length, "left", index=h, role="value"))
-        return spaces
+        self._make_slots(attn, length, init_std)
 
 
 def attach(backbone: Backbone, cfg: GatedPrefixConfig) -> PET:

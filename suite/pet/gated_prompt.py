@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ..models.backbone import Backbone
-from ..projection import GradSpace
 from .base import PET, register_config, PETConfig, select_sites, undo_all
-from .kv import GatedKV, register_source
+from .kv import GatedKV, PromptTokens, register_source
 
 
 @dataclass
@@ -31,29 +29,10 @@ class GatedPromptConfig(PETConfig):
     init_std: float = 0.5
 
 
-class GatedPrompt(GatedKV):
+class GatedPrompt(PromptTokens, GatedKV):
     def __init__(self, name: str, attn, norm: nn.Module, width: int, length: int, init_std: float):
         super().__init__(name, attn, length)
-        self.width = width
-        self.norm = [norm]  # the block's frozen pre-attention LayerNorm, held in a list so the PET does not own it
-        self.tokens = nn.Parameter(torch.randn(length, width) * init_std)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(self.length, self.num_heads, self.head_dim).transpose(0, 1)
-
-    def keys_values(self, attn) -> tuple[torch.Tensor, torch.Tensor]:
-        normed = self.norm[0](self.tokens)
-        return self._heads(attn.k(normed)), self._heads(attn.v(normed))
-
-    def observe(self, q: torch.Tensor, a: torch.Tensor, attn) -> None:
-        wk = attn.k.weight.view(self.num_heads, self.head_dim, self.width)
-        pulled = torch.einsum("bhnd,hdw->bhnw", q, wk)  # W_k,hᵀ q_h per head
-        self.emit("key", pulled)
-        self.emit("value", a)
-
-    def grad_spaces(self) -> list[GradSpace]:
-        return [GradSpace(f"{self.pet_name}.key", self.tokens, self.width, "right", role="key"),
-                GradSpace(f"{self.pet_name}.value", self.tokens, self.length, "left", role="value")]
+        self._make_tokens(width, length, init_std, norm)
 
 
 def attach(backbone: Backbone, cfg: GatedPromptConfig) -> PET:

@@ -1,4 +1,9 @@
-"""The gated key/value branch shared by prefix-tuning and prompt-tuning (one implementation for both).
+"""Learned key/value slots of attention layers: the gated branch (gated prefix and prompt), the slots in the
+layer's own softmax (prefix-tuning, VPT-deep), and the two parameterisations with their PEGP spaces —
+:class:`PrefixSlots` (keys and values learned directly) and :class:`PromptTokens` (tokens read through the
+block's frozen LN and ``W_k``/``W_v``) — each written once and mixed into the forms that use it.
+
+The gated branch:
 
 Each layer owns learned keys/values ``P_k, P_v`` (``H x L x d_h``, per head) and a gate ``g`` (zero at init):
 
@@ -17,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models.attention import SplitAttention
+from ..projection import GradSpace
 from .base import PETLayer
 
 
@@ -90,3 +96,52 @@ def register_prefix(attn: SplitAttention, layer: ConcatKV, undo: list) -> None:
         attn.prefixes = nn.ModuleList([s for s in attn.prefixes if s is not layer])
 
     undo.append(remove)
+
+
+class PrefixSlots:
+    """Mixin: learned keys and values per head, ``P_k, P_v`` (``H x L x d_h``), and their PEGP spaces — ``P_k`` of
+    head h acts on that head's queries (right side), ``P_v`` on the attention weights over the slots (left)."""
+
+    def _make_slots(self, attn: SplitAttention, length: int, init_std: float) -> None:
+        self.pk = nn.Parameter(torch.randn(attn.num_heads, length, attn.head_dim) * init_std)
+        self.pv = nn.Parameter(torch.randn(attn.num_heads, length, attn.head_dim) * init_std)
+
+    def keys_values(self, attn: SplitAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pk, self.pv
+
+    def observe(self, q: torch.Tensor, weights: torch.Tensor, attn: SplitAttention) -> None:
+        for h in range(attn.num_heads):
+            self.emit(f"pk.h{h}", q[:, h])
+            self.emit(f"pv.h{h}", weights[:, h])
+
+    def grad_spaces(self) -> list[GradSpace]:
+        heads, length, dim = self.pk.shape
+        return [space for h in range(heads) for space in (
+            GradSpace(f"{self.pet_name}.pk.h{h}", self.pk, dim, "right", index=h, role="key"),
+            GradSpace(f"{self.pet_name}.pv.h{h}", self.pv, length, "left", index=h, role="value"))]
+
+
+class PromptTokens:
+    """Mixin: learned tokens ``p`` (``L x d``) read through a block's frozen ``LN`` and ``W_k``/``W_v``, and their PEGP
+    spaces — the key side acts on the old queries pulled back through ``W_k`` (``W_k,hᵀ q_h``, every head), the
+    value side on the attention weights over the ``L`` slots. Approximate: LayerNorm's per-token Jacobian stands
+    between ``Δp`` and the keys, and these spaces leave it out."""
+
+    def _make_tokens(self, width: int, length: int, init_std: float, norm: nn.Module | None = None) -> None:
+        self.width = width
+        self.norm = [norm]  # the block's frozen pre-attention LayerNorm, in a list so the PET does not own it
+        self.tokens = nn.Parameter(torch.randn(length, width) * init_std)
+
+    def keys_values(self, attn: SplitAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        normed = self.norm[0](self.tokens)
+        heads = lambda x: x.view(len(self.tokens), attn.num_heads, attn.head_dim).transpose(0, 1)  # noqa: E731
+        return heads(attn.k(normed)), heads(attn.v(normed))
+
+    def observe(self, q: torch.Tensor, weights: torch.Tensor, attn: SplitAttention) -> None:
+        wk = attn.k.weight.view(attn.num_heads, attn.head_dim, attn.embed_dim)
+        self.emit("key", torch.einsum("bhnd,hdw->bhnw", q, wk))
+        self.emit("value", weights)
+
+    def grad_spaces(self) -> list[GradSpace]:
+        return [GradSpace(f"{self.pet_name}.key", self.tokens, self.width, "right", role="key"),
+                GradSpace(f"{self.pet_name}.value", self.tokens, len(self.tokens), "left", role="value")]

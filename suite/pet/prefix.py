@@ -13,13 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from ..models.backbone import Backbone
-from ..projection import GradSpace
 from .base import PET, register_config, PETConfig, select_sites, undo_all
-from .kv import ConcatKV, register_prefix
+from .kv import ConcatKV, PrefixSlots, register_prefix
 
 
 @dataclass
@@ -32,27 +28,10 @@ class PrefixConfig(PETConfig):
             raise ValueError(f"prefix length must be >= 1, got {self.length}")
 
 
-class Prefix(ConcatKV):
+class Prefix(PrefixSlots, ConcatKV):
     def __init__(self, name: str, attn, length: int, init_std: float):
         super().__init__(name, attn, length)
-        h, d = attn.num_heads, attn.head_dim
-        self.pk = nn.Parameter(torch.randn(h, length, d) * init_std)
-        self.pv = nn.Parameter(torch.randn(h, length, d) * init_std)
-
-    def keys_values(self, attn) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pk, self.pv
-
-    def observe(self, q: torch.Tensor, weights: torch.Tensor, attn) -> None:
-        for h in range(self.num_heads):
-            self.emit(f"pk.h{h}", q[:, h])
-            self.emit(f"pv.h{h}", weights[:, h])
-
-    def grad_spaces(self) -> list[GradSpace]:
-        spaces = []
-        for h in range(self.num_heads):
-            spaces.append(GradSpace(f"{self.pet_name}.pk.h{h}", self.pk, self.head_dim, "right", index=h, role="key"))
-            spaces.append(GradSpace(f"{self.pet_name}.pv.h{h}", self.pv, self.length, "left", index=h, role="value"))
-        return spaces
+        self._make_slots(attn, length, init_std)
 
 
 def attach(backbone: Backbone, cfg: PrefixConfig) -> PET:

@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from ..models.backbone import Backbone
-from ..projection import GradSpace
 from .base import PET, register_config, PETConfig, PETLayer, replace_attr, select_sites, undo_all
-from .kv import ConcatKV, register_prefix
+from .kv import ConcatKV, PromptTokens, register_prefix
 
 DEPTHS = ("deep", "shallow")
 
@@ -49,44 +48,23 @@ class VPTConfig(PETConfig):
             raise ValueError(f"vpt length must be >= 1, got {self.length}")
 
 
-def _emit_prompt_spaces(layer: PETLayer, q: torch.Tensor, weights: torch.Tensor, attn) -> None:
-    """Key space: queries pulled back through ``W_k`` per head; value space: attention weights on the slots."""
-    wk = attn.k.weight.view(attn.num_heads, attn.head_dim, attn.embed_dim)
-    layer.emit("key", torch.einsum("bhnd,hdw->bhnw", q, wk))
-    layer.emit("value", weights)
-
-
-class DeepPrompt(ConcatKV):
+class DeepPrompt(PromptTokens, ConcatKV):
     """One block's prompts, seen by the block's tokens as keys/values through the frozen LN, ``W_k``, ``W_v``."""
 
     def __init__(self, name: str, attn, norm: nn.Module, width: int, length: int, init_std: float):
         super().__init__(name, attn, length)
-        self.width = width
-        self.norm = [norm]  # the block's frozen pre-attention LayerNorm (not a PET parameter)
-        self.tokens = nn.Parameter(torch.randn(length, width) * init_std)
-
-    def keys_values(self, attn) -> tuple[torch.Tensor, torch.Tensor]:
-        normed = self.norm[0](self.tokens)
-        heads = lambda x: x.view(self.length, self.num_heads, self.head_dim).transpose(0, 1)  # noqa: E731
-        return heads(attn.k(normed)), heads(attn.v(normed))
-
-    def observe(self, q: torch.Tensor, weights: torch.Tensor, attn) -> None:
-        _emit_prompt_spaces(self, q, weights, attn)
-
-    def grad_spaces(self) -> list[GradSpace]:
-        return [GradSpace(f"{self.pet_name}.key", self.tokens, self.width, "right", role="key"),
-                GradSpace(f"{self.pet_name}.value", self.tokens, self.length, "left", role="value")]
+        self._make_tokens(width, length, init_std, norm)
 
 
-class ShallowPrompt(PETLayer):
+class ShallowPrompt(PromptTokens, PETLayer):
     """Wraps the vision trunk: inserts the prompt tokens after the class token before block ``first``."""
 
     borrowed = ("trunk",)
 
     def __init__(self, name: str, trunk: nn.Module, width: int, length: int, init_std: float, first: int):
         super().__init__(name)
-        self.trunk, self.width, self.length, self.first = trunk, width, length, first
-        self.tokens = nn.Parameter(torch.randn(length, width) * init_std)
+        self.trunk, self.length, self.first = trunk, length, first
+        self._make_tokens(width, length, init_std)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch_first = getattr(self.trunk, "batch_first", True)
@@ -96,22 +74,18 @@ class ShallowPrompt(PETLayer):
                 p = self.tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :1], p, x[:, 1:]], dim=1)
                 if self._sink is not None:
-                    self._observe(block, x)
+                    self._observe_block(block, x)
             x = block(x, attn_mask=attn_mask) if batch_first else block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
         x = torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1)
         return x if batch_first else x.transpose(0, 1)
 
-    def _observe(self, block: nn.Module, x: torch.Tensor) -> None:
+    def _observe_block(self, block: nn.Module, x: torch.Tensor) -> None:
         attn = block.attn
         h = block.ln_1(x)
         q, k = attn.heads(attn.q(h)), attn.heads(attn.k(h))
         weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim), dim=-1)
         rows = [0] + list(range(1 + self.length, x.shape[1]))  # the image tokens (prompt rows are not old outputs)
-        _emit_prompt_spaces(self, q[:, :, rows], weights[:, :, rows, 1:1 + self.length], attn)
-
-    def grad_spaces(self) -> list[GradSpace]:
-        return [GradSpace(f"{self.pet_name}.key", self.tokens, self.width, "right", role="key"),
-                GradSpace(f"{self.pet_name}.value", self.tokens, self.length, "left", role="value")]
+        self.observe(q[:, :, rows], weights[:, :, rows, 1:1 + self.length], attn)
 
 
 def attach(backbone: Backbone, cfg: VPTConfig) -> PET:
