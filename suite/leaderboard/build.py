@@ -26,6 +26,7 @@ from .plots import curves_figure, entry_figures, save_figure, tradeoff_figure
 
 MARKER = ".clsuite-site"
 LEADERS_ON_INDEX = 3
+IN_FIGURES = 8  # a board's figures show its best-ranked entries; `clsuite plot` draws any selection
 
 
 def default_site_dir() -> Path:
@@ -184,10 +185,12 @@ def _sequence_block(out: Path, env: Environment, board: dict, seq: str, groups: 
     ranked = [g for g in groups if len(g.seeds) >= board["min_seeds"]]
     unranked = [g for g in groups if len(g.seeds) < board["min_seeds"]]
     figures = []
-    if ranked:
+    order = [item["group"] for item in rank_entries(ranked, board["rank_by"])]
+    shown = order[:IN_FIGURES]
+    if shown:
         stem = safe_name(f"{board['name']}--{seq}")
-        curves = save_figure(curves_figure(ranked, "avg"), inside(out / "figures", f"{stem}--curves.svg"))
-        trade = save_figure(tradeoff_figure(ranked, "plasticity", "last"), inside(out / "figures", f"{stem}--tradeoff.svg"))
+        curves = save_figure(curves_figure(shown, "avg"), inside(out / "figures", f"{stem}--curves.svg"))
+        trade = save_figure(tradeoff_figure(shown, "plasticity", "last"), inside(out / "figures", f"{stem}--tradeoff.svg"))
         figures = [{"src": f"figures/{curves.name}", "alt": f"Mean accuracy on the tasks trained so far after each task "
                     f"of {seq}, one line per method with 95% bands over seeds"},
                    {"src": f"figures/{trade.name}", "alt": f"Last accuracy against plasticity gain on {seq}, one point "
@@ -197,7 +200,9 @@ def _sequence_block(out: Path, env: Environment, board: dict, seq: str, groups: 
     for item in rank_entries(ranked, board["rank_by"]):
         rows.append(_row(out, env, item["group"], columns, tri, common, rank=item["rank"], tied=item["tied"]))
     unranked_rows = [_row(out, env, g, columns, tri, common, rank="–", tied=False) for g in unranked]
-    return {"name": seq, "rows": rows, "unranked": unranked_rows, "figures": figures, "min_seeds": board["min_seeds"]}
+    note = f"Figures: the {len(shown)} best-ranked of {len(order)} entries." if len(order) > len(shown) else ""
+    return {"name": seq, "rows": rows, "unranked": unranked_rows, "figures": figures, "min_seeds": board["min_seeds"],
+            "figure_note": note}
 
 
 def _row(out: Path, env: Environment, g: Group, columns: list[str], tri: Triage, common: dict, rank: str,
@@ -219,5 +224,7 @@ def _row(out: Path, env: Environment, g: Group, columns: list[str], tri: Triage,
            "figures": [{"src": p.name, "alt": f"{k} of {g.label} on {g.sequence}", "name": k} for k, p in figs.items()]},
         root="../../", **common)
     (folder / "index.html").write_text(page)
-    return {"rank": rank, "tied": tied, "method": g.method, "pet": g.pet, "label": g.label, "n": len(g.seeds),
+    variant = g.label.partition(" [")[2].rstrip("]")
+    return {"rank": rank, "tied": tied, "method": g.method, "pet": g.pet, "label": g.label, "variant": variant,
+            "n": len(g.seeds),
             "tier": tier, "cells": {c: _cell(c, g.stat(c)) for c in columns}, "href": f"entries/{slug}/index.html"}
