@@ -57,14 +57,6 @@ def stat(values: Iterable[float | None]) -> Stat | None:
     return Stat(float(np.mean(v)), t_half_width(v), len(v))
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and 95 % half-width (0 for one value): the tuple form older callers use."""
-    s = stat(values)
-    if s is None:
-        raise ValueError("mean_ci of no values")
-    return s.mean, s.ci or 0.0
-
-
 @dataclass
 class Group:
     """Every seed of one configuration; ``label`` is unique among the groups it was built with."""
@@ -187,9 +179,6 @@ def paired_difference(a: Group, b: Group, name: str) -> Difference | None:
 
 
 # ------------------------------------------------------------------------------------------- curves
-CURVE_METRICS = ("avg", "first-task", "task:<name>", "control:<name>")
-
-
 def curve(rec: dict, name: str = "avg") -> list[float | None]:
     """A value per step ``x = 0..T`` (0 = the pretrained model) of one record.
 

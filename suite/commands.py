@@ -244,6 +244,15 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0 if res["reproduced"] else 1
 
 
+def _add_record_selection(p: argparse.ArgumentParser) -> None:
+    """The options :func:`_records_from` reads."""
+    p.add_argument("records", nargs="*", help="record files or folders")
+    p.add_argument("--results", help="a folder of records (with --sequence to pick one sequence)")
+    p.add_argument("--sequence", help="only records of this sequence")
+    p.add_argument("--method", action="append", help="only records of this method (repeatable)")
+    p.add_argument("--pet", action="append", help="only records of this PET, or none (repeatable)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     lb = sub.add_parser("leaderboard", help="build the static leaderboard site")
     lsub = lb.add_subparsers(dest="sub", required=True)
@@ -251,22 +260,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", help="folder of results records (default: the checkout's results/)")
     p.add_argument("--out", help="site folder (default leaderboards/site); only a folder clsuite built is replaced")
     p = sub.add_parser("plot", help="one figure comparing records: seeds grouped, mean with a 95%% band per method")
-    p.add_argument("records", nargs="*", help="record files or folders")
-    p.add_argument("--results", help="a folder of records (with --sequence to pick one sequence)")
-    p.add_argument("--sequence", help="only records of this sequence")
-    p.add_argument("--method", action="append", help="only records of this method (repeatable)")
-    p.add_argument("--pet", action="append", help="only records of this PET, or none (repeatable)")
+    _add_record_selection(p)
     p.add_argument("--kind", default="curves", choices=["curves", "matrix", "retention", "hallucination", "tradeoff"])
     p.add_argument("--metric", default="avg", help="curves: avg, first-task, task:<name> or control:<name>")
     p.add_argument("--x", default="plasticity", help="tradeoff: the x metric (plasticity, zero_shot_retention, ...)")
     p.add_argument("--y", default="last", help="tradeoff: the y metric (last, forgetting, ...)")
     p.add_argument("--out", default="figure.svg", help="the figure file: .svg, .png or .pdf")
     p = sub.add_parser("compare", help="mean ± 95%% CI per method group, and paired-by-seed differences")
-    p.add_argument("records", nargs="*", help="record files or folders")
-    p.add_argument("--results", help="a folder of records (with --sequence to pick one sequence)")
-    p.add_argument("--sequence", help="only records of this sequence")
-    p.add_argument("--method", action="append", help="only records of this method (repeatable)")
-    p.add_argument("--pet", action="append", help="only records of this PET, or none (repeatable)")
+    _add_record_selection(p)
     p.add_argument("--pair", action="append", help="A:B — print A − B per metric, paired by seed (repeatable); "
                    "A and B are group labels such as pegp/lora")
     p.add_argument("--metrics", help="comma-separated metrics (default: avg,last,transfer,forgetting,plasticity,"

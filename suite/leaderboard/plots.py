@@ -246,9 +246,9 @@ def saturation_figure(g: Group) -> Figure:
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     steps = max(len(r["steps"]) for r in g.records)
     x = np.arange(1, steps + 1)
+    per_step = [[saturation(r["steps"][t]) if t < len(r["steps"]) else None for r in g.records] for t in range(steps)]
     for which, label, ls in ((0, "spaces at full rank", "-"), (1, "mean rank / dim", "--")):
-        stats = [stat(saturation(r["steps"][t])[which] if t < len(r["steps"]) and saturation(r["steps"][t]) else None
-                      for r in g.records) for t in range(steps)]
+        stats = [stat(v[which] if v else None for v in values) for values in per_step]
         _line_with_band(ax, np.concatenate([[0], x]), [None] + stats, label,
                         {"color": "#444", "linestyle": ls, "marker": "o" if which == 0 else "s"})
     _step_axis(ax, steps + 1)
