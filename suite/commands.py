@@ -116,6 +116,19 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("calibrate")
+def _calibrate(args: argparse.Namespace) -> int:
+    from .budgets import calibrate, format_report, write_report
+    from .paths import safe_name
+    from .sweep import main_log
+
+    rep = calibrate(args.sequence, args.pets.split(","), [int(s) for s in args.seeds.split(",")], out=args.out,
+                    jobs=args.jobs, source=args.source, log=main_log)
+    print(format_report(rep))
+    print(f"report: {write_report(rep, args.report or Path(args.out) / f'{safe_name(Path(args.sequence).stem)}.calibration.json')}")
+    return 0
+
+
 @command("summarize")
 def _summarize(args: argparse.Namespace) -> int:
     from .sweep import summarize_table
@@ -292,6 +305,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default="seq,pegp", help="comma-separated methods")
     p.add_argument("--pets", default="lora", help="comma-separated PETs (none for PET-less methods)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p = sub.add_parser("calibrate", help="does the sequence's budget make naive training learn and forget? "
+                       "zero-shot, seq, PEGP per PET over seeds, against the calibration targets")
+    p.add_argument("sequence", help="shipped sequence name or file")
+    p.add_argument("--pets", default="lora,adapter,prefix,vpt,coop,gated-prefix,gated-prompt", help="comma-separated PETs")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once; the CPU cores are divided between them")
+    p.add_argument("--out", default="calibration", help="folder for the runs' records (default calibration/)")
+    p.add_argument("--from", dest="source", help="compute the report from the records in this folder instead of "
+                   "running (e.g. results)")
+    p.add_argument("--report", help="where the JSON report goes (default OUT/SEQUENCE.calibration.json)")
     p = sub.add_parser("summarize", help="mean ± 95%% CI across seeds of records")
     p.add_argument("records", nargs="+", help="record files or folders")
     p = sub.add_parser("demo", help="the main job: zero-shot, seq-PET and PET+PEGP on the embedded sequences")

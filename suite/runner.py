@@ -174,7 +174,7 @@ class Runner:
             raise ValueError(f"method {self.method.name} trains a PET: give --pet ({', '.join(available_pets())})")
         use_pet = cfg.pet and self.method.needs_pet
         self.pet = attach_pet(self.backbone, cfg.pet, **cfg.pet_options).to(self.device) if use_pet else None
-        self.train_cfg = {**self.seq.default_training(), **cfg.training}
+        self.train_cfg = {**self.seq.default_training(cfg.pet if self.pet is not None else None), **cfg.training}
         size = self.backbone.image_size if self.seq.embedded else None
         self.data = {t.name: materialize(self.seq, t, size) for t in self.seq.tasks + self.seq.control_sets}
         amp = cfg.amp and self.device.type in ("cuda", "cpu")
@@ -320,8 +320,8 @@ class Runner:
         for c in seq.control_sets:
             data = self.data[c.name]
             img = feats[c.name] = ev.image_features(data.test)
-            controls[c.name] = ev.classify(img, ev.eval_labels(data.test), data.classnames,
-                                           [data.templates] * len(data.classnames))["accuracy"]
+            controls[c.name] = ev.classify_control(img, ev.eval_labels(data.test), data.classnames, data.templates,
+                                                   c.candidates)
         step: dict[str, Any] = {"task": t, "name": seq.tasks[t].name if t >= 0 else "pretrained", "accuracy": acc,
                                 "control_accuracy": controls}
         if confidence:  # pooled over every task's test images of this step, equal-mass bins, bootstrap interval

@@ -17,6 +17,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .paths import safe_name
+
+ARCHIVE = "archive"  # tasks/archive/<name>.v<N>.yaml: earlier versions of sequence files
 TRACKS = ("class-incremental", "domain-incremental", "cross-modal")
 # Training settings a sequence file does not state; a sequence's ``training`` overrides them, a run config's
 # ``training`` overrides both (``TaskSequence.default_training``).
@@ -37,6 +40,21 @@ class TaskSpec:
     split: dict[str, Any]
     classes: tuple[str, ...] | dict[str, Any] | None = None
     templates: tuple[str, ...] = ("a photo of a {}.",)
+    tests: str = ""  # control sets: what the control measures, in words
+    candidates: tuple[tuple[str, ...], ...] = ()  # control sets: the classes each image competes with
+
+    def candidate_group(self, cls: str) -> tuple[str, ...]:
+        """The classes an image of ``cls`` is classified among: its group, or every class without groups."""
+        for group in self.candidates:
+            if cls in group:
+                return group
+        return tuple(self.classes) if isinstance(self.classes, tuple) else ()
+
+    def chance(self) -> float | None:
+        """Accuracy of a guess drawn uniformly from each image's candidates (classes weighted equally)."""
+        if not isinstance(self.classes, tuple) or not self.classes:
+            return None
+        return sum(1.0 / len(self.candidate_group(c)) for c in self.classes) / len(self.classes)
 
     @property
     def adapter(self) -> str:
@@ -62,11 +80,12 @@ class TaskSequence:
     seed: int = 0
     training: dict[str, Any] = field(default_factory=dict)
     synonyms: tuple[tuple[str, ...], ...] = ()  # groups of words one class-name rule treats as the same (hijacking)
+    pet_training: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-PET changes to ``training``
     path: str = ""
 
-    def default_training(self) -> dict[str, Any]:
-        """The effective training settings of a run that overrides nothing (the board's budget)."""
-        return {**TRAINING_DEFAULTS, **self.training}
+    def default_training(self, pet: str | None = None) -> dict[str, Any]:
+        """The effective training settings of a run with ``pet`` that overrides nothing (the board's budget)."""
+        return {**TRAINING_DEFAULTS, **self.training, **self.pet_training.get(pet or "", {})}
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks + self.control_sets:
@@ -141,8 +160,17 @@ def _task_from(raw: dict, where: str, templates: dict[str, list[str]], file: Pat
     classes = raw.get("classes")
     if isinstance(classes, list):
         classes = tuple(classes)
+    candidates = tuple(tuple(g) for g in raw.get("candidates", []))
+    if candidates:
+        if not where.startswith("control_sets"):
+            raise SequenceError(f"{file}: {where}.candidates: only control sets classify among candidate groups")
+        for c in classes if isinstance(classes, tuple) else ():
+            found = [i for i, g in enumerate(candidates) if c in g]
+            if len(found) != 1:
+                raise SequenceError(f"{file}: {where}.candidates: class {c!r} must be in exactly one group "
+                                    f"(found in {len(found)})")
     return TaskSpec(name=raw["name"], source=dict(raw["source"]), split=dict(raw["split"]),
-                    classes=classes, templates=tuple(tpl))
+                    classes=classes, templates=tuple(tpl), tests=raw.get("tests", ""), candidates=candidates)
 
 
 def parse_sequence(data: Any, file: str | Path = "<memory>") -> TaskSequence:
@@ -187,6 +215,7 @@ def parse_sequence(data: Any, file: str | Path = "<memory>") -> TaskSequence:
         reference=data.get("reference", ""), image_size=data.get("image_size"), seed=data.get("seed", 0),
         training=dict(data.get("training", {})), path=str(file),
         synonyms=tuple(tuple(g) for g in data.get("synonyms", [])),
+        pet_training={k: dict(v) for k, v in data.get("pet_training", {}).items()},
     )
 
 
@@ -210,7 +239,20 @@ def load_sequence_file(path: str | Path) -> TaskSequence:
 def sequence_files() -> dict[str, Path]:
     """Every sequence file shipped, keyed by its file stem (which equals the sequence name)."""
     root = tasks_dir()
-    return {p.stem: p for p in sorted(root.glob("*/*.yaml")) if p.parent.name != "templates"}
+    return {p.stem: p for p in sorted(root.glob("*/*.yaml")) if p.parent.name not in ("templates", ARCHIVE)}
+
+
+def load_sequence_version(name: str, version: int) -> TaskSequence:
+    """Sequence ``name`` as it was at ``version``: the current file, or its copy kept in ``tasks/archive/``.
+
+    Records of an older version stay checkable against the tasks and manifests they were run on."""
+    current = load_sequence(name)
+    if current.version == version:
+        return current
+    old = tasks_dir() / ARCHIVE / f"{safe_name(name)}.v{int(version)}.yaml"
+    if not old.is_file():
+        raise SequenceError(f"{name}: version: v{version} is not kept (this suite has v{current.version})")
+    return load_sequence_file(old)
 
 
 def load_sequence(name_or_path: str | Path) -> TaskSequence:

@@ -1,4 +1,6 @@
 """Measures that mean what they say: the POPE probe, --max-eval samples, hijacking's definition, pooled ECE."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -61,3 +63,55 @@ def test_step_records_pooled_ece_with_interval_and_pope_auroc(seq_file, tmp_path
     pope = rec["steps"][-1]["hallucination"]["pope"]
     assert 0.0 <= pope["auroc"] <= 1.0 and pope["calibration_images"] > 0 and pope["scored_images"] > 0
     assert rec["summary"]["pope_auroc"] == pytest.approx(pope["auroc"])
+
+
+def test_calibration_report_has_every_number_the_issue_names(seq_file, tmp_path):
+    """``clsuite calibrate``'s report on a tiny sequence: fields, targets and the text table (no timing asserts)."""
+    from suite.budgets import TARGETS, calibrate, format_report
+    from suite.sequences import load_sequence
+
+    seq = seq_file()
+    rep = calibrate(seq, ["lora"], [0, 1], out=str(tmp_path / "cal"), log=lambda m: None,
+                    base=run_config(seq, tmp_path, progress=False))
+    assert rep["sequence"] == load_sequence(seq).name and rep["seeds"] == [0, 1]
+    (p,) = rep["pets"]
+    assert p["pet"] == "lora" and p["seeds"] == [0, 1]
+    for key in ("zero_shot", "seq_diagonal", "plasticity_per_task"):
+        assert len(p[key]) == 2 and all(x["n"] == 2 for x in p[key])
+    for key in ("plasticity", "seq_forgetting", "pegp_forgetting", "seq_last", "pegp_last"):
+        assert p[key]["n"] == 2 and p[key]["ci"] is not None
+    diag = [x["mean"] - z["mean"] for x, z in zip(p["seq_diagonal"], p["zero_shot"])]
+    assert [x["mean"] for x in p["plasticity_per_task"]] == pytest.approx(diag)
+    assert set(p["targets"]) == set(TARGETS)
+    t = p["targets"]["plasticity"]
+    assert t["met"] == (p["plasticity"]["mean"] >= TARGETS["plasticity"][1])
+    assert (t["miss"] is None) == t["met"]
+    (ctrl,) = rep["controls"]
+    assert ctrl["name"] == "ctrl" and ctrl["chance"] == 0.5 and 0 <= ctrl["pretrained"] <= 1
+    assert rep["wall_time_s"] > 0 and p["wall_time_s"]["seq"] > 0
+    table = format_report(rep)
+    assert "lora" in table and "ctrl" in table and "targets:" in table
+    # --from: the same report from the records on disk, no runs
+    again = calibrate(seq, ["lora"], [0, 1], source=str(tmp_path / "cal"))
+    assert again["pets"] == rep["pets"] and again["wall_time_s"] is None
+
+
+def test_per_pet_training_is_the_budget_and_is_recorded(seq_file, tmp_path):
+    import yaml
+
+    from suite.sequences import SequenceError, load_sequence_file
+
+    path = Path(seq_file())
+    data = yaml.safe_load(path.read_text())
+    data["pet_training"] = {"prefix": {"lr": 0.05, "iterations": 2}}
+    path.write_text(yaml.safe_dump(data))
+    seq = load_sequence_file(path)
+    assert seq.default_training("prefix")["lr"] == 0.05 and seq.default_training("lora")["lr"] == 0.01
+    rec = run(run_config(str(path), tmp_path, pet="prefix"))
+    assert rec["training"]["lr"] == 0.05 and rec["training"]["iterations"] == 2
+    assert [s["iterations"] for s in rec["steps"]] == [2, 2]
+    assert run(run_config(str(path), tmp_path, pet="lora"))["training"]["lr"] == 0.01
+    data["pet_training"] = {"prefix": {"lr": -1}}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SequenceError, match=r"pet_training\.prefix\.lr"):
+        load_sequence_file(path)

@@ -114,6 +114,13 @@ class Evaluator:
                 "confidence": probs.max(1) if len(y) else np.zeros(0),
                 "correct": (probs.argmax(1) == y) if len(y) else np.zeros(0, bool)}
 
+    def classify_control(self, img: torch.Tensor, labels: np.ndarray, classnames: list[str], templates: list[str],
+                         candidates: tuple[tuple[str, ...], ...] = ()) -> float:
+        """Accuracy on a control set (see :func:`control_accuracy`)."""
+        names = list(dict.fromkeys(list(classnames) + [n for g in candidates for n in g]))
+        probs = self.classify(img, labels, names, [templates] * len(names))["probs"]
+        return control_accuracy(probs, np.asarray(labels)[: len(img)], classnames, names, candidates)
+
     def eval_labels(self, split: Split) -> np.ndarray:
         return np.asarray(split.labels)[self.eval_indices(split)]
 
@@ -124,6 +131,23 @@ class Evaluator:
         out.update(confident_mismatch_rate(sim, delta))
         out["r1_mean"] = (out["i2t_r1"] + out["t2i_r1"]) / 2
         return out
+
+
+def control_accuracy(scores: np.ndarray, labels: np.ndarray, classnames: list[str], names: list[str],
+                     candidates: tuple[tuple[str, ...], ...] = ()) -> float:
+    """Accuracy of ``scores`` (images x ``names``) on images of ``classnames[labels]``. With ``candidates`` each
+    image competes only with the group holding its class, so an attribute a whole group shares (a colour, say)
+    cannot answer on its own; without, with every name."""
+    if not len(labels):
+        return 0.0
+    allowed = np.ones((len(classnames), len(names)), bool)
+    for i, c in enumerate(classnames):
+        group = next((g for g in candidates if c in g), None)
+        if group is not None:
+            allowed[i] = [n in group for n in names]
+    truth = np.array([names.index(classnames[int(y)]) for y in labels])
+    masked = np.where(allowed[np.asarray(labels, int)], scores, -np.inf)
+    return float((masked.argmax(1) == truth).mean())
 
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> list[int]:
@@ -203,4 +227,4 @@ class ConceptProbe:
         return out
 
 
-__all__ = ["Evaluator", "ConceptProbe", "batch_images", "hijacking"]
+__all__ = ["Evaluator", "ConceptProbe", "batch_images", "control_accuracy", "hijacking", "stratified_sample"]

@@ -25,7 +25,7 @@ import yaml
 from ..analysis import Group, group_records
 from ..metrics import METRICS
 from ..records import RecordError, group_key, record_digest, recompute_aggregates, validate_record
-from ..sequences import SequenceError, load_sequence
+from ..sequences import SequenceError, load_sequence, load_sequence_version
 
 TOLERANCE = 1e-9
 VERIFIED_FILE = "verified.yaml"
@@ -82,11 +82,13 @@ def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | N
         named = f" named by the submission ({board_names})" if board_names is not None else ""
         raise RecordError(f"{where}: sequence.name: {seq_name!r} is on no board{named}")
     try:
-        seq = load_sequence(seq_name)
+        load_sequence(seq_name)
     except SequenceError:
         raise RecordError(f"{where}: sequence.name: unknown sequence {seq_name!r}") from None
-    if rec["sequence"]["version"] != seq.version:
-        raise RecordError(f"{where}: sequence.version: {rec['sequence']['version']} but this suite has v{seq.version}")
+    try:  # an older version is checked against the file it ran on (tasks/archive/); boards rank the current one
+        seq = load_sequence_version(seq_name, rec["sequence"]["version"])
+    except SequenceError as exc:
+        raise RecordError(f"{where}: sequence.version: {exc}") from None
     t = len(seq.tasks)
     if list(rec["sequence"]["tasks"]) != [x.name for x in seq.tasks]:
         raise RecordError(f"{where}: sequence.tasks: do not match {seq_name} v{seq.version}")
@@ -117,9 +119,12 @@ def off_budget(rec: dict, board: dict) -> str | None:
     if cfg.get("max_eval") is not None:
         return f"config.max_eval: {cfg['max_eval']} (boards evaluate full test sets)"
     try:
-        expected = load_sequence(rec["sequence"]["name"]).default_training()
+        seq = load_sequence(rec["sequence"]["name"])
     except SequenceError:
         return None
+    if rec["sequence"]["version"] != seq.version:
+        return f"sequence.version: v{rec['sequence']['version']}, but the board ranks v{seq.version}"
+    expected = seq.default_training((rec.get("pet") or {}).get("kind"))
     got = rec.get("training") or {}
     diff = [k for k in expected if got.get(k) != expected[k]]
     if diff:

@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from ..analysis import Group, Stat, format_value, relabel
 from ..metrics import METRICS
 from ..paths import inside, repo_root, safe_name
+from ..sequences import SequenceError
 from .boards import BoardError, Triage, boards_dir, load_boards, load_verifications, triage
 from .plots import curves_figure, entry_figures, save_figure, tradeoff_figure
 
@@ -202,7 +203,21 @@ def _sequence_block(out: Path, env: Environment, board: dict, seq: str, groups: 
     unranked_rows = [_row(out, env, g, columns, tri, common, rank="–", tied=False) for g in unranked]
     note = f"Figures: the {len(shown)} best-ranked of {len(order)} entries." if len(order) > len(shown) else ""
     return {"name": seq, "rows": rows, "unranked": unranked_rows, "figures": figures, "min_seeds": board["min_seeds"],
-            "figure_note": note}
+            "figure_note": note, "calibration": _calibration(seq)}
+
+
+def _calibration(seq: str) -> dict | None:
+    """The sequence's committed budget calibration (``clsuite calibrate``), formatted for the board page."""
+    from ..budgets import control_rows, load_committed_report, report_rows, targets_line
+
+    try:
+        rep = load_committed_report(seq)
+    except SequenceError:
+        return None
+    if rep is None:
+        return None
+    return {"seeds": rep["seeds"], "version": rep["version"], "rows": report_rows(rep),
+            "controls": control_rows(rep), "targets": targets_line(rep)}
 
 
 def _row(out: Path, env: Environment, g: Group, columns: list[str], tri: Triage, common: dict, rank: str,

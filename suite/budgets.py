@@ -1,0 +1,227 @@
+"""Calibrating a sequence's training budgets: does naive training learn and forget enough to measure anything?
+
+``clsuite calibrate SEQUENCE --pets lora,adapter --seeds 0,1,2`` runs zero-shot, seq and PEGP on the sequence's
+own budget (``training`` and ``pet_training`` of its file) and reports, per PET, the pretrained accuracy, the seq
+diagonal, the plasticity gain (seq diagonal - zero-shot), seq and PEGP forgetting, Last, each with the 95 %
+interval over seeds, whether the targets below hold and by how much they are missed, and the wall time; and, per
+control set, the pretrained accuracy and the chance level. ``--from results`` computes the report from records
+already on disk (how the committed ``tasks/embedded/<name>.calibration.json`` are made).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from .analysis import Stat, group_records, stat
+from .records import RecordError, load_record, write_json_atomic
+from .runner import RunConfig
+from .sequences import load_sequence
+from .sweep import sweep
+
+# The calibration targets (issue 10), in accuracy fractions; stated once.
+TARGETS = {
+    "plasticity": ("≥", 0.15, "seq mean diagonal minus zero-shot"),
+    "forgetting": ("≥", 0.08, "seq average forgetting"),
+    "last_ci": ("≤", 0.02, "95 % CI half-width of seq Last"),
+}
+METHODS = ("zeroshot", "seq", "pegp")
+
+
+class CalibrationError(ValueError):
+    """Records missing or not matching the calibration; one line."""
+
+
+def calibration_configs(sequence: str, pets: list[str], seeds: list[int], out: str,
+                        base: RunConfig | None = None) -> list[RunConfig]:
+    """The runs of a calibration: zero-shot once per seed, seq and PEGP per PET and seed, all on the budget."""
+    base = dataclasses.replace(base or RunConfig(sequence=sequence), sequence=sequence, out=out,
+                               run_dir=str(Path(out) / ".runs"), training={}, max_eval=None,
+                               command=f"clsuite calibrate {sequence}")
+    cfgs = [dataclasses.replace(base, method="zeroshot", pet=None, seed=s) for s in seeds]
+    cfgs += [dataclasses.replace(base, method=m, pet=p, seed=s) for p in pets for m in METHODS[1:] for s in seeds]
+    return cfgs
+
+
+def _pick(records: list[dict], sequence: str, method: str, pet: str | None, seeds: list[int]) -> list[dict]:
+    """The budget records of one (method, PET): default options, the sequence's training, given seeds."""
+    seq = load_sequence(sequence)
+    want = seq.default_training(pet)
+    out = {}
+    for r in records:
+        if (r["sequence"]["name"] != seq.name or r["method"]["name"] != method or r["pet"]["kind"] != pet
+                or r["seed"] not in seeds or r["status"] != "complete" or r["sequence"]["version"] != seq.version
+                or r["config"].get("method_options") or r["config"].get("pet_options")
+                or r["config"].get("max_eval") is not None or any(r["training"].get(k) != v for k, v in want.items())):
+            continue
+        out[r["seed"]] = r
+    missing = sorted(set(seeds) - set(out))
+    if missing:
+        raise CalibrationError(f"{sequence}: no budget record of {method}/{pet or 'none'} for seed(s) {missing}")
+    return [out[s] for s in sorted(out)]
+
+
+def _s(x: Stat | None) -> dict[str, Any] | None:
+    return None if x is None else {"mean": x.mean, "ci": x.ci, "n": x.n}
+
+
+def _target(name: str, value: float | None) -> dict[str, Any]:
+    op, goal, what = TARGETS[name]
+    if value is None:
+        return {"target": f"{op} {goal}", "what": what, "met": False, "miss": None, "reason": "not measurable"}
+    met = value >= goal if op == "≥" else value <= goal
+    return {"target": f"{op} {goal}", "what": what, "met": bool(met), "miss": None if met else abs(goal - value)}
+
+
+def pet_report(sequence: str, pet: str, records: list[dict], seeds: list[int]) -> dict[str, Any]:
+    """One PET's calibration numbers from its seq and PEGP records (zero-shot: each record's own pretrained row)."""
+    seq_recs = _pick(records, sequence, "seq", pet, seeds)
+    pegp_recs = _pick(records, sequence, "pegp", pet, seeds)
+    t = len(seq_recs[0]["matrix"])
+    zs = [[r["zero_shot"]["tasks"][d] for r in seq_recs] for d in range(t)]
+    diag = [[r["matrix"][d][d] for r in seq_recs] for d in range(t)]
+    gain = [[a - z for a, z in zip(diag[d], zs[d])] for d in range(t)]
+    seq_g, pegp_g = group_records(seq_recs)[0], group_records(pegp_recs)[0]
+    plasticity, forgetting = seq_g.stat("plasticity"), seq_g.stat("forgetting")
+    last = seq_g.stat("last")
+    return {
+        "pet": pet, "seeds": [r["seed"] for r in seq_recs],
+        "training": seq_recs[0]["training"],
+        "zero_shot": [_s(stat(v)) for v in zs],
+        "seq_diagonal": [_s(stat(v)) for v in diag],
+        "plasticity_per_task": [_s(stat(v)) for v in gain],
+        "plasticity": _s(plasticity),
+        "seq_forgetting": _s(forgetting),
+        "pegp_forgetting": _s(pegp_g.stat("forgetting")),
+        "seq_last": _s(last),
+        "pegp_last": _s(pegp_g.stat("last")),
+        "pegp_plasticity": _s(pegp_g.stat("plasticity")),
+        "wall_time_s": {m: sum(r["efficiency"].get("wall_time_s", 0.0) for r in rs)
+                        for m, rs in (("seq", seq_recs), ("pegp", pegp_recs))},
+        "targets": {
+            "plasticity": _target("plasticity", plasticity.mean if plasticity else None),
+            "forgetting": _target("forgetting", forgetting.mean if forgetting else None),
+            "last_ci": _target("last_ci", last.ci if last else None),
+        },
+    }
+
+
+def control_report(sequence: str, records: list[dict], seeds: list[int]) -> list[dict[str, Any]]:
+    """Each control set: what it tests, the pretrained accuracy and the chance level of its question."""
+    seq = load_sequence(sequence)
+    zs = _pick(records, sequence, "zeroshot", None, seeds)[0]
+    return [{"name": c.name, "tests": c.tests, "chance": c.chance(),
+             "pretrained": zs["zero_shot"]["controls"].get(c.name)} for c in seq.control_sets]
+
+
+def calibration_report(sequence: str, pets: list[str], seeds: list[int], records: list[dict],
+                       wall_s: float | None = None) -> dict[str, Any]:
+    seq = load_sequence(sequence)
+    return {"sequence": seq.name, "version": seq.version, "seeds": list(seeds),
+            "targets": {k: {"op": op, "value": v, "what": w} for k, (op, v, w) in TARGETS.items()},
+            "controls": control_report(sequence, records, seeds),
+            "pets": [pet_report(sequence, p, records, seeds) for p in pets],
+            "wall_time_s": wall_s}
+
+
+def load_folder(folder: str | Path) -> list[dict]:
+    recs = []
+    for f in sorted(Path(folder).glob("*.json")):
+        try:
+            recs.append(load_record(f))
+        except RecordError:
+            continue
+    return recs
+
+
+def calibrate(sequence: str, pets: list[str], seeds: list[int], out: str = "calibration", jobs: int = 1,
+              source: str | None = None, log=print, base: RunConfig | None = None) -> dict[str, Any]:
+    """Run (or, with ``source``, read) the calibration runs of ``sequence`` and build its report."""
+    wall = None
+    if source is None:
+        t0 = time.perf_counter()
+        sweep(calibration_configs(sequence, pets, seeds, out, base), jobs=jobs, resume=True, log=log)
+        wall = time.perf_counter() - t0
+    return calibration_report(sequence, pets, seeds, load_folder(source or out), wall)
+
+
+def _pm(x: dict | None, scale: float = 100.0) -> str:
+    if x is None:
+        return "n/a"
+    ci = "" if x["ci"] is None else f" ± {scale * x['ci']:.1f}"
+    return f"{scale * x['mean']:.1f}{ci}"
+
+
+def _mark(t: dict) -> str:
+    return "✓" if t["met"] else ("✗" if t["miss"] is None else f"✗ −{100 * t['miss']:.1f}")
+
+
+def report_rows(rep: dict[str, Any]) -> list[dict[str, str]]:
+    """One row of formatted cells per PET (accuracy points; ``✗ −3.1``: target missed by 3.1 points)."""
+    rows = []
+    for p in rep["pets"]:
+        tg = p["targets"]
+        tr = p["training"]
+        rows.append({
+            "pet": p["pet"], "budget": f"{tr.get('iterations')} it, lr {tr.get('lr'):g}",
+            "zero_shot": f"{100 * sum(x['mean'] for x in p['zero_shot']) / len(p['zero_shot']):.1f}",
+            "diagonal": f"{100 * sum(x['mean'] for x in p['seq_diagonal']) / len(p['seq_diagonal']):.1f}",
+            "plasticity": _pm(p["plasticity"]), "plasticity_ok": _mark(tg["plasticity"]),
+            "seq_forgetting": _pm(p["seq_forgetting"]), "forgetting_ok": _mark(tg["forgetting"]),
+            "pegp_forgetting": _pm(p["pegp_forgetting"]),
+            "seq_last": _pm(p["seq_last"]), "last_ok": _mark(tg["last_ci"]), "pegp_last": _pm(p["pegp_last"]),
+            "time": f"{sum(p['wall_time_s'].values()):.0f}"})
+    return rows
+
+
+def control_rows(rep: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"name": c["name"], "tests": " ".join(c["tests"].split()),
+             "pretrained": "n/a" if c["pretrained"] is None else f"{100 * c['pretrained']:.1f}",
+             "chance": "n/a" if c["chance"] is None else f"{100 * c['chance']:.1f}"} for c in rep["controls"]]
+
+
+def targets_line(rep: dict[str, Any]) -> str:
+    return "; ".join(f"{v['what']} {v['op']} {100 * v['value']:g}" for v in rep["targets"].values())
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """The report as a plain-text table."""
+    cols = [("pet", "PET", 13), ("budget", "budget", 17), ("zero_shot", "zero-shot", 9), ("diagonal", "seq diag", 8),
+            ("plasticity", "plasticity", 11), ("plasticity_ok", "", 7), ("seq_forgetting", "seq forget", 11),
+            ("forgetting_ok", "", 7), ("pegp_forgetting", "PEGP forget", 11), ("seq_last", "seq Last", 11),
+            ("last_ok", "", 7), ("pegp_last", "PEGP Last", 11), ("time", "time s", 6)]
+    lines = [f"calibration of {rep['sequence']} v{rep['version']}, seeds {rep['seeds']} "
+             f"(accuracy points; ± is the 95 % interval over seeds; ✗ −x: target missed by x)", "",
+             " ".join(f"{h:<{w}s}" for _, h, w in cols)]
+    lines += [" ".join(f"{r[k]:<{w}s}" for k, _, w in cols) for r in report_rows(rep)]
+    lines += ["", "targets: " + targets_line(rep), "", f"{'control':20s} {'pretrained':>10s} {'chance':>7s}  tests"]
+    lines += [f"{c['name']:20s} {c['pretrained']:>10s} {c['chance']:>7s}  {c['tests']}" for c in control_rows(rep)]
+    if rep.get("wall_time_s") is not None:
+        lines.append(f"\nwall time {rep['wall_time_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def committed_report_path(sequence: str) -> Path:
+    """Where a sequence's calibration report is kept: beside its file, ``<name>.calibration.json``."""
+    seq = load_sequence(sequence)
+    return Path(seq.path).with_name(f"{Path(seq.path).stem}.calibration.json")
+
+
+def load_committed_report(sequence: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        path = committed_report_path(sequence)
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_report(rep: dict[str, Any], path: str | Path) -> Path:
+    return write_json_atomic(path, rep)
+
+
+__all__ = ["TARGETS", "CalibrationError", "calibration_configs", "calibration_report", "calibrate", "control_rows",
+           "committed_report_path", "format_report", "load_committed_report", "report_rows", "targets_line",
+           "write_report"]
