@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .errors import ConfigError
 from .metrics import METRICS, metric
 from .records import group_key, metric_value, recompute_aggregates, step_summary
 
@@ -143,7 +144,7 @@ def find_group(groups: list[Group], label: str) -> Group:
         return loose[0]
     known = ", ".join(g.label for g in groups)
     what = "matches several groups" if loose else "matches no group"
-    raise ValueError(f"{label!r} {what}; groups: {known}")
+    raise ConfigError(f"{label!r} {what}; groups: {known}")
 
 
 @dataclass(frozen=True)
@@ -192,20 +193,20 @@ def curve(rec: dict, name: str = "avg") -> list[float | None]:
     if name == "first-task" or name.startswith("task:"):
         task = tasks[0] if name == "first-task" else name.split(":", 1)[1]
         if task not in tasks:
-            raise ValueError(f"{name}: no task {task!r} in {rec['sequence']['name']} (tasks: {', '.join(tasks)})")
+            raise ConfigError(f"{name}: no task {task!r} in {rec['sequence']['name']} (tasks: {', '.join(tasks)})")
         d = tasks.index(task)
         return [zs["tasks"][d]] + [row[d] for row in rows]
     if name.startswith("control:"):
         c = name.split(":", 1)[1]
         if c not in zs.get("controls", {}):
             known = ", ".join(zs.get("controls", {})) or "none"
-            raise ValueError(f"{name}: no control set {c!r} in {rec['sequence']['name']} (controls: {known})")
+            raise ConfigError(f"{name}: no control set {c!r} in {rec['sequence']['name']} (controls: {known})")
         return [zs["controls"][c]] + [s["control_accuracy"].get(c) for s in rec["steps"]]
     if name in ("retention", "hallucination"):
         key = "zero_shot_retention" if name == "retention" else "hallucination_fpr"
         first = 1.0 if name == "retention" else step_summary(rec.get("zero_shot_step", {})).get(key)
         return [first] + [step_summary(s).get(key) for s in rec["steps"]]
-    raise ValueError(f"unknown curve metric {name!r}; use avg, first-task, task:<name> or control:<name>")
+    raise ConfigError(f"unknown curve metric {name!r}; use avg, first-task, task:<name> or control:<name>")
 
 
 def curve_stats(group: Group, name: str) -> list[Stat | None]:
@@ -294,7 +295,7 @@ def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
             out += [""] + md(diff_head, diff_body)
         return "\n".join(out)
     if fmt != "text":
-        raise ValueError(f"unknown format {fmt!r}; use text, md, csv or json")
+        raise ConfigError(f"unknown format {fmt!r}; use text, md, csv or json")
     out = _columns(head, body)
     if diff_body:
         out += ["", "paired by seed (a − b, 95 % CI over the shared seeds):"] + _columns(diff_head, diff_body)

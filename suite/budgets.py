@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import Stat, group_records, stat
+from .errors import SuiteError
 from .records import RecordError, load_record, write_json_atomic
 from .runner import RunConfig
 from .sequences import load_sequence
@@ -29,7 +30,7 @@ TARGETS = {
 METHODS = ("zeroshot", "seq", "pegp")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(SuiteError):
     """Records missing or not matching the calibration; one line."""
 
 

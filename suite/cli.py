@@ -6,18 +6,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-
-def command(name: str):
-    def deco(fn):
-        _COMMANDS[name] = fn
-        return fn
-    return deco
+from .errors import SuiteError  # noqa: E402
+from .verbs import HANDLERS, PARSER_HOOKS, arguments, command  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -55,7 +48,8 @@ def _tasks_show(args: argparse.Namespace) -> int:
                 data = materialize(seq, t)
                 line += f"\n      train={len(data.train)} test={len(data.test)} manifest={data.manifest_sha256}"
             else:
-                line += f"\n      split rule={t.split.get('rule')} few_shot={t.split.get('few_shot')} (hash computed when materialised)"
+                line += (f"\n      split rule={t.split.get('rule')} few_shot={t.split.get('few_shot')} "
+                         "(hash computed when materialised)")
             print(line)
     print("valid: yes" + (" (manifests match their pins)" if seq.embedded else ""))
     return 0
@@ -113,10 +107,8 @@ def _record_zero_shot(path: str) -> list[float] | None:
     return z if isinstance(z, list) else None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clsuite", description="Continual learning of CLIP models: benchmark suite.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+@arguments
+def _core_arguments(sub) -> None:
     tasks = sub.add_parser("tasks", help="list, inspect, prepare task sequences")
     tsub = tasks.add_subparsers(dest="sub", required=True)
     tsub.add_parser("list", help="every shipped sequence with its track and protocol")
@@ -133,42 +125,37 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--zero-shot", help="JSON list of zero-shot accuracies per task, for FWT and plasticity "
                    "(default: a results record's own zero-shot row)")
 
-    for register in _EXTENSIONS:
-        register(sub)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clsuite", description="Continual learning of CLIP models: benchmark suite.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a refused input, not one line")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for declare in PARSER_HOOKS:
+        declare(sub)
     return p
 
 
-# Subcommands of other modules register here (runner, demo, leaderboard, ...), keeping this file thin.
-_EXTENSIONS: list[Callable] = []
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .data import DataMissingError, ManifestMismatch
-    from .metrics import MatrixError
-    from .sequences import SequenceError
-
-    _load_extensions()
+    """Run one verb. Input the suite refuses (:class:`~suite.errors.SuiteError`) is one line on stderr and exit
+    status 2; any other exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     key = f"{args.cmd} {args.sub}" if getattr(args, "sub", None) else args.cmd
     try:
-        return _COMMANDS[key](args)
-    except (SequenceError, MatrixError, DataMissingError, ManifestMismatch, ValueError, FileNotFoundError) as exc:
-        print(f"clsuite: error: {exc}", file=sys.stderr)
+        return HANDLERS[key](args)
+    except SuiteError as exc:
+        if args.debug:
+            raise
+        print(f"clsuite: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 
-def _load_extensions() -> None:
-    import importlib
-
-    for mod in ("suite.commands",):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+def one_line(message: str, limit: int = 300) -> str:
+    """A message as one line of at most ``limit`` characters (a hostile value cannot flood the terminal)."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-if __name__ == "__main__":  # ``python -m suite.cli``: use the package's module, where subcommands register
-    from suite.cli import main as _main
+from . import commands  # noqa: E402,F401  (the verbs declared there register after this file's own)
 
-    sys.exit(_main())
+if __name__ == "__main__":
+    sys.exit(main())

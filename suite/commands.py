@@ -13,17 +13,37 @@ from typing import Any
 
 import yaml
 
-from .cli import _EXTENSIONS, command
+from .errors import ConfigError
+from .verbs import arguments, command
 
 
-def _kv(text: str) -> dict[str, Any]:
-    """``rank=8,towers=vision`` → ``{"rank": 8, "towers": "vision"}`` (values parsed as YAML scalars)."""
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets and braces (so a value may be a YAML list or mapping)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p.strip() for p in parts + [cur] if p.strip()]
+
+
+def _kv(text: str, flag: str = "options") -> dict[str, Any]:
+    """``rank=8,towers=vision`` → ``{"rank": 8, "towers": "vision"}``; values are YAML, so nested options work:
+    ``thresholds={vision.attn.0: 0.9, text.attn.0: 0.95}``."""
+
     out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in _split_top_level(text):
         if "=" not in part:
-            raise ValueError(f"option {part!r} is not key=value")
+            raise ConfigError(f"--{flag}: {part!r} is not key=value")
         k, v = part.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"--{flag}: {k.strip()}: {v!r} is not a YAML value") from None
     return out
 
 
@@ -46,31 +66,34 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for the results record (default results/)")
     p.add_argument("--run-dir", help="folder for checkpoints (default runs/)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last finished task")
+    p.add_argument("--restart", action="store_true", default=None, help="discard a checkpoint of this run's folder "
+                   "(e.g. one of another configuration) and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_config_from_args(args: argparse.Namespace):
     from .runner import RunConfig
+    from .sequences import read_yaml
 
     data: dict[str, Any] = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such config file")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(args.config, ConfigError, "config file") or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: (top level): a run config is a mapping")
-    for key in ("sequence", "model", "method", "seed", "device", "amp", "max_eval", "out", "run_dir", "resume"):
+            raise ConfigError(f"{args.config}: (top level): a run config is a mapping")
+    for key in ("sequence", "model", "method", "seed", "device", "amp", "max_eval", "out", "run_dir", "resume", "restart"):
         val = getattr(args, key, None)
         if val is not None:
             data[key] = val
     if args.pet is not None:
         data["pet"] = None if args.pet == "none" else args.pet
     if args.pet_options:
-        data["pet_options"] = {**data.get("pet_options", {}), **_kv(args.pet_options)}
+        data["pet_options"] = {**data.get("pet_options", {}), **_kv(args.pet_options, "pet-options")}
     if args.method_options:
-        data["method_options"] = {**data.get("method_options", {}), **_kv(args.method_options)}
-    training = dict(data.get("training", {}))
+        data["method_options"] = {**data.get("method_options", {}), **_kv(args.method_options, "method-options")}
+    training = data.get("training") or {}
+    if not isinstance(training, dict):
+        raise ConfigError(f"{args.config or 'command line'}: training: expected a mapping")
+    training = dict(training)
     for key in ("iterations", "epochs", "batch_size", "lr"):
         val = getattr(args, key, None)
         if val is not None:
@@ -105,7 +128,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     if args.plan:
         if args.sequence or args.config:
-            raise ValueError("--plan: the plan names the sequences; give no --sequence or --config with it")
+            raise ConfigError("--plan: the plan names the sequences; give no --sequence or --config with it")
         args.sequence = "-"  # the plan's runs replace it
         cfgs = load_plan(args.plan, run_config_from_args(args))
     else:
@@ -125,7 +148,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     rep = calibrate(args.sequence, args.pets.split(","), [int(s) for s in args.seeds.split(",")], out=args.out,
                     jobs=args.jobs, source=args.source, log=main_log)
     print(format_report(rep))
-    print(f"report: {write_report(rep, args.report or Path(args.out) / f'{safe_name(Path(args.sequence).stem)}.calibration.json')}")
+    default = Path(args.out) / f"{safe_name(Path(args.sequence).stem)}.calibration.json"
+    print(f"report: {write_report(rep, args.report or default)}")
     return 0
 
 
@@ -177,7 +201,7 @@ def _zs_report(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    print(run_bench(args.what, quick=args.quick))
+    print(run_bench(args.what, quick=args.quick, model=args.model))
     return 0
 
 
@@ -201,7 +225,7 @@ def _records_from(args: argparse.Namespace) -> list[dict]:
     if getattr(args, "pet", None):
         records = [r for r in records if (r["pet"]["kind"] or "none") in args.pet]
     if not records:
-        raise ValueError("no records: name record files or folders, or --results DIR [--sequence NAME]")
+        raise ConfigError("no records: name record files or folders, or --results DIR [--sequence NAME]")
     return records
 
 
@@ -221,7 +245,7 @@ def _compare(args: argparse.Namespace) -> int:
     for text in args.pair or []:
         a, sep, b = text.partition(":")
         if not sep or not a or not b:
-            raise ValueError(f"--pair {text!r}: give A:B, e.g. --pair pegp/lora:seq/lora")
+            raise ConfigError(f"--pair {text!r}: give A:B, e.g. --pair pegp/lora:seq/lora")
         pairs.append((a, b))
     names = tuple(args.metrics.split(",")) if args.metrics else COMPARE_METRICS
     print(format_compare(compare(_records_from(args), names, pairs), args.format))
@@ -266,6 +290,7 @@ def _add_record_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pet", action="append", help="only records of this PET, or none (repeatable)")
 
 
+@arguments
 def register(sub: argparse._SubParsersAction) -> None:
     lb = sub.add_parser("leaderboard", help="build the static leaderboard site")
     lsub = lb.add_subparsers(dest="sub", required=True)
@@ -330,8 +355,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="embedded:tiny-clip")
     p.add_argument("--out", help="also write the report to this JSON file")
     p = sub.add_parser("bench", help="speed/memory benchmarks that print ratios")
-    p.add_argument("what", choices=["projection", "runner", "memory", "all"])
-    p.add_argument("--quick", action="store_true", help="tiny model only")
+    p.add_argument("what", choices=["runner", "pegp", "memory", "all", "projection"],
+                   help="projection is the older name of pegp")
+    p.add_argument("--quick", action="store_true", help="fewer steps and rounds (a smoke test of the bench)")
+    p.add_argument("--model", default="embedded:tiny-clip", help="backbone (e.g. open_clip:ViT-B-16 on a GPU)")
 
-
-_EXTENSIONS.append(register)

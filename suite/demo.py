@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .errors import ConfigError
 from .runner import RunConfig, Runner
 
 # (sequence, PETs to run with seq and pegp)
@@ -56,7 +57,7 @@ def demo(out: str = DEFAULT_OUT, quick: bool = False, site: bool = True) -> str:
     from .leaderboard.build import default_results_dir
 
     if Path(out).resolve() == default_results_dir().resolve():
-        raise ValueError(f"{out}: --out: the demo does not write into the committed reference records; choose "
+        raise ConfigError(f"{out}: --out: the demo does not write into the committed reference records; choose "
                          f"another folder (default {DEFAULT_OUT})")
     rows = []
     t0 = time.perf_counter()

@@ -37,6 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import SuiteError
+
 METRIC_NAMES = ("transfer", "avg", "last", "bwt", "forgetting", "fwt", "avg_incremental", "plasticity")
 
 
@@ -78,13 +80,20 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+class UnknownMetric(SuiteError, KeyError):
+    """A metric name that is not in :data:`METRICS`."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def metric(name: str) -> Metric:
     if name not in METRICS:
-        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+        raise UnknownMetric(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
     return METRICS[name]
 
 
-class MatrixError(ValueError):
+class MatrixError(SuiteError):
     """An accuracy matrix that cannot be aggregated (wrong shape, NaN, ...)."""
 
 

@@ -11,6 +11,8 @@ import hashlib
 import re
 from pathlib import Path
 
+from .errors import ConfigError
+
 MAX_NAME = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -30,7 +32,7 @@ def inside(folder: str | Path, name: str) -> Path:
     base = Path(folder).resolve()
     path = (base / name).resolve()
     if path != base and base not in path.parents:
-        raise ValueError(f"{name!r}: would write outside {base}")
+        raise ConfigError(f"{name!r}: would write outside {base}")
     return path
 
 

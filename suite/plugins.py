@@ -5,8 +5,10 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from .errors import SuiteError
 
-class PluginError(ValueError):
+
+class PluginError(SuiteError):
     """A plug-in that cannot be used as asked (import error, missing or wrong name, shadowing)."""
 
 

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from .data import world
 from .data.embedded import HELDOUT_COMPOSITIONS, PRETRAIN_FONTS
+from .errors import ConfigError
+from .optim import make_scheduler
+from .sequences import parse_yaml
 
 WRAPPERS = ("{}", "a photo of {}.", "a picture of {}.", "an image of {}.", "{}.")
 SHAPE_WRAPPERS = ("a photo of a {}.", "a {}.", "a picture of a {}.", "a {} shape.")
@@ -33,8 +35,8 @@ def load_recipe(name: str) -> dict[str, Any]:
     if not path.is_file():
         path = Path(str(resources.files("suite").joinpath(f"models/recipes/{name}.yaml")))
     if not path.is_file():
-        raise ValueError(f"unknown pretraining recipe {name!r} (no {path})")
-    return yaml.safe_load(path.read_text())
+        raise ConfigError(f"unknown pretraining recipe {name!r} (no {path})")
+    return parse_yaml(path.read_text())
 
 
 def sample_pool(recipe: dict[str, Any], rng: np.random.Generator, n: int) -> list[dict]:
@@ -90,7 +92,9 @@ def pretrain_caption(spec: dict, rng: np.random.Generator) -> str:
             return SHAPE_WRAPPERS[int(rng.integers(len(SHAPE_WRAPPERS)))].format(f"{o['colour']} {o['shape']}")
     if facet == "glyph" and r < 0.5:
         c = clean["glyph"]["char"]
-        return (f"the digit {c}." if c.isdigit() else f"the letter {c}.") if r < 0.3 else (f"the number {c}." if c.isdigit() else f"a {c}.")
+        if r < 0.3:
+            return f"the digit {c}." if c.isdigit() else f"the letter {c}."
+        return f"the number {c}." if c.isdigit() else f"a {c}."
     text = world.caption(clean, rng)
     return WRAPPERS[int(rng.integers(len(WRAPPERS)))].format(text)
 
@@ -121,6 +125,8 @@ def _augment(x: torch.Tensor, aug: dict[str, Any], gen: torch.Generator) -> torc
 def pretrain(recipe_name: str, out_dir: str | Path | None = None, steps: int | None = None,
              log_every: int = 100, progress: bool = True) -> dict[str, Any]:
     """Run a recipe; writes ``<model>.safetensors`` (fp16) and ``<model>.json`` to ``out_dir`` when given."""
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps: {steps} (a pretraining run takes at least one step)")
     import open_clip
     from safetensors.torch import save_file
 
@@ -145,8 +151,7 @@ def pretrain(recipe_name: str, out_dir: str | Path | None = None, steps: int | N
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     warm, lo = int(recipe["warmup"]), float(recipe["min_lr"]) / float(recipe["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warm if i < warm else
-                                              lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm))))
+    sched = make_scheduler(opt, steps, warm, "cosine", floor=lo)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     t1 = time.perf_counter()

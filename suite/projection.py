@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 class FeatureBasis:
     """A growing orthonormal basis (``d x k``) of one feature space, and its running statistics."""
@@ -37,9 +39,9 @@ class FeatureBasis:
 
     def __init__(self, dim: int, threshold: float = 0.97, criterion: str = "gpm"):
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+            raise ConfigError(f"threshold must be in (0, 1], got {threshold}")
         if criterion not in self.CRITERIA:
-            raise ValueError(f"basis criterion must be one of {', '.join(self.CRITERIA)}, got {criterion!r}")
+            raise ConfigError(f"basis criterion must be one of {', '.join(self.CRITERIA)}, got {criterion!r}")
         self.dim, self.threshold, self.criterion = int(dim), float(threshold), criterion
         self.U = torch.zeros(self.dim, 0, dtype=torch.float64)
         self._cov: torch.Tensor | None = None

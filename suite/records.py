@@ -15,11 +15,12 @@ from typing import Any
 import jsonschema
 
 from . import metrics
+from .errors import SuiteError
 
 SCHEMA_ID = "clsuite/record/v1"
 
 
-class RecordError(ValueError):
+class RecordError(SuiteError):
     pass
 
 

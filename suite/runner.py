@@ -28,17 +28,28 @@ import torch.nn.functional as F
 
 from . import metrics
 from .data import TaskData, materialize
+from .errors import ConfigError, SuiteError
 from .evaluation.calibration import ece_with_interval
 from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, hijacking
 from .evaluation.hallucination import name_words
 from .methods import Method, RunContext, make_method
-from .models import create_model_and_transforms
+from .models import create_model_and_transforms, weights_digest
+from .optim import TrainConfig, make_optimizer, make_scheduler
 from .paths import safe_name
 from .pet import attach_pet, available_pets
 from .records import SCHEMA_ID, step_summary, strip_timings, validate_record, write_json_atomic
 from .sequences import TaskSequence, load_sequence
 
-class TrainingFailed(RuntimeError):
+# Offset of the seeds of batches a method draws itself (ctx.batches: PEGP's basis collection, EWC's Fisher),
+# so they never coincide with the training batches of the same task.
+METHOD_BATCHES = 10_000
+
+
+class CheckpointError(SuiteError):
+    """A checkpoint that cannot be resumed: unreadable, or of another configuration."""
+
+
+class TrainingFailed(SuiteError, RuntimeError):
     """A task failed (NaN loss, exception); earlier tasks' results are already on disk."""
 
 
@@ -62,15 +73,21 @@ class RunConfig:
     progress: bool = True
     command: str = ""
     threads: int | None = None  # torch CPU threads for this run (None: torch's default)
+    restart: bool = False  # discard a checkpoint of another configuration in the run folder instead of refusing
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> "RunConfig":
         known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
+        unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(f"{source}: {unknown[0]}: unknown field; known: {', '.join(sorted(known))}")
         if "sequence" not in data:
-            raise ValueError(f"{source}: sequence: required field is missing")
+            raise ConfigError(f"{source}: sequence: required field is missing")
+        TrainConfig.from_dict(data.get("training") or {}, source)  # unknown keys and bad values, named
+        for key, low in (("seed", 0), ("max_eval", 1), ("eval_batch_size", 1), ("threads", 1)):
+            v = data.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+                raise ConfigError(f"{source}: {key}: {v!r} must be an integer >= {low}")
         return cls(**data)
 
     def run_id(self) -> str:
@@ -95,11 +112,23 @@ def init_distributed(device: torch.device) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (this rank's GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` that exists."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device: {name!r} but this machine has no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device: {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device: {name!r}: the suite runs on cpu or cuda")
+    return dev
 
 
 def _task_seed(seed: int, t: int) -> int:
@@ -169,27 +198,31 @@ class Runner:
         self.seq: TaskSequence = load_sequence(cfg.sequence)
         torch.manual_seed(cfg.seed)
         self.backbone = create_model_and_transforms(cfg.model, device=self.device)
+        self.weights = weights_digest(self.backbone)  # before any PET or method touches it
         self.method = method or make_method(cfg.method, cfg.method_options)
         if self.method.needs_pet and self.method.trains and not cfg.pet:
-            raise ValueError(f"method {self.method.name} trains a PET: give --pet ({', '.join(available_pets())})")
+            raise ConfigError(f"method {self.method.name} trains a PET: give --pet ({', '.join(available_pets())})")
         use_pet = cfg.pet and self.method.needs_pet
         self.pet = attach_pet(self.backbone, cfg.pet, **cfg.pet_options).to(self.device) if use_pet else None
-        self.train_cfg = {**self.seq.default_training(cfg.pet if self.pet is not None else None), **cfg.training}
+        self.train = TrainConfig.from_dict({**self.seq.default_training(cfg.pet if self.pet is not None else None),
+                                            **cfg.training}, f"{cfg.sequence}: run")
         size = self.backbone.image_size if self.seq.embedded else None
         self.data = {t.name: materialize(self.seq, t, size) for t in self.seq.tasks + self.seq.control_sets}
         amp = cfg.amp and self.device.type in ("cuda", "cpu")
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if amp else None
         self.evaluator = Evaluator(self.backbone, cfg.eval_batch_size, cfg.max_eval, self.autocast)
-        self.batches = Batches(self.backbone, self.seq.track, self.train_cfg["batch_size"])
+        self.batches = Batches(self.backbone, self.seq.track, self.train.batch_size)
         self.ctx = RunContext(backbone=self.backbone, pet=self.pet, device=self.device, sequence=self.seq, seed=cfg.seed,
-                              task_loss=self.task_loss, batch_size=int(self.train_cfg["batch_size"]),
-                              batches=lambda d, n: self.batches(d, n, seed=_task_seed(self.cfg.seed, 10_000 + self.ctx.task_index)))
+                              task_loss=self.task_loss, batch_size=int(self.train.batch_size),
+                              batches=lambda d, n: self.batches(d, n, seed=_task_seed(
+                                  self.cfg.seed, METHOD_BATCHES + self.ctx.task_index)))
         self.ctx.extras["logits"] = self.logits
         self.method.setup(self.ctx)
         self.params = self.method.trainable(self.ctx) if self.method.trains else []
         self.head = self._head()
         self.probe = ConceptProbe.from_tasks(self.data, [t.name for t in self.seq.tasks])
         self.run_dir = Path(cfg.run_dir) / cfg.run_id()
+        self._fingerprint: dict[str, Any] | None = None
 
     # -- what changes the text side ------------------------------------------------------------------
     @property
@@ -232,36 +265,21 @@ class Runner:
         return loss
 
     # -- training --------------------------------------------------------------------------------------
-    def _iterations(self, data: TaskData) -> int:
-        tc = self.train_cfg
-        if tc.get("epochs"):
-            return int(tc["epochs"]) * math.ceil(len(data.train) / tc["batch_size"])
-        return int(tc["iterations"])
-
-    def _optimizer(self, steps: int):
-        tc = self.train_cfg
-        if tc["optimizer"] == "sgd":
-            opt = torch.optim.SGD(self.params, lr=tc["lr"], momentum=0.9, weight_decay=tc["weight_decay"])
-        else:
-            opt = torch.optim.AdamW(self.params, lr=tc["lr"], weight_decay=tc["weight_decay"])
-        warm = int(tc.get("warmup", 0))
-
-        def factor(i: int) -> float:
-            if i < warm:
-                return (i + 1) / warm
-            if tc["schedule"] == "cosine":
-                return 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
-            return 1.0
-
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    def iterations_for(self, data: TaskData) -> int:
+        """Training steps of a task: ``iterations``, or ``epochs`` passes over its training split."""
+        tc = self.train
+        if tc.epochs:
+            return tc.epochs * math.ceil(len(data.train) / tc.batch_size)
+        return tc.iterations
 
     def train_task(self, t: int, data: TaskData) -> dict[str, Any]:
-        steps = self._iterations(data)
+        steps = self.iterations_for(data)
         if not self.method.trains or steps == 0 or not self.params:
             return {"iterations": 0, "final_loss": None}
         from tqdm import tqdm
 
-        opt, sched = self._optimizer(steps)
+        opt = make_optimizer(self.params, self.train)
+        sched = make_scheduler(opt, steps, self.train.warmup, self.train.schedule)
         self.backbone.train(False)  # frozen backbone statistics; PETs have no train/eval difference
         last = None
         bar = tqdm(self.batches(data, steps, seed=_task_seed(self.cfg.seed, t)), total=steps, leave=False,
@@ -395,9 +413,10 @@ class Runner:
                     "options": self.pet.config.to_dict() if self.pet is not None else {}},
             "method": {"name": self.method.name, "options": dict(self.method.options),
                        "source": f"{type(self.method).__module__}:{type(self.method).__qualname__}"},
-            "seed": cfg.seed, "training": dict(self.train_cfg),
+            "seed": cfg.seed, "training": self.train.to_dict(),
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "run_dir", "resume", "progress", "command",
-                                                                         "threads")},
+                                                                         "threads", "restart")},
+            "fingerprint": self.fingerprint(),
             "zero_shot": {"tasks": [], "controls": {}}, "matrix": [], "steps": [],
             "aggregates": {k: None for k in metrics.METRIC_NAMES}, "summary": {},
             "efficiency": {"trainable_parameters": trainable, "world_size": self.world},
@@ -410,12 +429,34 @@ class Runner:
             rec["status"] = "complete"
         rec["summary"] = step_summary(rec["steps"][-1]) if rec["steps"] else {}
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two runs the same run: the sequence file's content and data manifests, backbone spec and
+        weights, PET and method with their resolved options, effective training, precision, seed, eval size.
+        ``digest`` hashes it; a checkpoint of another digest is never resumed."""
+        if self._fingerprint is None:
+            seq_file = Path(self.seq.path)
+            fields = {
+                "sequence": f"{self.seq.name} v{self.seq.version} "
+                            + (hashlib.sha256(seq_file.read_bytes()).hexdigest()[:16] if seq_file.is_file() else "-"),
+                "manifests": hashlib.sha256(json.dumps({k: v.manifest_sha256 for k, v in self.data.items()},
+                                                       sort_keys=True).encode()).hexdigest()[:16],
+                "model": self.cfg.model, "weights": self.weights,
+                "pet": json.dumps([self.cfg.pet if self.pet is not None else None,
+                                   self.pet.config.to_dict() if self.pet is not None else {}], sort_keys=True),
+                "method": json.dumps([self.method.name, self.method.options], sort_keys=True, default=str),
+                "training": json.dumps(self.train.to_dict(), sort_keys=True),
+                "amp": bool(self.cfg.amp), "seed": self.cfg.seed, "max_eval": self.cfg.max_eval,
+            }
+            digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+            self._fingerprint = {"digest": digest, "fields": fields}
+        return self._fingerprint
+
     def _save(self, rec: dict[str, Any], tasks_done: int) -> None:
         if self.rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = {"tasks_done": tasks_done, "params": [p.detach().cpu().clone() for p in self.params],
-                 "method": self.method.state_dict(), "record": json.dumps(rec)}
+                 "method": self.method.state_dict(), "record": json.dumps(rec), "fingerprint": json.dumps(self.fingerprint())}
         tmp = self.run_dir / "checkpoint.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.run_dir / "checkpoint.pt")
@@ -425,17 +466,39 @@ class Runner:
         path = self.run_dir / "checkpoint.pt"
         if not path.is_file():
             return None
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 — a truncated or foreign file, said in one line
+            raise CheckpointError(f"{path}: not a checkpoint this suite can read ({type(exc).__name__}); "
+                                  f"use --restart to discard it") from None
+        old = json.loads(state.get("fingerprint", "null") or "null")
+        mine = self.fingerprint()
+        if old is None or old.get("digest") != mine["digest"]:
+            differ = sorted(k for k in mine["fields"] if (old or {}).get("fields", {}).get(k) != mine["fields"][k])
+            if self.cfg.restart:
+                self._discard_checkpoint()
+                return None
+            raise CheckpointError(f"{path}: --resume onto a run of another configuration (differs in: "
+                                  f"{', '.join(differ) or 'fingerprint missing'}); use --restart to discard it")
         with torch.no_grad():
             for p, v in zip(self.params, state["params"]):
                 p.copy_(v)
         self.method.load_state_dict(state["method"])
         return json.loads(state["record"]), int(state["tasks_done"])
 
+    def _discard_checkpoint(self) -> None:
+        """Remove only the files this runner writes in its run folder."""
+        for name in ("checkpoint.pt", "checkpoint.pt.tmp", "record.partial.json"):
+            (self.run_dir / name).unlink(missing_ok=True)
+
     def out_path(self) -> Path:
         return Path(self.cfg.out) / f"{self.cfg.run_id()}.json"
 
     def run(self) -> dict[str, Any]:
+        if self.rank == 0:
+            self._refuse_foreign_record()  # before any work, and again before writing
+        if self.cfg.restart and not self.cfg.resume:
+            self._discard_checkpoint()
         resumed = self._load() if self.cfg.resume else None
         if resumed:
             rec, start = resumed
@@ -449,15 +512,9 @@ class Runner:
             rec["efficiency"]["zero_shot_eval_time_s"] = time.perf_counter() - t0
         for t in range(start, len(self.seq.tasks)):
             task = self.seq.tasks[t]
-            data = self.data[task.name]
-            self.ctx.task_index, self.ctx.task_data = t, data
-            torch.manual_seed(_task_seed(self.cfg.seed, t))
             t0 = time.perf_counter()
             try:
-                self.method.before_task(self.ctx, t)
-                train = self.train_task(t, data)
-                if self.method.trains:
-                    self.method.after_task(self.ctx, t)
+                train, _ = self.learn_task(t)
             except Exception as exc:  # keep what is done; say what failed
                 rec["status"], rec["error"] = "failed", f"task {t + 1} ({task.name}): {exc}"
                 self._finish_record(rec)
@@ -483,8 +540,37 @@ class Runner:
             self._save(rec, t + 1)
         validate_record(rec, self.cfg.run_id())
         if self.rank == 0:
+            self._refuse_foreign_record()
             write_json_atomic(self.out_path(), rec)
         return rec
+
+    def _refuse_foreign_record(self) -> None:
+        """A record of another configuration under this run's name is never overwritten silently."""
+        path = self.out_path()
+        if not path.is_file() or self.cfg.restart:
+            return
+        try:
+            old = json.loads(path.read_text()).get("fingerprint") or {}
+        except (OSError, ValueError, AttributeError):
+            old = {}
+        if old.get("digest") not in (None, self.fingerprint()["digest"]):
+            differ = sorted(k for k, v in self.fingerprint()["fields"].items() if old.get("fields", {}).get(k) != v)
+            raise CheckpointError(f"{path}: a record of another configuration has this name (differs in: "
+                                  f"{', '.join(differ)}); use --restart to replace it, or another --out")
+
+    def learn_task(self, t: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """Task ``t`` as a run learns it: the method's before-task hook, training, then its after-task hook
+        (PEGP collects its bases there). Returns the training summary and the seconds of training and hook."""
+        data = self.data[self.seq.tasks[t].name]
+        self.ctx.task_index, self.ctx.task_data = t, data
+        torch.manual_seed(_task_seed(self.cfg.seed, t))
+        self.method.before_task(self.ctx, t)
+        t0 = time.perf_counter()
+        train = self.train_task(t, data)
+        t1 = time.perf_counter()
+        if self.method.trains:
+            self.method.after_task(self.ctx, t)
+        return train, {"train_s": t1 - t0, "after_task_s": time.perf_counter() - t1}
 
     def _say(self, msg: str) -> None:
         if self.rank == 0 and self.cfg.progress:

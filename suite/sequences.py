@@ -17,17 +17,17 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .errors import SuiteError
 from .paths import safe_name
 
 ARCHIVE = "archive"  # tasks/archive/<name>.v<N>.yaml: earlier versions of sequence files
 TRACKS = ("class-incremental", "domain-incremental", "cross-modal")
 # Training settings a sequence file does not state; a sequence's ``training`` overrides them, a run config's
 # ``training`` overrides both (``TaskSequence.default_training``).
-TRAINING_DEFAULTS = {"iterations": 100, "epochs": 0, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
-                     "optimizer": "adamw", "schedule": "cosine", "warmup": 0}
+from .optim import TRAINING_DEFAULTS  # noqa: E402  (the defaults are stated once, with their type)
 
 
-class SequenceError(ValueError):
+class SequenceError(SuiteError):
     """A task-sequence file that is malformed; the message is one line naming file and field."""
 
 
@@ -140,7 +140,7 @@ def _schema_error_line(err: jsonschema.ValidationError) -> str:
 def _load_templates_file(path: Path, owner: Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise SequenceError(f"{owner}: templates_file: no such file {path}")
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path, SequenceError, "templates file")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise SequenceError(f"{path}: (top level): must map template-set names to lists of templates")
     for key, items in data.items():
@@ -219,13 +219,54 @@ def parse_sequence(data: Any, file: str | Path = "<memory>") -> TaskSequence:
     )
 
 
+MAX_YAML_ALIASES = 256  # an alias bomb ("billion laughs") expands to gigabytes; real files use a handful
+MAX_YAML_BYTES = 4 * 2**20
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses more than :data:`MAX_YAML_ALIASES` aliases."""
+
+    def compose_node(self, parent, index):  # noqa: D401 — PyYAML's hook
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (line {mark.line + 1}): refused")
+        return super().compose_node(parent, index)
+
+
+MAX_YAML_NODES = 200_000  # values after expanding aliases
+
+
+def _expanded_size(obj: Any, memo: dict[int, int]) -> int:
+    """How many values ``obj`` holds once every alias is expanded (shared parts counted each time they occur)."""
+    if not isinstance(obj, (dict, list)):
+        return 1
+    if id(obj) not in memo:
+        memo[id(obj)] = 0  # a recursive alias counts once
+        items = list(obj.keys()) + list(obj.values()) if isinstance(obj, dict) else obj
+        memo[id(obj)] = 1 + sum(_expanded_size(v, memo) for v in items)
+    return memo[id(obj)]
+
+
+def parse_yaml(text: str) -> Any:
+    """Safe YAML with bounded aliases and expanded size; the one YAML reader of the suite's input files."""
+    data = yaml.load(text, Loader=BoundedLoader)  # noqa: S506 — a SafeLoader subclass
+    size = _expanded_size(data, {})
+    if size > MAX_YAML_NODES:
+        raise yaml.YAMLError(f"{size} values once aliases are expanded (at most {MAX_YAML_NODES}): refused")
+    return data
+
+
 def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
-    """Parse a YAML file; a missing file or bad YAML is ``error`` with one line naming the file and line."""
+    """Parse a YAML file; a missing, huge or bad file is ``error`` with one line naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: (file): no such {what}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise error(f"{path}: (file): {path.stat().st_size} bytes; a {what} is at most {MAX_YAML_BYTES} bytes")
     try:
-        return yaml.safe_load(path.read_text())
+        return parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}" if mark else "(file)"

@@ -31,6 +31,7 @@ from pathlib import Path
 import jsonschema
 
 from .analysis import group_records
+from .errors import SuiteError
 from .records import RecordError, load_record
 from .runner import RunConfig, Runner
 from .sequences import read_yaml
@@ -38,7 +39,7 @@ from .sequences import read_yaml
 HEADLINE = ("transfer", "avg", "last", "bwt", "forgetting")
 
 
-class PlanError(ValueError):
+class PlanError(SuiteError):
     """A plan file that is malformed; one line naming the file and field."""
 
 
@@ -126,6 +127,8 @@ def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print)
 def collect(paths: list[str]) -> list[dict]:
     files: list[Path] = []
     for p in map(Path, paths):
+        if not p.exists():
+            raise RecordError(f"{p}: no such record file or folder")
         files.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
     return [load_record(f) for f in files]
 
@@ -148,7 +151,8 @@ def summarize_table(paths: list[str]) -> str:
     out = [head]
     for r in rows:
         cells = [("n/a" if r[k] is None else f"{100 * r[k][0]:.1f}±{100 * r[k][1]:.1f}") for k in HEADLINE]
-        out.append(f"{r['sequence']:26s} {r['method']:9s} {r['pet']:12s} {len(r['seeds']):2d} " + " ".join(f"{c:>14s}" for c in cells))
+        out.append(f"{r['sequence']:26s} {r['method']:9s} {r['pet']:12s} {len(r['seeds']):2d} "
+                   + " ".join(f"{c:>14s}" for c in cells))
     return "\n".join(out)
 
 

@@ -8,12 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from .data import world
-from .data.embedded import (FASHION_MNIST_CLASSES, HELDOUT_COMPOSITIONS, HELDOUT_FONTS, PRETRAIN_FONTS,
-                            fashion_mnist_available, fashion_mnist_root, world_split)
+from .data import materialize, world
+from .data.embedded import (
+    FASHION_MNIST_CLASSES,
+    HELDOUT_COMPOSITIONS,
+    HELDOUT_FONTS,
+    PRETRAIN_FONTS,
+    fashion_mnist_available,
+    fashion_mnist_root,
+    world_split,
+)
 from .evaluation.evaluator import Evaluator
 from .sequences import parse_sequence
-from .data import materialize
 
 OBJECT_TEMPLATES = ["a photo of a {}.", "a {}.", "a picture of a {}."]
 DIGIT_TEMPLATES = ["the digit {}.", "the number {}."]

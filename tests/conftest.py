@@ -18,17 +18,20 @@ def small_sequence(track: str = "class-incremental", protocol: str = "task-agnos
     tasks = []
     for i in range(n_tasks):
         if track == "cross-modal":
-            tasks.append({"name": f"t{i}", "source": {"adapter": "world", "facet": "scene", "domain": ["solid", "noisy", "outline"][i]},
+            tasks.append({"name": f"t{i}",
+                          "source": {"adapter": "world", "facet": "scene", "domain": ["solid", "noisy", "outline"][i]},
                           "templates": "caption", "split": {"rule": "generated", "train_size": train * 2, "test_size": test * 2}})
         else:
-            tasks.append({"name": f"t{i}", "source": {"adapter": "world", "facet": "object", "domain": ["solid", "textured", "noisy"][i]},
+            tasks.append({"name": f"t{i}",
+                          "source": {"adapter": "world", "facet": "object", "domain": ["solid", "textured", "noisy"][i]},
                           "classes": groups[i], "templates": "object",
                           "split": {"rule": "generated", "train_per_class": train, "test_per_class": test}})
     return {"name": f"small-{track}", "version": 1, "track": track, "protocol": protocol, "embedded": False,
             "image_size": 16, "templates_file": WORLD_TEMPLATES,
             "training": {"iterations": 4, "batch_size": 8, "lr": 0.01},
             "tasks": tasks,
-            "control_sets": [{"name": "ctrl", "source": {"adapter": "world", "facet": "object", "domain": "solid", "heldout": True},
+            "control_sets": [{"name": "ctrl",
+                              "source": {"adapter": "world", "facet": "object", "domain": "solid", "heldout": True},
                               "classes": ["red star", "blue heart"], "templates": "object",
                               "split": {"rule": "generated", "train_per_class": 0, "test_per_class": 4}}]}
 

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 from matplotlib.collections import PolyCollection
+from records_factory import make_record, reference, write
 from scipy import stats
 
-from records_factory import make_record, reference, write
 from suite.analysis import compare, curve, format_compare, group_records, paired_difference
 from suite.cli import main
 from suite.leaderboard.plots import comparison_figure, method_colour, save_figure

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from suite.data import DataMissingError, materialize
-from suite.data import world
+from suite.data import DataMissingError, materialize, world
 from suite.sequences import parse_sequence
 
 
@@ -55,7 +54,8 @@ def test_fashion_mnist_idx_adapter(tmp_path):
     for prefix, n in (("train", 40), ("t10k", 20)):
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    seq = _seq([{"name": "f", "source": {"adapter": "fashion-mnist", "root": str(tmp_path)}, "classes": [str(i) for i in range(10)],
+    seq = _seq([{"name": "f", "source": {"adapter": "fashion-mnist", "root": str(tmp_path)},
+                 "classes": [str(i) for i in range(10)],
                  "split": {"rule": "official", "train_per_class": 2, "test_per_class": 1}}])
     data = materialize(seq, "f", size=16)
     assert len(data.train) == 20 and len(data.test) == 10 and data.train.images.shape[1:] == (16, 16, 3)
@@ -82,6 +82,39 @@ def test_imagefolder_adapter_with_class_range_and_few_shot(tmp_path):
     assert data.classnames == ["bee", "cat"]
     assert len(data.train) == 4 and len(data.test) == 8 and set(data.test.labels) == {0, 1}
     assert data.test.load(0).shape == (10, 10, 3)
+
+
+def _folders(root, names, shade):
+    for split in ("train", "test"):
+        for c in names:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (10, 10), shade[c]).save(d / f"{i}.png")
+
+
+def test_imagefolder_maps_classes_to_folders_by_name_not_position(tmp_path):
+    shade = {"Red_Circle": (200, 0, 0), "blue-square": (0, 0, 200), "misc": (0, 200, 0)}
+    _folders(tmp_path, ["Red_Circle", "blue-square"], shade)
+    seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(tmp_path)},
+                 "classes": ["blue square", "red circle"], "split": {"rule": "official"}}])
+    data = materialize(seq, "s")
+    assert data.classnames == ["blue square", "red circle"]
+    for i in range(len(data.test)):  # label 0 is the blue folder's images, whatever the folders' sorted order
+        assert (data.test.load(i)[0, 0, 2] > 100) == (data.test.labels[i] == 0)
+    other = tmp_path / "with-extra"  # a new root: materialised data is cached per sequence and task
+    _folders(other, ["Red_Circle", "blue-square", "misc"], shade)
+    seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(other)},
+                 "classes": ["blue square", "red circle"], "split": {"rule": "official"}}])
+    with pytest.raises(DataMissingError, match=r"folder\(s\) \['misc'\] match no class"):
+        materialize(seq, "s")
+    seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(other), "folders": {"green thing": "misc"}},
+                 "classes": ["blue square", "red circle", "green thing"], "split": {"rule": "official"}}])
+    assert materialize(seq, "s").classnames[2] == "green thing"
+    seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(other)},
+                 "classes": ["blue square", "red circle", "misc", "yellow star"], "split": {"rule": "official"}}])
+    with pytest.raises(DataMissingError, match=r"no folder for class\(es\) \['yellow star'\]"):
+        materialize(seq, "s")
 
 
 def test_torchvision_adapter_reads_local_root_never_downloads(tmp_path):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from records_factory import make_record, reference, write
+
 from suite.cli import main
 from suite.leaderboard.build import MARKER, build_site
 from suite.leaderboard.submit import pack, validate_submission
@@ -354,3 +354,26 @@ def test_board_page_in_a_browser(board_records, tmp_path):
         assert errors == [], errors
     finally:
         driver.quit()
+
+
+def test_ece_is_shown_only_where_its_interval_resolves_the_differences():
+    from suite.analysis import group_records
+    from suite.leaderboard.build import unresolved_ece
+
+    base = reference()
+
+    def seeds(method: str, value: float, half: float) -> list[dict]:
+        out = []
+        for s in range(3):
+            r = make_record(base, s, method=method)
+            r["steps"][-1]["ece"] = {"value": value, "low": value - half, "high": value + half, "bins": 15, "n": 400}
+            r["summary"]["ece"] = value
+            out.append(r)
+        return out
+
+    groups = group_records(seeds("a", 0.05, 0.01) + seeds("b", 0.20, 0.005) + seeds("c", 0.21, 0.03))
+    by = {g.method: g for g in groups}
+    hidden = unresolved_ece(groups)
+    assert id(by["a"]) not in hidden           # ±1 point, 15 points from the nearest entry
+    assert id(by["b"]) not in hidden           # ±0.5 point, 1 point from c
+    assert hidden[id(by["c"])] == pytest.approx(0.03)  # ±3 points cannot tell c from b

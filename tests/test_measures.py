@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import run_config, small_sequence
 
-from conftest import MICRO, run_config, small_sequence
 from suite.data import materialize_sequence
 from suite.evaluation.evaluator import ConceptProbe, Evaluator, stratified_sample
-from suite.runner import RunConfig, run
+from suite.runner import run
 from suite.sequences import load_sequence
 
 _cfg = run_config

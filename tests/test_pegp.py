@@ -76,14 +76,11 @@ def _features(r, data):
 
 
 def _change_on_task1(r):
-    d1, d2 = (r.data[t.name] for t in r.seq.tasks)
-    r.ctx.task_index, r.ctx.task_data = 0, d1
-    r.train_task(0, d1)
-    r.method.after_task(r.ctx, 0)
+    d1 = r.data[r.seq.tasks[0].name]
+    r.learn_task(0)
     r.evaluator.invalidate_text()
     before = _features(r, d1)
-    r.ctx.task_index, r.ctx.task_data = 1, d2
-    r.train_task(1, d2)
+    r.learn_task(1)
     after = _features(r, d1)
     return float((after - before).norm() / before.norm())
 
@@ -109,12 +106,9 @@ def test_invariance_pegp_keeps_old_task_outputs(seq_file, pet):
 @pytest.mark.parametrize("pet", sorted(PETS))
 def test_projected_gradients_are_orthogonal_to_bases(seq_file, pet):
     r = _runner(seq_file, pet, "pegp")
-    d1, d2 = (r.data[t.name] for t in r.seq.tasks)
-    r.ctx.task_index, r.ctx.task_data = 0, d1
-    r.train_task(0, d1)
-    r.method.after_task(r.ctx, 0)
+    d2 = r.data[r.seq.tasks[1].name]
+    r.learn_task(0)
     assert r.method.report()["basis_directions"] > 0
-    r.ctx.task_index, r.ctx.task_data = 1, d2
     batch = next(iter(r.batches(d2, 1, seed=1)))
     r.method.loss(r.ctx, batch).backward()
     raw = {id(p): p.grad.detach().clone() for p in r.pet.parameters() if p.grad is not None}
@@ -232,9 +226,7 @@ def test_ewc_penalty_scale_does_not_depend_on_fisher_batches(seq_file):
                         method_options={"fisher_batches": n}, training={"iterations": 2, "batch_size": 8},
                         progress=False, out="/tmp/unused", run_dir="/tmp/unused")
         r = Runner(cfg)
-        d1 = r.data[r.seq.tasks[0].name]
-        r.ctx.task_index, r.ctx.task_data = 0, d1
-        r.method.after_task(r.ctx, 0)
+        r.learn_task(0)
         fishers[n] = sum(float(f.sum()) for f in r.method.fisher)
     assert fishers[4] > 0
     assert fishers[8] == pytest.approx(fishers[4], rel=0.5)  # a mean, not a sum (a sum would double it)

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import MICRO, run_config, small_sequence
 
-from conftest import MICRO, run_config
 from suite.methods import Method
 from suite.records import load_record, strip_timings, validate_record
-from suite.runner import RunConfig, TrainingFailed, run
+from suite.runner import TrainingFailed, run
 
 _cfg = run_config
 
@@ -98,8 +99,9 @@ def test_sigkill_during_task_two_then_resume_equals_uninterrupted(seq_file, tmp_
             ckpt = found[0]
             break
         time.sleep(0.05)
-    assert ckpt is not None and proc.poll() is None, \
-        f"task 1 never finished, or the run ended before task 2: {proc.stderr.read().decode()[-1500:] if proc.poll() is not None else ''}"
+    assert ckpt is not None and proc.poll() is None, (
+        "task 1 never finished, or the run ended before task 2: "
+        f"{proc.stderr.read().decode()[-1500:] if proc.poll() is not None else ''}")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not list((tmp_path / "killed").glob("*.json")), "no final record after a kill"
@@ -233,3 +235,186 @@ def test_run_cli_rejects_bad_config(tmp_path, capsys):
     assert main(["run", "--config", str(p)]) == 2
     err = capsys.readouterr().err
     assert str(p) in err and "learning_rate" in err
+
+
+IDENTITY = Path(__file__).resolve().parent / "fixtures" / "identity-records.json"
+
+
+def short_records(tmp: Path) -> dict:
+    """Short runs (seq/LoRA, PEGP/prefix, zero-shot) with timings and paths stripped. The fixture holds the
+    records these gave before the runner was split into parts (``python tests/test_runner.py`` rewrites it)."""
+    from suite.records import strip_timings
+
+    seq = tmp / "identity-sequence.yaml"
+    seq.write_text(yaml.safe_dump(small_sequence()))
+    out = {}
+    for method, pet in (("seq", "lora"), ("pegp", "prefix"), ("zeroshot", None)):
+        rec = strip_timings(run(run_config(str(seq), tmp, method=method, pet=pet)))
+        rec.pop("run_id", None)
+        rec.pop("fingerprint", None)  # added with resume fingerprints, after the fixture was written
+        rec["config"]["sequence"] = seq.name
+        out[f"{method}-{pet}"] = rec
+    return json.loads(json.dumps(out, sort_keys=True))
+
+
+def test_records_are_identical_to_those_committed_before_the_refactor(tmp_path):
+    want = json.loads(IDENTITY.read_text())
+    got = short_records(tmp_path)
+    for key in want:
+        assert got[key] == want[key], key
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    IDENTITY.write_text(json.dumps(short_records(Path(tempfile.mkdtemp())), indent=1, sort_keys=True))
+
+
+class HookLog(Method):
+    """seq (or, with ``trains=False``, zero-shot) that writes down every hook the runner calls, in order."""
+
+    name = "hooklog"
+
+    def __init__(self, trains: bool = True, **options):
+        super().__init__(**options)
+        self.trains, self.calls = trains, []
+
+    def setup(self, ctx):
+        self.calls.append("setup")
+
+    def trainable(self, ctx):
+        self.calls.append("trainable")
+        return super().trainable(ctx)
+
+    def before_task(self, ctx, t):
+        self.calls.append(f"before_task {t}")
+
+    def loss(self, ctx, batch):
+        self.calls.append("loss")
+        return super().loss(ctx, batch)
+
+    def before_step(self, ctx):
+        self.calls.append("before_step")
+
+    def after_step(self, ctx):
+        self.calls.append("after_step")
+
+    def after_task(self, ctx, t):
+        self.calls.append(f"after_task {t}")
+
+    def report(self):
+        self.calls.append("report")
+        return {}
+
+    def state_dict(self):
+        self.calls.append("state_dict")
+        return {}
+
+    def load_state_dict(self, state):
+        self.calls.append("load_state_dict")
+
+
+def _steps(n: int) -> list[str]:
+    return ["loss", "before_step", "after_step"] * n
+
+
+def test_hooks_run_in_order_for_a_training_method(seq_file, tmp_path):
+    from suite.runner import Runner
+
+    cfg = run_config(seq_file(), tmp_path, training={"iterations": 2})
+    m = HookLog()
+    Runner(cfg, method=m).run()
+    per_task = lambda t: [f"before_task {t}", *_steps(2), f"after_task {t}", "report", "report", "state_dict"]
+    assert m.calls == ["setup", "trainable", *per_task(0), *per_task(1)]
+
+
+def test_hooks_of_a_method_that_does_not_train(seq_file, tmp_path):
+    from suite.runner import Runner
+
+    m = HookLog(trains=False)
+    Runner(run_config(seq_file(), tmp_path), method=m).run()
+    per_task = lambda t: [f"before_task {t}", "report", "report", "state_dict"]
+    assert m.calls == ["setup", *per_task(0), *per_task(1)]
+
+
+def test_hooks_across_a_resume(seq_file, tmp_path):
+    """Stopped after task 1 (the record of task 1 kept), resumed: state is loaded, task 1 is not repeated."""
+    from suite.runner import Runner
+
+    cfg = run_config(seq_file(n_tasks=3), tmp_path, training={"iterations": 1})
+    first = HookLog()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_second_task(ctx, t, orig=first.before_task):
+        orig(ctx, t)
+        if t == 1:
+            raise Stop
+
+    first.before_task = stop_at_second_task
+    with pytest.raises(TrainingFailed):
+        Runner(cfg, method=first).run()
+    again = HookLog()
+    import dataclasses
+
+    Runner(dataclasses.replace(cfg, resume=True), method=again).run()
+    per_task = lambda t: [f"before_task {t}", *_steps(1), f"after_task {t}", "report", "report", "state_dict"]
+    assert again.calls == ["setup", "trainable", "load_state_dict", *per_task(1), *per_task(2)]
+
+
+def test_resume_refuses_a_changed_sequence_file_and_restart_discards(seq_file, tmp_path):
+    """Killed in task 2, the sequence file's lr edited, then --resume: one line naming what differs; the old
+    checkpoint is kept. --restart discards it on purpose and runs from task 1."""
+    import dataclasses
+
+    from suite.runner import CheckpointError, Runner
+
+    path = Path(seq_file())
+    cfg = _cfg(str(path), tmp_path)
+    with pytest.raises(TrainingFailed):
+        run(cfg, method=NaNInSecondTask())
+    ckpt = tmp_path / "runs" / cfg.run_id() / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    data = yaml.safe_load(path.read_text())
+    data["training"]["lr"] = 0.05
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CheckpointError) as err:
+        Runner(dataclasses.replace(cfg, resume=True)).run()
+    msg = str(err.value)
+    assert "\n" not in msg and "training" in msg and "sequence" in msg and "--restart" in msg and str(ckpt) in msg
+    assert ckpt.read_bytes() == before  # nothing of the old run is lost
+    rec = Runner(dataclasses.replace(cfg, resume=True, restart=True)).run()
+    assert rec["status"] == "complete" and rec["training"]["lr"] == 0.05
+    assert rec["fingerprint"]["fields"]["training"] == json.dumps(rec["training"], sort_keys=True)
+
+
+def test_resume_refuses_a_corrupt_checkpoint_in_one_line(seq_file, tmp_path):
+    import dataclasses
+
+    from suite.runner import CheckpointError, Runner
+
+    cfg = _cfg(seq_file(), tmp_path)
+    folder = tmp_path / "runs" / cfg.run_id()
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a checkpoint this suite can read"):
+        Runner(dataclasses.replace(cfg, resume=True)).run()
+
+
+def test_a_record_of_another_configuration_is_not_overwritten(seq_file, tmp_path):
+    import dataclasses
+
+    from suite.runner import CheckpointError
+
+    path = Path(seq_file())
+    cfg = _cfg(str(path), tmp_path)
+    first = run(cfg)
+    data = yaml.safe_load(path.read_text())
+    data["training"]["lr"] = 0.05  # same file name, so the same record name; another configuration
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CheckpointError, match="another configuration has this name"):
+        run(cfg)
+    kept = json.loads((tmp_path / "results" / f"{cfg.run_id()}.json").read_text())
+    assert kept["fingerprint"] == first["fingerprint"]
+    assert run(dataclasses.replace(cfg, restart=True))["training"]["lr"] == 0.05

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..errors import SuiteError
 
-class DataMissingError(FileNotFoundError):
+
+class DataMissingError(SuiteError, FileNotFoundError):
     """Real data that is not on this machine: says which dataset, where we looked, and how to provide it."""
 
 
-class ManifestMismatch(ValueError):
+class ManifestMismatch(SuiteError):
     """Materialised data whose manifest hash differs from the one pinned in the sequence file."""
 
 
@@ -74,7 +76,6 @@ class TaskData:
     test: Split
     manifest_sha256: str = ""
     content_sha256: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
     def manifest(self) -> list[str]:
         return self.train.manifest_lines("train") + self.test.manifest_lines("test")

@@ -13,6 +13,7 @@ from . import world
 from .base import DataMissingError, Split, TaskData, resize_uint8, seeded_per_class
 
 DEFAULT_SIZE = 32
+MAX_RENDERED = 200_000  # images one embedded task may render (train + test)
 FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                          "ankle boot"]
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -63,6 +64,10 @@ def load_world(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
     style = src.get("caption_style", "mixed")
     per_tr = split.get("train_per_class", split.get("train_size", 0))
     per_te = split.get("test_per_class", split.get("test_size", 1))
+    total = (per_tr + per_te) * max(1, len(classes))
+    if total > MAX_RENDERED:
+        raise world.WorldError(f"{seq.path}: {task.name}.split: {total} images to render; an embedded task renders at "
+                               f"most {MAX_RENDERED}")
     train = world_split(facet, classes, domains, per_tr, rng, size, forbidden, fonts, style)
     test = world_split(facet, classes, domains, per_te, rng, size, forbidden, fonts, style)
     names = classes if classes else []
@@ -131,9 +136,12 @@ def load_fashion_mnist(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData
     return TaskData(task.name, list(task.classes), list(task.templates), parts["train"], parts["test"])
 
 
+REFERENCE_SEED_OFFSET = 10_000  # reference scenes never share a random stream with a task's own draws
+
+
 def reference_pairs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """``n`` world scenes with captions for distillation-style methods (ZSCL): seen compositions, plain domains."""
-    rng = np.random.default_rng(10_000 + seed)
+    rng = np.random.default_rng(REFERENCE_SEED_OFFSET + seed)
     specs = [world.sample_spec("scene", None, ("solid", "outline")[i % 2], rng, forbidden=HELDOUT_COMPOSITIONS)
              for i in range(n)]
     return np.stack([world.render(s, size) for s in specs]), [world.caption(s) for s in specs]

@@ -4,9 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
-from ..sequences import SequenceError, parse_sequence
+from ..sequences import SequenceError, parse_sequence, parse_yaml
 from .registry import materialize
 
 _PIN = re.compile(r"(manifest_sha256:\s*)\"?([0-9a-fA-F]*)\"?")
@@ -15,7 +13,7 @@ _PIN = re.compile(r"(manifest_sha256:\s*)\"?([0-9a-fA-F]*)\"?")
 def pin_file(path: Path) -> dict[str, str]:
     """Materialise every task of ``path`` and replace its ``manifest_sha256`` values in file order."""
     text = path.read_text()
-    data = yaml.safe_load(text)
+    data = parse_yaml(text)
     seq = parse_sequence(data, path)
     if not seq.embedded:
         raise SequenceError(f"{path}: embedded: only embedded sequences pin manifests")

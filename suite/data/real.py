@@ -67,6 +67,30 @@ def _names(task: TaskSpec, found: list[str]) -> list[str]:
     return [found[i] for i in keep] if keep else found
 
 
+def _norm(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def class_folders(task: TaskSpec, folder: Path, found: list[str]) -> list[str]:
+    """The folder of each class of ``task``, matched by name (case, ``_``, ``-`` and spaces ignored; or as
+    ``source.folders`` maps it). Classes read from the folders keep the folders' sorted order. A class without a
+    folder, or a folder without a class, is an error naming them."""
+    if not isinstance(task.classes, tuple):
+        return found
+    declared = task.source.get("folders", {})
+    by_norm = {_norm(f): f for f in found}
+    out, missing = [], []
+    for c in task.classes:
+        f = declared.get(c) or by_norm.get(_norm(c))
+        (out.append(f) if f in found else missing.append(declared.get(c, c)))
+    extra = sorted(set(found) - set(out))
+    if missing or extra:
+        parts = ([f"no folder for class(es) {missing[:5]}"] if missing else []) + (
+            [f"folder(s) {extra[:5]} match no class"] if extra else [])
+        raise DataMissingError(f"{folder} (task {task.name}): {'; '.join(parts)} (set source.folders to map names)")
+    return out
+
+
 def load_imagefolder(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
     root = data_root(task)
     sub = task.source.get("subdir", "")
@@ -76,9 +100,13 @@ def load_imagefolder(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
         d = root / sub / task.source.get(key, default) if task.source.get(key, default) else root / sub
         if not d.is_dir():
             raise _missing(task, d, f"{key.split('_')[0]} folder")
-        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+        found = sorted(p.name for p in d.iterdir() if p.is_dir())
+        if not found:
+            raise DataMissingError(f"{d} (task {task.name}): no class folders")
+        folders = class_folders(task, d, found)
+        classes = folders
         files, labels = [], []
-        for c, cname in enumerate(classes):
+        for c, cname in enumerate(folders):
             for f in sorted((d / cname).rglob("*")):
                 if f.suffix.lower() in IMAGE_EXTS:
                     files.append(f)

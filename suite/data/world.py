@@ -18,6 +18,8 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from ..errors import SuiteError
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart")
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -38,7 +40,7 @@ FACETS = ("shape", "colour", "object", "texture", "count", "glyph", "scene")
 _POS_XY = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28), "bottom": (0.5, 0.72), "center": (0.5, 0.5)}
 
 
-class WorldError(ValueError):
+class WorldError(SuiteError):
     pass
 
 
@@ -278,7 +280,8 @@ def caption(spec: dict, rng: np.random.Generator | None = None, style: str = "mi
         g = spec["glyph"]
         kind = "digit" if g["char"].isdigit() else "letter"
         options = [f"the {kind} {g['char']}", f"a {g['colour']} {g['char']}", f"the {kind} {g['char']} in {g['colour']}",
-                   f"a {g['size']} {kind} {g['char']}", f"the number {g['char']}" if kind == "digit" else f"the letter {g['char']}"]
+                   f"a {g['size']} {kind} {g['char']}",
+                   f"the number {g['char']}" if kind == "digit" else f"the letter {g['char']}"]
         return options[int(rng.integers(len(options)))]
     objs = spec.get("objects", [])
     same = len(objs) > 1 and all(_describe(o, "short") == _describe(objs[0], "short") for o in objs)

@@ -92,7 +92,8 @@ class Evaluator:
         out = []
         with torch.no_grad(), self._ctx():
             for i in range(0, len(idx), self.batch_size):
-                out.append(F.normalize(self.backbone.encode_image(batch_images(self.backbone, split, idx[i:i + self.batch_size])).float(), dim=-1))
+                images = batch_images(self.backbone, split, idx[i:i + self.batch_size])
+                out.append(F.normalize(self.backbone.encode_image(images).float(), dim=-1))
         return torch.cat(out) if out else torch.zeros(0, 1)
 
     # -- metrics -------------------------------------------------------------------------------------

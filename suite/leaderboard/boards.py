@@ -20,18 +20,18 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import jsonschema
-import yaml
 
 from ..analysis import Group, group_records
+from ..errors import SuiteError
 from ..metrics import METRICS
-from ..records import RecordError, group_key, record_digest, recompute_aggregates, validate_record
-from ..sequences import SequenceError, load_sequence, load_sequence_version
+from ..records import RecordError, group_key, recompute_aggregates, record_digest, validate_record
+from ..sequences import SequenceError, load_sequence, load_sequence_version, parse_yaml
 
 TOLERANCE = 1e-9
 VERIFIED_FILE = "verified.yaml"
 
 
-class BoardError(ValueError):
+class BoardError(SuiteError):
     pass
 
 
@@ -53,7 +53,7 @@ def load_boards(root: Path | None = None) -> dict[str, dict]:
     for p in sorted((root or boards_dir()).glob("*.yaml")):
         if p.name == VERIFIED_FILE or p.name.endswith("-plan.yaml"):  # the maintainers' files beside the boards
             continue
-        data = yaml.safe_load(p.read_text())
+        data = parse_yaml(p.read_text())
         err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
         if err is not None:
             raise BoardError(f"{p}: {'.'.join(map(str, err.absolute_path)) or '(top level)'}: {err.message}")
@@ -105,7 +105,8 @@ def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | N
         value = recomputed.get(key)
         if key not in recomputed:
             raise RecordError(f"{where}: aggregates.{key}: not an aggregate of this suite")
-        if (value is None) != (claimed is None) or (value is not None and not math.isclose(claimed, value, rel_tol=0, abs_tol=TOLERANCE)):
+        differs = value is not None and not math.isclose(claimed, value, rel_tol=0, abs_tol=TOLERANCE)
+        if (value is None) != (claimed is None) or differs:
             raise RecordError(f"{where}: aggregates.{key}: submitted {claimed} but the matrix gives {value}")
 
 
@@ -138,7 +139,7 @@ def load_verifications(root: Path | None = None) -> dict[str, dict]:
     path = (root or boards_dir()) / VERIFIED_FILE
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text()) or []
+    data = parse_yaml(path.read_text()) or []
     if not isinstance(data, list):
         raise BoardError(f"{path}: (top level): a list of verifications")
     out = {}

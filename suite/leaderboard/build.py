@@ -144,6 +144,27 @@ def rank_entries(groups: list[Group], rank_by: str) -> list[dict]:
     return out + [{"group": g, "rank": "–", "tied": False} for g in missing]
 
 
+def ece_halfwidth(g: Group) -> float | None:
+    """Mean over seeds of the half-width of the last step's bootstrap ECE interval (sampling uncertainty)."""
+    widths = [(e["high"] - e["low"]) / 2 for r in g.records if isinstance(e := r["steps"][-1].get("ece"), dict)]
+    return sum(widths) / len(widths) if widths else None
+
+
+def unresolved_ece(groups: list[Group]) -> dict[int, float]:
+    """Groups whose ECE interval is wider than the gap to the nearest other entry's ECE: the board cannot rank
+    them on it, so it shows the interval instead of a value. Maps ``id(group)`` to the half-width."""
+    means = {id(g): s.mean for g in groups if (s := g.stat("ece")) is not None}
+    out = {}
+    for g in groups:
+        hw = ece_halfwidth(g)
+        if hw is None or id(g) not in means:
+            continue
+        gaps = [abs(means[id(g)] - m) for k, m in means.items() if k != id(g)]
+        if gaps and hw >= min(gaps):
+            out[id(g)] = hw
+    return out
+
+
 def _render(out: Path, boards: dict, tri: Triage, n_records: int) -> None:
     env = _env()
     for static in ("style.css", "board.js"):
@@ -186,7 +207,8 @@ def _sequence_block(out: Path, env: Environment, board: dict, seq: str, groups: 
     ranked = [g for g in groups if len(g.seeds) >= board["min_seeds"]]
     unranked = [g for g in groups if len(g.seeds) < board["min_seeds"]]
     figures = []
-    order = [item["group"] for item in rank_entries(ranked, board["rank_by"])]
+    ordered = rank_entries(ranked, board["rank_by"])
+    order = [item["group"] for item in ordered]
     shown = order[:IN_FIGURES]
     if shown:
         stem = safe_name(f"{board['name']}--{seq}")
@@ -197,10 +219,13 @@ def _sequence_block(out: Path, env: Environment, board: dict, seq: str, groups: 
                    {"src": f"figures/{trade.name}", "alt": f"Last accuracy against plasticity gain on {seq}, one point "
                     f"per method with 95% intervals over seeds"}]
     columns = board["summary_columns"] + [c for c in board["columns"] if c not in board["summary_columns"]]
-    rows = []
-    for item in rank_entries(ranked, board["rank_by"]):
-        rows.append(_row(out, env, item["group"], columns, tri, common, rank=item["rank"], tied=item["tied"]))
+    rows = [_row(out, env, item["group"], columns, tri, common, rank=item["rank"], tied=item["tied"]) for item in ordered]
     unranked_rows = [_row(out, env, g, columns, tri, common, rank="–", tied=False) for g in unranked]
+    if "ece" in columns:
+        hidden = unresolved_ece(ranked + unranked)
+        for row, g in zip(rows + unranked_rows, [i["group"] for i in ordered] + unranked):
+            if id(g) in hidden:
+                row["cells"]["ece"] = {"text": f"n.s. (±{100 * hidden[id(g)]:.1f})", "sort": ""}
     note = f"Figures: the {len(shown)} best-ranked of {len(order)} entries." if len(order) > len(shown) else ""
     return {"name": seq, "rows": rows, "unranked": unranked_rows, "figures": figures, "min_seeds": board["min_seeds"],
             "figure_note": note, "calibration": _calibration(seq)}

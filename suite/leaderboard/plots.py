@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ..analysis import Group, curve_stats, group_records  # noqa: E402
+from ..errors import ConfigError
 from ..metrics import METRICS, metric  # noqa: E402
 
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
@@ -57,7 +58,7 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG, SVG or PDF (by suffix) and close it."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"{path}: figure format must be one of {', '.join(FORMATS)}")
+        raise ConfigError(f"{path}: figure format must be one of {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -176,7 +177,7 @@ def comparison_figure(groups: list[Group], kind: str, name: str = "avg", x: str 
         return tradeoff_figure(groups, x=x, y=y)
     if kind == "matrix":
         return matrix_figure(groups)
-    raise ValueError(f"unknown figure kind {kind!r}; use {', '.join(KINDS)}")
+    raise ConfigError(f"unknown figure kind {kind!r}; use {', '.join(KINDS)}")
 
 
 def plot_records(records: Iterable[dict], kind: str, out: str | Path, name: str = "avg", x: str = "plasticity",
@@ -184,12 +185,12 @@ def plot_records(records: Iterable[dict], kind: str, out: str | Path, name: str 
     """``clsuite plot``: group ``records`` by configuration and draw one comparison figure to ``out``."""
     groups = group_records(records)
     if not groups:
-        raise ValueError("no records to plot")
+        raise ConfigError("no records to plot")
     if kind in ("curves", "retention", "hallucination") and len({g.sequence for g in groups}) > 1:
-        raise ValueError(f"curves compare one sequence at a time; got {sorted({g.sequence for g in groups})}")
+        raise ConfigError(f"curves compare one sequence at a time; got {sorted({g.sequence for g in groups})}")
     for flag, m in (("--x", x), ("--y", y)):
         if m not in METRICS:
-            raise ValueError(f"{flag}: unknown metric {m!r}; known: {', '.join(METRICS)}")
+            raise ConfigError(f"{flag}: unknown metric {m!r}; known: {', '.join(METRICS)}")
     return save_figure(comparison_figure(groups, kind, name, x, y), out)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import RecordError, group_key, load_record, record_digest, write_json_atomic
-from ..sequences import SequenceError, load_sequence
+from ..sequences import SequenceError, load_sequence, parse_yaml
 from .boards import VERIFIED_FILE, board_for, boards_dir, check_record, load_boards, off_budget
 
 SUBMISSION_SCHEMA = "clsuite/submission/v1"
@@ -36,6 +36,8 @@ def validate_submission(path: str | Path) -> list[str]:
         return [f"{p}: schema: not a {SUBMISSION_SCHEMA} file (schema, board, records)"]
     boards = load_boards()
     board_names = sub.get("board") if isinstance(sub.get("board"), list) else [sub.get("board")]
+    if not all(isinstance(b, str) for b in board_names):
+        return [f"{p}: board: a board name or a list of names, got {json.dumps(sub.get('board'))[:80]}"]
     unknown = [b for b in board_names if b not in boards]
     if unknown:
         return [f"{p}: board: unknown board {unknown[0]!r}; known: {', '.join(boards)}"]
@@ -100,7 +102,7 @@ def add_verification(rec: dict, max_abs_diff: float, verified_file: str | Path |
     import yaml
 
     path = Path(verified_file) if verified_file else boards_dir() / VERIFIED_FILE
-    items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    items = (parse_yaml(path.read_text()) or []) if path.is_file() else []
     digest = record_digest(rec)
     items = [i for i in items if i.get("digest") != digest]
     items.append({"digest": digest, "tier": "reproduced", "run_id": rec["run_id"], "max_abs_diff": float(max_abs_diff),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
 from ..plugins import PluginError, distribution, load, plugins
-
 from .base import Method, RunContext
 from .ewc import EWC
 from .finetune import FullFineTune
@@ -45,7 +45,7 @@ def method_class(name: str) -> type[Method]:
                               f"shadows the built-in method of that name; rename the plug-in's entry point")
         return BUILTIN[name]
     if name not in found:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(available_methods()))}")
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(available_methods()))}")
     ep = found[name]
     cls = load(ep, "method")
     if not (isinstance(cls, type) and issubclass(cls, Method)):

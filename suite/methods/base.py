@@ -26,6 +26,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 @dataclass
 class RunContext:
@@ -56,7 +58,7 @@ class Method:
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.option_defaults())
         if unknown:
-            raise ValueError(f"method {self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.option_defaults())}")
+            raise ConfigError(f"method {self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.option_defaults())}")
         self.options = {**self.option_defaults(), **options}
 
     @classmethod

@@ -16,11 +16,11 @@ from torch import nn
 
 from ..pet.base import PETConfig, select_sites
 from ..projection import FeatureBasis, GradSpace, Projector
-from .base import Method, RunContext
-from .pegp import basis_report
+from .base import RunContext
+from .pegp import ProjectedSteps, basis_report
 
 
-class GPM(Method):
+class GPM(ProjectedSteps):
     name = "gpm"
     needs_pet = False
 
@@ -60,14 +60,6 @@ class GPM(Method):
 
     def trainable(self, ctx: RunContext) -> list[nn.Parameter]:
         return [lin.weight for lin in self.linears.values()]
-
-    def before_step(self, ctx: RunContext) -> None:
-        if self.tasks_done:
-            self.projector.before_step()
-
-    def after_step(self, ctx: RunContext) -> None:
-        if self.tasks_done:
-            self.projector.after_step()
 
     @torch.no_grad()
     def after_task(self, ctx: RunContext, t: int) -> None:

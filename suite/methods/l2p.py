@@ -50,7 +50,8 @@ class L2P(Method):
         self.layers: list[PoolPrompt] = []
         undo: list = []
         for site in select_sites(ctx.backbone, PETConfig(towers="vision", layers=o["layers"])):
-            layer = PoolPrompt(f"l2p.vision.{site.index}", site.attn, site.block.ln_1, site.width, o["pool"], o["length"], o["top_n"])
+            layer = PoolPrompt(f"l2p.vision.{site.index}", site.attn, site.block.ln_1, site.width, o["pool"], o["length"],
+                               o["top_n"])
             register_source(site.attn, layer, undo)
             self.layers.append(layer.to(ctx.device))
         dim = int(ctx.backbone.model.visual.output_dim)

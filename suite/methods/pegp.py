@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..projection import FeatureBasis, Projector
 from .base import Method, RunContext
 
@@ -40,7 +41,23 @@ OFFICIAL = {"basis": "official", "threshold": "official", "project_update": Fals
             "collect_images": 768}
 
 
-class PEGP(Method):
+class ProjectedSteps(Method):
+    """The step hooks of a gradient-projection method: once a task is learned (``tasks_done``), gradients and
+    applied updates go through ``projector`` (:class:`~suite.projection.Projector`). PEGP and GPM share them."""
+
+    projector: Projector
+    tasks_done: int = 0
+
+    def before_step(self, ctx: RunContext) -> None:
+        if self.tasks_done:
+            self.projector.before_step()
+
+    def after_step(self, ctx: RunContext) -> None:
+        if self.tasks_done:
+            self.projector.after_step()
+
+
+class PEGP(ProjectedSteps):
     name = "pegp"
 
     @classmethod
@@ -51,19 +68,19 @@ class PEGP(Method):
     def __init__(self, **options: Any):
         preset = options.get("preset")
         if preset not in (None, "official"):
-            raise ValueError(f"method pegp: preset: {preset!r}; known: official")
+            raise ConfigError(f"method pegp: preset: {preset!r}; known: official")
         if preset == "official":
             options = {**OFFICIAL, **options}
         super().__init__(**options)
         if self.options["basis"] not in FeatureBasis.CRITERIA:
-            raise ValueError(f"method pegp: basis: {self.options['basis']!r}; known: {', '.join(FeatureBasis.CRITERIA)}")
+            raise ConfigError(f"method pegp: basis: {self.options['basis']!r}; known: {', '.join(FeatureBasis.CRITERIA)}")
 
     def setup(self, ctx: RunContext) -> None:
         if ctx.pet is None:
-            raise ValueError("pegp projects PET gradients: give --pet")
+            raise ConfigError("pegp projects PET gradients: give --pet")
         if self.options["threshold"] == "official":
             if ctx.pet.kind not in OFFICIAL_THRESHOLDS:
-                raise ValueError(f"method pegp: threshold: no official ε for PET {ctx.pet.kind!r}; give a number")
+                raise ConfigError(f"method pegp: threshold: no official ε for PET {ctx.pet.kind!r}; give a number")
             self.options["threshold"] = OFFICIAL_THRESHOLDS[ctx.pet.kind]
         spaces = [s for s in ctx.pet.grad_spaces() if self.options["project_values"] or s.role != "value"]
         self.bases: dict[str, FeatureBasis] = {}
@@ -80,15 +97,6 @@ class PEGP(Method):
             if fnmatch.fnmatch(key, pattern):
                 return float(eps)
         return float(self.options["threshold"])
-
-    # gradient hooks ----------------------------------------------------------------------------------
-    def before_step(self, ctx: RunContext) -> None:
-        if self.tasks_done:
-            self.projector.before_step()
-
-    def after_step(self, ctx: RunContext) -> None:
-        if self.tasks_done:
-            self.projector.after_step()
 
     def max_residual(self, reference: dict[int, torch.Tensor] | None = None) -> float:
         return self.projector.max_residual(reference)

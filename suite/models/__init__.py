@@ -6,7 +6,9 @@ Model specs (strings):
   pretrained weights when they exist (``suite/assets/<name>.safetensors``), else random (``embedded:tiny-clip@random``);
 - ``open_clip:ViT-B-16`` (random), ``open_clip:ViT-B-16@openai`` (pretrained tag; needs the weights cached
   locally since nothing downloads here), ``open_clip:ViT-B-16@/path/to/ckpt.pt`` (local checkpoint);
-- ``hf:/path/to/dir`` — a transformers ``CLIPModel`` saved with ``save_pretrained``.
+- ``hf:/path/to/dir`` — a transformers ``CLIPModel`` saved with ``save_pretrained``;
+- ``<kind>:<name>[@<tag>]`` — a loader an installed package registers under the entry-point group
+  ``clsuite.backbones`` with name ``<kind>``: a callable ``(name, tag) -> Backbone`` (imported only when asked).
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import SuiteError
 from .backbone import Backbone, HFBackbone, OpenClipBackbone
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ModelError(ValueError):
+class ModelError(SuiteError):
     pass
 
 
@@ -116,11 +119,40 @@ def create_model_and_transforms(spec: str = "embedded:tiny-clip", device: str | 
         tok = CLIPTokenizer.from_pretrained(str(path), local_files_only=True) if (path / "vocab.json").is_file() else None
         bb = HFBackbone(model, tokenizer=tok, spec=spec)
     else:
-        raise ModelError(f"unknown model kind {kind!r} in {spec!r} (use embedded:, open_clip: or hf:)")
+        bb = _plugin_backbone(kind, name, tag, spec)
     if freeze:
         for p in bb.parameters():
             p.requires_grad_(False)
     return bb.to(device).eval()
 
 
-__all__ = ["Backbone", "ModelError", "create_model_and_transforms", "embedded_config", "embedded_configs", "asset_path"]
+def weights_digest(model: nn.Module) -> str:
+    """sha256 (16 hex) of a model's parameters and buffers, names included: the weights a run starts from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+BACKBONE_PLUGINS = "clsuite.backbones"
+BUILT_IN = ("embedded", "open_clip", "hf")
+
+
+def _plugin_backbone(kind: str, name: str, tag: str | None, spec: str) -> Backbone:
+    from ..plugins import load, plugins
+
+    eps = plugins(BACKBONE_PLUGINS)
+    if kind not in eps:
+        known = ", ".join(f"{k}:" for k in (*BUILT_IN, *sorted(eps)))
+        raise ModelError(f"unknown model kind {kind!r} in {spec!r} (use {known})")
+    bb = load(eps[kind], "backbone loader")(name, tag)
+    if not isinstance(bb, Backbone):
+        raise ModelError(f"{spec}: the {kind!r} loader returned {type(bb).__name__}, not a suite Backbone")
+    return bb
+
+
+__all__ = ["Backbone", "ModelError", "weights_digest",
+           "create_model_and_transforms", "embedded_config", "embedded_configs", "asset_path"]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .attention import SplitAttention, split_attention_in
 
 TOWERS = ("vision", "text")
@@ -155,7 +156,7 @@ class HFBackbone(Backbone):
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         if self._tokenizer is None:
-            raise ValueError(f"{self.spec}: no tokenizer files (vocab.json, merges.txt) in the model directory")
+            raise ConfigError(f"{self.spec}: no tokenizer files (vocab.json, merges.txt) in the model directory")
         return self._tokenizer(texts, padding="max_length", truncation=True, max_length=self.context_length,
                                return_tensors="pt")["input_ids"]
 

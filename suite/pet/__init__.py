@@ -20,6 +20,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from ..errors import ConfigError
 from ..models.backbone import Backbone
 from ..plugins import PluginError, load, plugins
 from . import adapter, coop, gated_prefix, gated_prompt, lora, prefix, vpt
@@ -34,7 +35,7 @@ def _module(kind: str) -> ModuleType:
         return BUILTIN[kind]
     found = plugins(ENTRY_POINT_GROUP)
     if kind not in found:
-        raise ValueError(f"unknown PET {kind!r}; known: {', '.join(available_pets())}")
+        raise ConfigError(f"unknown PET {kind!r}; known: {', '.join(available_pets())}")
     mod = load(found[kind], "PET")
     if getattr(mod, "KIND", None) != kind or not hasattr(mod, "attach") or not hasattr(mod, "CONFIG"):
         raise PluginError(f"PET {kind!r}: {found[kind].value} must define KIND = {kind!r}, CONFIG and attach")

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.backbone import Backbone
 from ..projection import GradSpace
-from .base import PET, register_config, PETConfig, PETLayer, replace_attr, select_sites, undo_all
+from .base import PET, PETConfig, PETLayer, register_config, replace_attr, select_sites, undo_all
 
 POSITIONS = ("mlp", "attn")
 
@@ -30,10 +31,11 @@ class AdapterConfig(PETConfig):
     bias: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.position not in POSITIONS:
-            raise ValueError(f"adapter position must be mlp or attn, got {self.position!r}")
+            raise ConfigError(f"adapter position must be mlp or attn, got {self.position!r}")
         if self.bottleneck < 1:
-            raise ValueError(f"adapter bottleneck must be >= 1, got {self.bottleneck}")
+            raise ConfigError(f"adapter bottleneck must be >= 1, got {self.bottleneck}")
 
 
 def _with_one(x: torch.Tensor) -> torch.Tensor:

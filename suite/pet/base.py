@@ -7,12 +7,14 @@ by the same code.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.backbone import TOWERS, Backbone, BlockSite
 from ..projection import GradSpace
 
@@ -26,11 +28,17 @@ class PETConfig:
     towers: str = "both"
     layers: str = "all"
 
+    def __post_init__(self) -> None:
+        self.tower_list()
+        spec = str(self.layers).strip()
+        if not re.fullmatch(r"all|first:\d+|\d+(-\d+)?(,\d+(-\d+)?)*", spec):
+            raise ConfigError(f"layers must be all, first:K, or indices like 0-3 or 0,2,5; got {self.layers!r}")
+
     def tower_list(self) -> list[str]:
         if self.towers == "both":
             return list(TOWERS)
         if self.towers not in TOWERS:
-            raise ValueError(f"towers must be vision, text or both, got {self.towers!r}")
+            raise ConfigError(f"towers must be vision, text or both, got {self.towers!r}")
         return [self.towers]
 
     def layer_ids(self, n: int) -> list[int]:
@@ -47,7 +55,7 @@ class PETConfig:
             ids.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
         bad = [i for i in ids if not 0 <= i < n]
         if bad:
-            raise ValueError(f"layers {bad} out of range 0..{n - 1}")
+            raise ConfigError(f"layers {bad} out of range 0..{n - 1}")
         return sorted(set(ids))
 
     @classmethod
@@ -59,13 +67,13 @@ class PETConfig:
         if preset is not None:
             kind = next((k for k, c in _CONFIGS.items() if c is cls), None)
             if preset != "pegp-official" or kind not in OFFICIAL_SHAPES:
-                raise ValueError(f"{cls.__name__}: preset {preset!r} unknown for this PET (known: pegp-official "
+                raise ConfigError(f"{cls.__name__}: preset {preset!r} unknown for this PET (known: pegp-official "
                                  f"for {', '.join(OFFICIAL_SHAPES)})")
             options = {**OFFICIAL_SHAPES[kind], **options}
         known = {f.name for f in fields(cls)}
         unknown = set(options) - known
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(f"{cls.__name__}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**options)
 
     def to_dict(self) -> dict:

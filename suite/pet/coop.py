@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.backbone import Backbone
 from ..projection import GradSpace
-from .base import PET, register_config, PETConfig, PETLayer, replace_attr, undo_all
+from .base import PET, PETConfig, PETLayer, register_config, replace_attr, undo_all
 
 PLACEHOLDER = "X"
 JACOBIAN_CHUNK = 64  # output dimensions differentiated at once
@@ -44,12 +45,13 @@ class CoOpConfig(PETConfig):
     jacobian_rows: int = 0  # PEGP space: rows per class, 0 = all output dimensions (exact); m > 0 = a sketch
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.towers != "text":
-            raise ValueError(f"coop learns the text tower's context only (towers: text), got {self.towers!r}")
+            raise ConfigError(f"coop learns the text tower's context only (towers: text), got {self.towers!r}")
         if self.length < 1:
-            raise ValueError(f"coop length must be >= 1, got {self.length}")
+            raise ConfigError(f"coop length must be >= 1, got {self.length}")
         if self.jacobian_rows < 0:
-            raise ValueError(f"coop jacobian_rows must be >= 0 (0 = all), got {self.jacobian_rows}")
+            raise ConfigError(f"coop jacobian_rows must be >= 0 (0 = all), got {self.jacobian_rows}")
 
 
 class ContextEmbedding(PETLayer):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models.backbone import Backbone
-from .base import PET, register_config, PETConfig, select_sites, undo_all
+from .base import PET, PETConfig, register_config, select_sites, undo_all
 from .kv import GatedKV, PrefixSlots, register_source
 
 

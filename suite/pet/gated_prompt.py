@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.backbone import Backbone
-from .base import PET, register_config, PETConfig, select_sites, undo_all
+from .base import PET, PETConfig, register_config, select_sites, undo_all
 from .kv import GatedKV, PromptTokens, register_source
 
 
@@ -37,7 +38,7 @@ class GatedPrompt(PromptTokens, GatedKV):
 
 def attach(backbone: Backbone, cfg: GatedPromptConfig) -> PET:
     if cfg.depth not in ("deep", "shallow"):
-        raise ValueError(f"gated-prompt depth must be deep or shallow, got {cfg.depth!r}")
+        raise ConfigError(f"gated-prompt depth must be deep or shallow, got {cfg.depth!r}")
     layers, undo, seen = [], [], set()
     for site in select_sites(backbone, cfg):
         if cfg.depth == "shallow" and site.tower in seen:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.backbone import Backbone
 from ..projection import GradSpace
-from .base import PET, register_config, PETConfig, PETLayer, replace_attr, select_sites, undo_all
+from .base import PET, PETConfig, PETLayer, register_config, replace_attr, select_sites, undo_all
 
 ATTN_ROLES = ("q", "k", "v", "out")
 MLP_ROLES = ("fc1", "fc2")
@@ -29,6 +30,13 @@ class LoRAConfig(PETConfig):
     alpha: float = 8.0
     targets: str = "q,k,v,out"  # any of q,k,v,out,fc1,fc2
     mlp: bool = False  # shorthand: also fc1,fc2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise ConfigError(f"lora rank must be an integer >= 1, got {self.rank!r}")
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"lora alpha must be a positive number, got {self.alpha!r}")
 
 
 class LoRALinear(PETLayer):
@@ -56,14 +64,14 @@ def attach(backbone: Backbone, cfg: LoRAConfig) -> PET:
     roles = [r.strip() for r in cfg.targets.split(",") if r.strip()] + (list(MLP_ROLES) if cfg.mlp else [])
     bad = [r for r in roles if r not in ATTN_ROLES + MLP_ROLES]
     if bad:
-        raise ValueError(f"lora targets {bad} unknown; use {', '.join(ATTN_ROLES + MLP_ROLES)}")
+        raise ConfigError(f"lora targets {bad} unknown; use {', '.join(ATTN_ROLES + MLP_ROLES)}")
     layers, undo = [], []
     for site in select_sites(backbone, cfg):
         for role in dict.fromkeys(roles):
             parent, attr = site.linears[role]
             base = getattr(parent, attr)
             if isinstance(base, LoRALinear):
-                raise ValueError(f"{site.tower}.{site.index}.{role} already carries LoRA")
+                raise ConfigError(f"{site.tower}.{site.index}.{role} already carries LoRA")
             layer = LoRALinear(f"lora.{site.tower}.{site.index}.{role}", base, cfg.rank, cfg.alpha)
             replace_attr(parent, attr, layer, undo)
             layers.append(layer)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from ..models.backbone import Backbone
-from .base import PET, register_config, PETConfig, select_sites, undo_all
+from .base import PET, PETConfig, register_config, select_sites, undo_all
 from .kv import ConcatKV, PrefixSlots, register_prefix
 
 
@@ -24,8 +25,9 @@ class PrefixConfig(PETConfig):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.length < 1:
-            raise ValueError(f"prefix length must be >= 1, got {self.length}")
+            raise ConfigError(f"prefix length must be >= 1, got {self.length}")
 
 
 class Prefix(PrefixSlots, ConcatKV):

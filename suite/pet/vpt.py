@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.backbone import Backbone
-from .base import PET, register_config, PETConfig, PETLayer, replace_attr, select_sites, undo_all
+from .base import PET, PETConfig, PETLayer, register_config, replace_attr, select_sites, undo_all
 from .kv import ConcatKV, PromptTokens, register_prefix
 
 DEPTHS = ("deep", "shallow")
@@ -39,13 +40,14 @@ class VPTConfig(PETConfig):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.towers != "vision":
-            raise ValueError(f"vpt prompts the vision tower only (towers: vision), got {self.towers!r}; "
+            raise ConfigError(f"vpt prompts the vision tower only (towers: vision), got {self.towers!r}; "
                              f"for the text tower use coop")
         if self.depth not in DEPTHS:
-            raise ValueError(f"vpt depth must be deep or shallow, got {self.depth!r}")
+            raise ConfigError(f"vpt depth must be deep or shallow, got {self.depth!r}")
         if self.length < 1:
-            raise ValueError(f"vpt length must be >= 1, got {self.length}")
+            raise ConfigError(f"vpt length must be >= 1, got {self.length}")
 
 
 class DeepPrompt(PromptTokens, ConcatKV):

@@ -1,0 +1,107 @@
+"""One typed configuration and a command line that is one thing: bad settings are one line naming the field,
+nested options reach methods, and only the suite's own errors are shortened to a line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from suite.cli import main
+from suite.errors import ConfigError, SuiteError
+from suite.optim import TRAINING_DEFAULTS, TrainConfig, lr_factor
+
+
+@pytest.mark.parametrize("training, field", [({"learning_rate": 0.1}, "training.learning_rate"),
+                                             ({"optimizer": "adam"}, "training.optimizer"),
+                                             ({"schedule": "step"}, "training.schedule"),
+                                             ({"lr": -1}, "training.lr"),
+                                             ({"iterations": "many"}, "training.iterations"),
+                                             ({"batch_size": 0}, "training.batch_size")])
+def test_a_bad_training_setting_in_a_config_file_is_one_line_naming_it(tmp_path, capsys, training, field):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"sequence": "world-class-incremental", "training": training}))
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(cfg) in err and field in err, err
+
+
+def test_train_config_types_and_defaults():
+    assert TrainConfig.from_dict({}).to_dict() == TRAINING_DEFAULTS
+    assert TrainConfig.from_dict({"lr": 1}).lr == 1.0 and isinstance(TrainConfig.from_dict({"lr": 1}).lr, float)
+    with pytest.raises(ConfigError, match="seq.yaml: training.warmup"):
+        TrainConfig.from_dict({"warmup": -2}, "seq.yaml")
+    assert lr_factor(0, 10, warmup=2) == 0.5 and lr_factor(2, 10, warmup=2) == 1.0
+    assert lr_factor(9, 10, schedule="constant") == 1.0 and lr_factor(10, 10) == pytest.approx(0.0)
+
+
+def test_method_options_can_set_a_per_space_threshold():
+    from suite.commands import _kv
+
+    opts = _kv("threshold=0.9,thresholds={vision.*: 0.8, text.0.*: 0.99},basis=gpm")
+    assert opts == {"threshold": 0.9, "thresholds": {"vision.*": 0.8, "text.0.*": 0.99}, "basis": "gpm"}
+    from suite.methods import make_method
+
+    m = make_method("pegp", opts)
+    assert m.threshold_for("vision.3.attn") == 0.8 and m.threshold_for("text.0.attn") == 0.99
+    assert m.threshold_for("text.5.attn") == 0.9
+    with pytest.raises(ConfigError, match="--method-options"):
+        _kv("threshold", "method-options")
+
+
+def test_only_the_suites_errors_are_shortened(monkeypatch, capsys):
+    from suite import verbs
+
+    def bug(args):
+        raise ValueError("a shape bug deep inside")
+
+    def refused(args):
+        raise SuiteError("file.yaml: field: refused")
+
+    monkeypatch.setitem(verbs.HANDLERS, "summarize", bug)
+    with pytest.raises(ValueError, match="shape bug"):
+        main(["summarize", "x"])
+    monkeypatch.setitem(verbs.HANDLERS, "summarize", refused)
+    assert main(["summarize", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "clsuite: error: file.yaml: field: refused"
+    with pytest.raises(SuiteError):
+        main(["--debug", "summarize", "x"])
+
+
+def test_metrics_runs_without_pil_or_torch(tmp_path):
+    m = tmp_path / "m.json"
+    m.write_text("[[0.5, 0.4], [0.3, 0.6]]")
+    code = ("import sys; from suite.cli import main; rc = main(['metrics', sys.argv[1]]); "
+            "assert rc == 0; assert 'PIL' not in sys.modules and 'torch' not in sys.modules, 'heavy import'")
+    out = subprocess.run([sys.executable, "-c", code, str(m)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "forgetting" in out.stdout
+
+
+def test_the_cli_modules_import_without_a_cycle():
+    code = "import suite.commands, suite.verbs; import suite.cli; from suite.verbs import HANDLERS; assert 'run' in HANDLERS"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_an_installed_backbone_loader_is_used_for_its_kind(monkeypatch):
+    """``clsuite.backbones`` entry points: ``mine:micro-clip`` builds through the plug-in; unknown kinds are refused."""
+    from importlib.metadata import EntryPoint
+
+    from suite import models, plugins
+    from suite.models import ModelError, create_model_and_transforms
+
+    calls = []
+
+    def loader(name, tag):
+        calls.append((name, tag))
+        return create_model_and_transforms(f"embedded:{name}@random")
+
+    monkeypatch.setattr("test_config._loader", loader, raising=False)
+    ep = EntryPoint(name="mine", value="test_config:_loader", group=models.BACKBONE_PLUGINS)
+    monkeypatch.setattr(plugins, "plugins", lambda group: {"mine": ep} if group == models.BACKBONE_PLUGINS else {})
+    bb = create_model_and_transforms("mine:micro-clip@v1")
+    assert calls == [("micro-clip", "v1")] and all(not p.requires_grad for p in bb.parameters())
+    with pytest.raises(ModelError, match="unknown model kind 'theirs'.*mine:"):
+        create_model_and_transforms("theirs:x")

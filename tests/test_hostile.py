@@ -1,0 +1,332 @@
+"""Hostile, malformed and careless input, as a user or a submitter would give it: every case is refused with the
+suite's own error (one line naming the file or flag and the field), never a traceback, never silently accepted.
+Property-based fuzzing of the sequence, record and submission validators closes the file."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import small_sequence
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from records_factory import reference
+
+from suite.cli import main
+from suite.errors import SuiteError
+from suite.leaderboard.boards import check_record, load_boards
+from suite.leaderboard.submit import SUBMISSION_SCHEMA, validate_submission
+from suite.sequences import SequenceError, parse_sequence
+from suite.sweep import PlanError, load_plan
+
+
+def _one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("clsuite: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert len(err) <= 320
+    return err
+
+
+# ----------------------------------------------------------------------------------------- sequences
+def _seq() -> dict:
+    return small_sequence()
+
+
+def _set(path: str, value):
+    def mutate(d: dict) -> dict:
+        d = copy.deepcopy(d)
+        keys = path.split(".")
+        cur = d
+        for k in keys[:-1]:
+            cur = cur[int(k)] if isinstance(cur, list) else cur[k]
+        last = keys[-1]
+        if value is _DELETE:
+            del cur[last]
+        elif isinstance(cur, list):
+            cur[int(last)] = value
+        else:
+            cur[last] = value
+        return d
+    return mutate
+
+
+_DELETE = object()
+
+SEQUENCE_CASES = [
+    ("name", _DELETE, "name"), ("name", "", "name"), ("name", "Bad Name", "name"), ("name", "x" * 300, "name"),
+    ("name", 5, "name"), ("version", _DELETE, "version"), ("version", 0, "version"), ("version", "two", "version"),
+    ("track", "online", "track"), ("track", _DELETE, "track"), ("protocol", "oracle", "protocol"),
+    ("image_size", 4, "image_size"), ("image_size", 100000, "image_size"), ("image_size", "big", "image_size"),
+    ("seed", -1, "seed"), ("training", "fast", "training"), ("training.lr", 0, "training.lr"),
+    ("training.lr", -1, "training.lr"), ("training.lr", 1e9, "training.lr"), ("training.iterations", -5, "iterations"),
+    ("training.iterations", 1e12, "iterations"), ("training.optimizer", "adam", "optimizer"),
+    ("training.schedule", "step", "schedule"), ("training.learning_rate", 0.1, "learning_rate"),
+    ("training.batch_size", 0, "batch_size"), ("pet_training", {"lora": {"lr": -1}}, "pet_training.lora.lr"),
+    ("pet_training", {"lora": {"rate": 1}}, "pet_training.lora"), ("pet_training", {"Bad Name": {}}, "pet_training"),
+    ("tasks", [], "tasks"), ("tasks", "all", "tasks"), ("tasks.0.name", "../../etc", "tasks.0.name"),
+    ("tasks.0.name", "", "tasks.0.name"), ("tasks.0.name", "t1", "duplicate"), ("tasks.0.source", {}, "adapter"),
+    ("tasks.0.source.adapter", "ftp", "adapter"), ("tasks.0.source.evil", 1, "evil"), ("tasks.0.classes", [], "classes"),
+    ("tasks.0.classes", ["a", "a"], "duplicate"), ("tasks.0.classes", [""], "classes"),
+    ("tasks.0.classes", _DELETE, "classes"), ("tasks.0.templates", ["no placeholder"], "templates"),
+    ("tasks.0.templates", "nonexistent-set", "template"), ("tasks.0.split.train_per_class", -1, "train_per_class"),
+    ("tasks.0.split.train_per_class", 10**12, "train_per_class"), ("tasks.0.split.test_per_class", 0, "test_per_class"),
+    ("tasks.0.split.rule", "random", "rule"), ("tasks.0.split.rule", _DELETE, "rule"),
+    ("tasks.0.split.manifest_sha256", "abc", "manifest_sha256"), ("tasks.0.split.extra", 1, "extra"),
+    ("tasks.0.candidates", [["a", "b"]], "candidates"), ("control_sets.0.candidates", [["red star"]], "candidates"),
+    ("control_sets.0.candidates", [["blue heart", "x"]], "red star"),
+    ("control_sets.0.name", "t0", "duplicate"), ("synonyms", [["solo"]], "synonyms"), ("unknown_top", 1, "unknown_top"),
+    ("templates_file", "/nonexistent/templates.yaml", "templates_file"),
+]
+
+
+@pytest.mark.parametrize("path, value, field", SEQUENCE_CASES, ids=[f"seq-{i}" for i in range(len(SEQUENCE_CASES))])
+def test_sequence_file_refused_with_its_field(tmp_path, capsys, path, value, field):
+    data = _set(path, value)(_seq())
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(SequenceError) as err:
+        parse_sequence(yaml.safe_load(f.read_text()), f)
+    assert field in str(err.value) and str(f) in str(err.value) and "\n" not in str(err.value)
+    err_line = _one_line_error(capsys, main(["tasks", "show", str(f)]))
+    assert str(f) in err_line
+
+
+RAW_SEQUENCE_FILES = [
+    ("not: [valid", "not valid YAML"), ("- just\n- a list\n", "mapping"), ("", "mapping"), ("42", "mapping"),
+    ("\t\tbad indent: [", "not valid YAML"), ("a: &a [1]\n" + "".join(f"k{i}: *a\n" for i in range(300)), "aliases"),
+    ("\0binary", "YAML"),
+]
+
+
+@pytest.mark.parametrize("text, says", RAW_SEQUENCE_FILES, ids=[f"raw-{i}" for i in range(len(RAW_SEQUENCE_FILES))])
+def test_unreadable_sequence_files(tmp_path, capsys, text, says):
+    f = tmp_path / "raw.yaml"
+    f.write_text(text)
+    assert says in _one_line_error(capsys, main(["tasks", "show", str(f)]))
+
+
+def test_alias_bomb_is_refused_fast_and_short(tmp_path, capsys):
+    import time
+
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, cur in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    lines.append("name: *i")
+    f = tmp_path / "bomb.yaml"
+    f.write_text("\n".join(lines) + "\n")
+    t = time.perf_counter()
+    err = _one_line_error(capsys, main(["tasks", "show", str(f)]))
+    assert time.perf_counter() - t < 1.0 and len(err) < 300 and "aliases are expanded" in err
+
+
+# ---------------------------------------------------------------------------------------- run config
+CONFIG_CASES = [
+    ({"training": {"learning_rate": 0.1}}, "training.learning_rate"), ({"training": {"optimizer": "adam"}}, "optimizer"),
+    ({"training": {"lr": 0}}, "training.lr"), ({"training": {"lr": "fast"}}, "training.lr"),
+    ({"training": {"iterations": -1}}, "iterations"), ({"training": {"epochs": -1}}, "epochs"),
+    ({"training": {"batch_size": 0}}, "batch_size"), ({"training": {"warmup": -3}}, "warmup"),
+    ({"training": {"schedule": "linear"}}, "schedule"), ({"training": ["lr", 1]}, "training"),
+    ({"training": {"weight_decay": -1}}, "weight_decay"), ({"trainig": {}}, "trainig"), ({"seed": -1}, "seed"),
+    ({"seed": "zero"}, "seed"), ({"max_eval": 0}, "max_eval"), ({"max_eval": -5}, "max_eval"),
+    ({"eval_batch_size": 0}, "eval_batch_size"), ({"device": "bogus"}, "--device"), ({"device": "tpu"}, "--device"),
+    ({"device": "cuda:99"}, "--device"), ({"method": "nope"}, "unknown method"), ({"pet": "nope"}, "unknown PET"),
+    ({"pet_options": {"rank": 0}}, "rank"), ({"pet_options": {"towers": "ears"}}, "towers"),
+    ({"pet_options": {"layers": "0-999"}}, "layers"), ({"pet_options": {"bogus": 1}}, "bogus"),
+    ({"method": "pegp", "method_options": {"threshold": 2}}, "threshold"),
+    ({"method": "pegp", "method_options": {"basis": "magic"}}, "basis"),
+    ({"method": "pegp", "method_options": {"nonsense": 1}}, "nonsense"),
+    ({"sequence": "no-such-sequence"}, "unknown sequence"), ({"model": "nokind:thing"}, "unknown model kind"),
+    ({"model": "embedded:no-such-model"}, "unknown embedded model"),
+]
+
+
+@pytest.mark.parametrize("cfg, says", CONFIG_CASES, ids=[f"cfg-{i}" for i in range(len(CONFIG_CASES))])
+def test_run_config_refused_with_its_field(tmp_path, capsys, seq_file, cfg, says):
+    data = {"sequence": seq_file(), "model": "embedded:micro-clip@random", "pet": "lora", "method": "seq",
+            "out": str(tmp_path / "r"), "run_dir": str(tmp_path / "runs"), **cfg}
+    f = tmp_path / "run.yaml"
+    f.write_text(yaml.safe_dump(data))
+    err = _one_line_error(capsys, main(["run", "--config", str(f), "--quiet"]))
+    assert says in err, err
+    assert not list((tmp_path / "r").glob("*.json")) if (tmp_path / "r").exists() else True
+
+
+FLAG_CASES = [
+    (["run", "--sequence", "{seq}", "--pet-options", "rank"], "--pet-options"),
+    (["run", "--sequence", "{seq}", "--method-options", "threshold=[0.9"], "--method-options"),
+    (["run", "--sequence", "{seq}", "--iterations", "-1"], "iterations"),
+    (["run", "--sequence", "{seq}", "--lr", "0"], "lr"), (["run", "--sequence", "{seq}", "--lr", "nan"], "lr"),
+    (["run", "--sequence", "{seq}", "--batch-size", "0"], "batch_size"),
+    (["run", "--sequence", "{seq}", "--max-eval", "0"], "max_eval"),
+    (["run", "--sequence", "{seq}", "--seed", "-3"], "seed"),
+    (["run", "--sequence", "{seq}", "--device", "cuda"], "--device"),
+    (["run", "--sequence", "{seq}", "--device", "gpu0"], "--device"),
+    (["run", "--config", "/nonexistent/run.yaml"], "no such config file"),
+    (["sweep", "--plan", "/nonexistent/plan.yaml"], "no such plan file"),
+    (["sweep", "--plan", "{plan}", "--sequence", "x"], "--plan"),
+    (["metrics", "/nonexistent.json"], "nonexistent"), (["metrics", "{bad_matrix}"], "matrix"),
+    (["compare", "--results", "/nonexistent-folder"], "no such record file or folder"),
+    (["compare", "{record}", "--pair", "nocolon"], "--pair"),
+    (["compare", "{record}", "--metrics", "happiness"], "happiness"),
+    (["plot", "{record}", "--metric", "task:nope", "--out", "{tmp}/f.svg"], "no task"),
+    (["plot", "{record}", "--out", "{tmp}/f.bmp"], "figure format"),
+    (["pretrain", "--steps", "-1", "--out", "{tmp}/w"], "--steps"),
+    (["pretrain", "--recipe", "nope"], "recipe"),
+    (["demo", "--out", "results"], "--out"),
+    (["calibrate", "{seq}", "--from", "{tmp}", "--pets", "lora", "--seeds", "0"], "no budget record"),
+    (["leaderboard", "build", "--out", "."], "refus"),
+    (["tasks", "show", "no-such-sequence"], "unknown sequence"),
+    (["tasks", "pin", "{seq}"], "embedded"),
+]
+
+
+@pytest.mark.parametrize("argv, says", FLAG_CASES, ids=[f"flag-{i}" for i in range(len(FLAG_CASES))])
+def test_command_line_refusals(tmp_path, capsys, seq_file, argv, says):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"groups": [{"sequences": ["world-class-incremental"], "methods": ["zeroshot"]}]}))
+    bad = tmp_path / "bad.json"
+    bad.write_text('[[0.5, 2.0]]')
+    record = tmp_path / "rec.json"
+    record.write_text(json.dumps(reference()))
+    subs = {"{seq}": seq_file(), "{plan}": str(plan), "{bad_matrix}": str(bad), "{record}": str(record),
+            "{tmp}": str(tmp_path)}
+    args = [a for a in argv]
+    for i, a in enumerate(args):
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        args[i] = a
+    err = _one_line_error(capsys, main(args))
+    assert says in err, err
+
+
+# ------------------------------------------------------------------------------------------ records
+def _rec() -> dict:
+    return copy.deepcopy(reference())
+
+
+def _rmut(fn):
+    def apply():
+        r = _rec()
+        fn(r)
+        return r
+    return apply
+
+
+RECORD_CASES = [
+    (_rmut(lambda r: r.update(matrix=[[0.5]])), "matrix"),
+    (_rmut(lambda r: r["matrix"].pop()), "matrix"),
+    (_rmut(lambda r: r["matrix"][0].__setitem__(0, 1.5)), "matrix"),
+    (_rmut(lambda r: r["matrix"][0].__setitem__(0, -0.1)), "matrix"),
+    (_rmut(lambda r: r["matrix"][0].__setitem__(0, "high")), "matrix"),
+    (_rmut(lambda r: r["matrix"][0].__setitem__(0, None)), "matrix"),
+    (_rmut(lambda r: r["aggregates"].__setitem__("last", 0.99)), "aggregates.last"),
+    (_rmut(lambda r: r["aggregates"].__setitem__("made_up", 0.5)), "aggregates.made_up"),
+    (_rmut(lambda r: r["sequence"].__setitem__("version", 99)), "sequence.version"),
+    (_rmut(lambda r: r["sequence"].__setitem__("name", "not-a-sequence")), "sequence.name"),
+    (_rmut(lambda r: r["sequence"].__setitem__("tasks", ["a", "b"])), "matrix"),
+    (_rmut(lambda r: r["sequence"]["manifests"].__setitem__(r["sequence"]["tasks"][0], "0" * 64)), "manifests"),
+    (_rmut(lambda r: r.update(status="partial")), "matrix"),
+    (_rmut(lambda r: r.pop("matrix")), "matrix"),
+    (_rmut(lambda r: r.pop("sequence")), "sequence"),
+    (_rmut(lambda r: r.pop("schema")), "schema"),
+    (_rmut(lambda r: r.update(schema="someone-else/v9")), "schema"),
+    (_rmut(lambda r: r.update(seed="zero")), "seed"),
+    (_rmut(lambda r: r.update(seed=-1)), "seed"),
+    (_rmut(lambda r: r["method"].update(name="")), "method"),
+    (_rmut(lambda r: r["method"].pop("name")), "method"),
+    (_rmut(lambda r: r.update(zero_shot="none")), "zero_shot"),
+    (_rmut(lambda r: r.update(steps="many")), "steps"),
+    (_rmut(lambda r: r.update(matrix="[[1]]")), "matrix"),
+    (_rmut(lambda r: r.update(aggregates=[])), "aggregates"),
+    (_rmut(lambda r: r.update(model="tiny")), "model"),
+]
+
+
+@pytest.mark.parametrize("make, field", RECORD_CASES, ids=[f"rec-{i}" for i in range(len(RECORD_CASES))])
+def test_fabricated_records_fail_validation_naming_the_field(make, field):
+    with pytest.raises(SuiteError) as err:
+        check_record(make(), "rec.json", load_boards())
+    assert field in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+SUBMISSION_CASES = [
+    ("not json at all", "cannot read"), ("[]", "schema"), ('{"schema": "x"}', "schema"),
+    (json.dumps({"schema": SUBMISSION_SCHEMA, "board": "class-incremental", "records": []}), "no records"),
+    (json.dumps({"schema": SUBMISSION_SCHEMA, "board": "nope", "records": ["x"]}), "board"),
+    (json.dumps({"schema": SUBMISSION_SCHEMA, "board": {"a": 1}, "records": ["x"]}), "board"),
+    (json.dumps({"schema": SUBMISSION_SCHEMA, "board": "class-incremental", "records": ["x"]}), "records.0"),
+]
+
+
+@pytest.mark.parametrize("text, says", SUBMISSION_CASES, ids=[f"sub-{i}" for i in range(len(SUBMISSION_CASES))])
+def test_bad_submissions_are_refused(tmp_path, text, says):
+    f = tmp_path / "sub.json"
+    f.write_text(text)
+    problems = validate_submission(f)
+    assert problems and any(says in p for p in problems), problems
+
+
+PLAN_CASES = [
+    ({}, "groups"), ({"groups": []}, "groups"), ({"groups": [{"methods": ["seq"]}]}, "sequences"),
+    ({"groups": [{"sequences": ["a"]}]}, "methods"), ({"groups": "all"}, "groups"),
+    ({"groups": [{"sequences": ["a"], "methods": ["seq"], "seeds": [-1]}]}, "seeds"),
+    ({"groups": [{"sequences": ["a"], "methods": ["seq"], "bogus": 1}]}, "bogus"),
+    ({"seeds": "0,1", "groups": [{"sequences": ["a"], "methods": ["seq"]}]}, "seeds"),
+]
+
+
+@pytest.mark.parametrize("plan, says", PLAN_CASES, ids=[f"plan-{i}" for i in range(len(PLAN_CASES))])
+def test_bad_plans_are_refused(tmp_path, plan, says):
+    f = tmp_path / "plan.yaml"
+    f.write_text(yaml.safe_dump(plan))
+    with pytest.raises(PlanError) as err:
+        load_plan(f)
+    assert says in str(err.value) and str(f) in str(err.value)
+
+
+def test_the_corpus_is_at_least_150_cases():
+    n = (len(SEQUENCE_CASES) + len(RAW_SEQUENCE_FILES) + 1 + len(CONFIG_CASES) + len(FLAG_CASES) + len(RECORD_CASES)
+         + len(SUBMISSION_CASES) + len(PLAN_CASES))
+    assert n >= 150, n
+
+
+# ------------------------------------------------------------------------------------------ fuzzing
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
+                       | st.text(max_size=12),
+                       lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+                       max_leaves=20)
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(data=JSONISH)
+def test_fuzz_sequence_validator_raises_only_its_error(data):
+    try:
+        parse_sequence(data, Path("fuzz.yaml"))
+    except SequenceError:
+        pass
+
+
+@FUZZ
+@given(key=st.sampled_from(["matrix", "sequence", "aggregates", "zero_shot", "steps", "method", "pet", "seed",
+                            "training", "config", "status", "summary", "efficiency", "model"]), value=JSONISH)
+def test_fuzz_record_validator_raises_only_its_error(key, value):
+    rec = _rec()
+    rec[key] = value
+    try:
+        check_record(rec, "fuzz.json", load_boards())
+    except SuiteError:
+        pass
+
+
+@FUZZ
+@given(data=JSONISH)
+def test_fuzz_submission_validator_returns_reasons(tmp_path_factory, data):
+    f = tmp_path_factory.mktemp("sub") / "s.json"
+    f.write_text(json.dumps({"schema": SUBMISSION_SCHEMA, "board": "class-incremental", "records": [data]}))
+    problems = validate_submission(f)
+    assert problems and all(isinstance(p, str) and "\n" not in p for p in problems)
+
