@@ -63,6 +63,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--max-eval", type=int, help="cap on test samples per task (quick runs)")
+    p.add_argument("--workers", type=int, help="processes decoding file-backed training images (default: half the "
+                   "cores, at most 8; results do not depend on it)")
     p.add_argument("--out", help="folder for the results record (default results/)")
     p.add_argument("--run-dir", help="folder for checkpoints (default runs/)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last finished task")
@@ -80,7 +82,8 @@ def run_config_from_args(args: argparse.Namespace):
         data = read_yaml(args.config, ConfigError, "config file") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{args.config}: (top level): a run config is a mapping")
-    for key in ("sequence", "model", "method", "seed", "device", "amp", "max_eval", "out", "run_dir", "resume", "restart"):
+    for key in ("sequence", "model", "method", "seed", "device", "amp", "max_eval", "out", "run_dir", "resume", "restart",
+                "workers"):
         val = getattr(args, key, None)
         if val is not None:
             data[key] = val

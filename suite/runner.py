@@ -74,6 +74,7 @@ class RunConfig:
     command: str = ""
     threads: int | None = None  # torch CPU threads for this run (None: torch's default)
     restart: bool = False  # discard a checkpoint of another configuration in the run folder instead of refusing
+    workers: int | None = None  # processes decoding file-backed training images (None: default_workers())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> "RunConfig":
@@ -84,7 +85,7 @@ class RunConfig:
         if "sequence" not in data:
             raise ConfigError(f"{source}: sequence: required field is missing")
         TrainConfig.from_dict(data.get("training") or {}, source)  # unknown keys and bad values, named
-        for key, low in (("seed", 0), ("max_eval", 1), ("eval_batch_size", 1), ("threads", 1)):
+        for key, low in (("seed", 0), ("max_eval", 1), ("eval_batch_size", 1), ("threads", 1), ("workers", 0)):
             v = data.get(key)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
                 raise ConfigError(f"{source}: {key}: {v!r} must be an integer >= {low}")
@@ -112,22 +113,25 @@ def init_distributed(device: torch.device) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` (this rank's GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` that exists."""
+    """``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` that exists. Under
+    torchrun, ``auto`` and ``cuda`` mean this process's own GPU, ``cuda:$LOCAL_RANK``, made current."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise ConfigError(f"--device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device: {name!r} but this machine has no CUDA device")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device: {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
         raise ConfigError(f"--device: {name!r}: the suite runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device: {name!r} but this machine has no CUDA device")
+    if dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device: cuda:{dev.index} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(dev)
     return dev
 
 
@@ -157,33 +161,78 @@ def environment(device: torch.device) -> dict[str, Any]:
             "world_size": _dist()[1], "git_commit": commit}
 
 
+class DecodedImages(torch.utils.data.Dataset):
+    """One image of a file-backed split, decoded and transformed exactly as :func:`batch_images` does it: the
+    model's PIL transform (a tensor), or a resize to the model's input size (uint8, normalised in the batch)."""
+
+    def __init__(self, backbone, split):
+        self.split, self.size = split, backbone.image_size
+        self.tf = getattr(backbone, "pil_preprocess", None)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        im = Image.fromarray(self.split.load(i))
+        return self.tf(im) if self.tf is not None else torch.from_numpy(np.asarray(im.resize((self.size, self.size))))
+
+
+def default_workers() -> int:
+    """Decoding processes for file-backed training data: half the cores, at most 8 (0 on a 1-2 core machine)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cores // 2) if cores > 2 else 0
+
+
 class Batches:
-    """Seeded mini-batches of one task's training split; each rank takes its shard of every global batch."""
+    """Seeded mini-batches of one task's training split; each rank takes its shard of every global batch.
 
-    def __init__(self, backbone, track: str, batch_size: int):
-        self.backbone, self.track, self.batch_size = backbone, track, batch_size
+    The order of images depends only on the seed. In-memory (embedded) data is sliced directly; images read
+    from files are decoded by ``workers`` DataLoader processes (pinned memory, prefetch) in that same order, so a
+    run is identical with any number of workers."""
 
-    def make(self, data: TaskData, idx: list[int]) -> dict[str, Any]:
+    def __init__(self, backbone, track: str, batch_size: int, workers: int = 0):
+        self.backbone, self.track, self.batch_size, self.workers = backbone, track, batch_size, int(workers)
+
+    def make(self, data: TaskData, idx: list[int], images: torch.Tensor | None = None) -> dict[str, Any]:
         split = data.train
-        batch = {"images": batch_images(self.backbone, split, idx),
+        if images is None:
+            images = batch_images(self.backbone, split, idx)
+        batch = {"images": images,
                  "labels": torch.as_tensor(split.labels[idx], device=self.backbone.device), "data": data}
         if self.track == "cross-modal":
             batch["tokens"] = self.backbone.tokenize([split.captions[i] for i in idx]).to(self.backbone.device)
         return batch
 
-    def __call__(self, data: TaskData, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+    def order(self, data: TaskData, n: int, seed: int = 0) -> list[list[int]]:
+        """This rank's image indices of each of ``n`` batches."""
         rank, world = _dist()
         g = torch.Generator().manual_seed(seed)
         total = len(data.train)
         if total == 0:
-            return
-        perm, pos = torch.randperm(total, generator=g), 0
+            return []
+        out, perm, pos = [], torch.randperm(total, generator=g), 0
         for _ in range(n):
             if pos + self.batch_size > total:
                 perm, pos = torch.randperm(total, generator=g), 0
-            glob = perm[pos:pos + self.batch_size].tolist()
+            out.append(perm[pos:pos + self.batch_size].tolist()[rank::world])
             pos += self.batch_size
-            yield self.make(data, glob[rank::world])
+        return out
+
+    def __call__(self, data: TaskData, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+        order = self.order(data, n, seed)
+        if data.train.images is not None or self.workers == 0 or not order:
+            for idx in order:
+                yield self.make(data, idx)
+            return
+        loader = torch.utils.data.DataLoader(DecodedImages(self.backbone, data.train), batch_sampler=order,
+                                             num_workers=self.workers, pin_memory=self.backbone.device.type == "cuda",
+                                             prefetch_factor=4)
+        for idx, images in zip(order, loader):
+            if images.dtype == torch.uint8:
+                images = self.backbone.images_from_uint8(images.numpy())
+            yield self.make(data, idx, images.to(self.backbone.device, non_blocking=True))
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -211,12 +260,13 @@ class Runner:
         amp = cfg.amp and self.device.type in ("cuda", "cpu")
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if amp else None
         self.evaluator = Evaluator(self.backbone, cfg.eval_batch_size, cfg.max_eval, self.autocast)
-        self.batches = Batches(self.backbone, self.seq.track, self.train.batch_size)
+        workers = default_workers() if cfg.workers is None else cfg.workers
+        self.batches = Batches(self.backbone, self.seq.track, self.train.batch_size, workers)
         self.ctx = RunContext(backbone=self.backbone, pet=self.pet, device=self.device, sequence=self.seq, seed=cfg.seed,
                               task_loss=self.task_loss, batch_size=int(self.train.batch_size),
                               batches=lambda d, n: self.batches(d, n, seed=_task_seed(
                                   self.cfg.seed, METHOD_BATCHES + self.ctx.task_index)))
-        self.ctx.extras["logits"] = self.logits
+        self.ctx.logits = self.logits
         self.method.setup(self.ctx)
         self.params = self.method.trainable(self.ctx) if self.method.trains else []
         self.head = self._head()
@@ -349,6 +399,10 @@ class Runner:
         if zero_shot is not None:
             step["retention"] = {k: (v / zero_shot["controls"][k] if zero_shot["controls"][k] > 0 else None)
                                  for k, v in controls.items()}
+            undefined = [k for k, v in step["retention"].items() if v is None]
+            if undefined:  # a missing number says why
+                step["retention_not_applicable"] = {k: "the pretrained model scores 0 on this control: a ratio to it "
+                                                       "is undefined" for k in undefined}
         hall: dict[str, Any] = {}
         if self.probe is not None:
             hall["pope"] = self.probe.evaluate(ev, self.cfg.seed)
@@ -415,7 +469,7 @@ class Runner:
                        "source": f"{type(self.method).__module__}:{type(self.method).__qualname__}"},
             "seed": cfg.seed, "training": self.train.to_dict(),
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "run_dir", "resume", "progress", "command",
-                                                                         "threads", "restart")},
+                                                                         "threads", "restart", "workers")},
             "fingerprint": self.fingerprint(),
             "zero_shot": {"tasks": [], "controls": {}}, "matrix": [], "steps": [],
             "aggregates": {k: None for k in metrics.METRIC_NAMES}, "summary": {},

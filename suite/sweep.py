@@ -56,6 +56,9 @@ def load_plan(path: str | Path, base: RunConfig | None = None) -> list[RunConfig
     if err is not None:
         raise PlanError(f"{path}: {'.'.join(map(str, err.absolute_path)) or '(top level)'}: {err.message}")
     base = base or RunConfig(sequence="")
+    for key in ("model", "device", "amp"):  # the plan's own backbone and device, unless the command line gave one
+        if key in data and getattr(base, key) == getattr(RunConfig, key):
+            base = dataclasses.replace(base, **{key: data[key]})
     out = data.get("out", base.out)
     cfgs = []
     for g in data["groups"]:

@@ -105,3 +105,39 @@ def test_an_installed_backbone_loader_is_used_for_its_kind(monkeypatch):
     assert calls == [("micro-clip", "v1")] and all(not p.requires_grad for p in bb.parameters())
     with pytest.raises(ModelError, match="unknown model kind 'theirs'.*mine:"):
         create_model_and_transforms("theirs:x")
+
+
+@pytest.mark.parametrize("name, local, want", [("cuda", "2", "cuda:2"), ("auto", "3", "cuda:3"), ("cuda:1", "3", "cuda:1"),
+                                               ("cuda", None, "cuda:0")])
+def test_each_torchrun_process_gets_its_own_gpu(monkeypatch, name, local, want):
+    import torch
+
+    from suite.runner import resolve_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(str(d)))
+    if local is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local)
+    assert str(resolve_device(name)) == want and current == [want]
+
+
+def test_devices_that_do_not_exist_are_refused(monkeypatch):
+    import torch
+
+    from suite.runner import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(ConfigError, match="cuda:5 but this machine has 2"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="not a device"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_device("cuda")
+    assert str(resolve_device("auto")) == "cpu"

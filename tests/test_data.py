@@ -3,6 +3,7 @@ import struct
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from suite.data import DataMissingError, materialize, world
@@ -94,7 +95,7 @@ def _folders(root, names, shade):
 
 
 def test_imagefolder_maps_classes_to_folders_by_name_not_position(tmp_path):
-    shade = {"Red_Circle": (200, 0, 0), "blue-square": (0, 0, 200), "misc": (0, 200, 0)}
+    shade = {"Red_Circle": (200, 0, 0), "blue-square": (0, 0, 200)}
     _folders(tmp_path, ["Red_Circle", "blue-square"], shade)
     seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(tmp_path)},
                  "classes": ["blue square", "red circle"], "split": {"rule": "official"}}])
@@ -102,18 +103,19 @@ def test_imagefolder_maps_classes_to_folders_by_name_not_position(tmp_path):
     assert data.classnames == ["blue square", "red circle"]
     for i in range(len(data.test)):  # label 0 is the blue folder's images, whatever the folders' sorted order
         assert (data.test.load(i)[0, 0, 2] > 100) == (data.test.labels[i] == 0)
-    other = tmp_path / "with-extra"  # a new root: materialised data is cached per sequence and task
-    _folders(other, ["Red_Circle", "blue-square", "misc"], shade)
+    other = tmp_path / "wordnet"  # folders named by id, as ImageNet-R ships; names come from the sequence file
+    _folders(other, ["n01443537", "n01440764", "n02084071"], {"n01443537": (200, 100, 0), "n01440764": (0, 90, 0),
+                                                               "n02084071": (0, 0, 0)})
+    seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(other),
+                                          "folders": {"goldfish": "n01443537", "tench": "n01440764"}},
+                 "classes": ["goldfish", "tench"], "templates": ["a photo of a {}."], "split": {"rule": "official"}}])
+    data = materialize(seq, "s")
+    assert data.classnames == ["goldfish", "tench"] and len(data.test) == 4  # the third folder is not taken
+    assert {data.test.ids[i].split("/")[1] for i in range(4) if data.test.labels[i] == 0} == {"n01443537"}
+    assert all("n0" not in t.format(c) for c in data.classnames for t in data.templates)
     seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(other)},
-                 "classes": ["blue square", "red circle"], "split": {"rule": "official"}}])
-    with pytest.raises(DataMissingError, match=r"folder\(s\) \['misc'\] match no class"):
-        materialize(seq, "s")
-    seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(other), "folders": {"green thing": "misc"}},
-                 "classes": ["blue square", "red circle", "green thing"], "split": {"rule": "official"}}])
-    assert materialize(seq, "s").classnames[2] == "green thing"
-    seq = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(other)},
-                 "classes": ["blue square", "red circle", "misc", "yellow star"], "split": {"rule": "official"}}])
-    with pytest.raises(DataMissingError, match=r"no folder for class\(es\) \['yellow star'\]"):
+                 "classes": ["goldfish", "yellow star"], "split": {"rule": "official"}}])
+    with pytest.raises(DataMissingError, match=r"no folder for class\(es\) \['goldfish', 'yellow star'\]"):
         materialize(seq, "s")
 
 
@@ -160,3 +162,55 @@ def test_sklearn_digits_adapter_is_seeded_and_disjoint():
     data = materialize(seq, "d", size=24)
     assert len(data.train) == 50 and len(data.test) == 50
     assert not set(data.train.ids) & set(data.test.ids)
+
+
+def test_later_evaluations_decode_no_test_image_again():
+    """File-backed test images are decoded once per run; the second evaluation reads the kept inputs."""
+    import torch
+
+    from suite.data.base import Split
+    from suite.evaluation.evaluator import Evaluator
+    from suite.models import create_model_and_transforms
+
+    decodes = []
+
+    def load(i):
+        decodes.append(i)
+        return np.full((12, 12, 3), i * 20, np.uint8)
+
+    split = Split(labels=np.arange(6) % 2, ids=[f"f{i}" for i in range(6)], loader=load)
+    ev = Evaluator(create_model_and_transforms("embedded:micro-clip@random"), batch_size=4)
+    first = ev.image_features(split)
+    assert sorted(decodes) == list(range(6))
+    second = ev.image_features(split)
+    assert sorted(decodes) == list(range(6)) and torch.equal(first, second)
+    small = Evaluator(ev.backbone, batch_size=4, input_cache_bytes=0)  # no room: decodes again, same features
+    assert torch.equal(small.image_features(split), first) and len(decodes) == 12
+
+
+def test_training_with_decoding_workers_is_identical_to_the_main_process(tmp_path):
+    """File-backed images decoded by 2 DataLoader workers: the same matrix as without workers, twice."""
+    from conftest import MICRO
+
+    from suite.runner import RunConfig, run
+
+    shade = {c: (40 * i, 200 - 40 * i, 30 * i) for i, c in enumerate(["a", "b", "c", "d"])}
+    for split in ("train", "test"):
+        for c in shade:
+            d = tmp_path / "img" / split / c
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (20, 20), tuple(v + 5 * i for v in shade[c])).save(d / f"{i}.png")
+    tasks = [{"name": f"t{k}", "source": {"adapter": "imagefolder", "root": str(tmp_path / "img")},
+              "classes": pair, "templates": ["a photo of {}."], "split": {"rule": "official"}}
+             for k, pair in enumerate((["a", "b"], ["c", "d"]))]
+    seq = tmp_path / "seq.yaml"
+    seq.write_text(yaml.safe_dump({"name": "files", "version": 1, "track": "class-incremental",
+                                   "protocol": "task-agnostic", "tasks": tasks,
+                                   "training": {"iterations": 3, "batch_size": 4, "lr": 0.01}}))
+    matrices = []
+    for workers in (2, 2, 0):
+        rec = run(RunConfig(sequence=str(seq), model=MICRO, pet="lora", method="seq", workers=workers,
+                            out=str(tmp_path / f"r{len(matrices)}"), run_dir=str(tmp_path / "runs"), progress=False))
+        matrices.append(rec["matrix"])
+    assert matrices[0] == matrices[1] == matrices[2]

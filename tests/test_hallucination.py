@@ -89,3 +89,22 @@ def test_name_words_for_hijacking():
     assert name_words("t-shirt", [["shirt", "t-shirt", "tee"]]) == {"t", "shirt"}
     assert name_words("tee", [["shirt", "tee"]]) == {"shirt"}
     assert not name_words("purple heart") & name_words("red circle")
+
+
+def test_retrieval_against_a_positives_matrix_with_five_captions_per_image():
+    """Two images, five captions each (texts 0-4 describe image 0, 5-9 image 1); values worked by hand."""
+    pos = np.zeros((2, 10), bool)
+    pos[0, :5] = pos[1, 5:] = True
+    sim = np.array([[0.1, 0.2, 0.9, 0.0, 0.0, 0.95, 0.3, 0.3, 0.3, 0.3],   # image 0: one wrong text (0.95) above its best (0.9)
+                    [0.5, 0.5, 0.5, 0.5, 0.5, 0.1, 0.2, 0.6, 0.1, 0.1]])   # image 1: best positive 0.6 beats all
+    r = recall_at_k(sim, ks=(1, 2), positives=pos)
+    assert r["i2t_r1"] == 0.5 and r["i2t_r2"] == 1.0
+    # texts as queries over 2 images: text j is recalled at 1 when its image scores highest
+    # column maxima: t0 .1<.5 ✗, t1 .2<.5 ✗, t2 .9>.5 ✓, t3 0<.5 ✗, t4 0<.5 ✗, t5 .1<.95 ✗, t6 .2<.3 ✗, t7 .6>.3 ✓, t8 ✗, t9 ✗
+    assert r["t2i_r1"] == 0.2 and r["t2i_r2"] == 1.0
+    cm = confident_mismatch_rate(sim, delta=0.04, positives=pos)
+    assert cm["i2t_confident_mismatch"] == 0.5  # image 0: 0.95 - 0.9 = 0.05 > 0.04
+    assert confident_mismatch_rate(sim, delta=0.06, positives=pos)["i2t_confident_mismatch"] == 0.0
+    # identity positives reproduce the one-caption case
+    sq = sim[:, [2, 7]]
+    assert recall_at_k(sq, ks=(1,)) == recall_at_k(sq, ks=(1,), positives=np.eye(2, dtype=bool))

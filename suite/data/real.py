@@ -73,8 +73,10 @@ def _norm(name: str) -> str:
 
 def class_folders(task: TaskSpec, folder: Path, found: list[str]) -> list[str]:
     """The folder of each class of ``task``, matched by name (case, ``_``, ``-`` and spaces ignored; or as
-    ``source.folders`` maps it). Classes read from the folders keep the folders' sorted order. A class without a
-    folder, or a folder without a class, is an error naming them."""
+    ``source.folders`` maps it, e.g. a class name to its WordNet-id folder). Labels follow the class list, so a
+    renamed or added folder cannot relabel a task; folders of other classes are left out (a task may take a subset
+    of a dataset's classes). A class without a folder is an error naming it. Classes read from the folders keep
+    the folders' sorted order."""
     if not isinstance(task.classes, tuple):
         return found
     declared = task.source.get("folders", {})
@@ -83,11 +85,9 @@ def class_folders(task: TaskSpec, folder: Path, found: list[str]) -> list[str]:
     for c in task.classes:
         f = declared.get(c) or by_norm.get(_norm(c))
         (out.append(f) if f in found else missing.append(declared.get(c, c)))
-    extra = sorted(set(found) - set(out))
-    if missing or extra:
-        parts = ([f"no folder for class(es) {missing[:5]}"] if missing else []) + (
-            [f"folder(s) {extra[:5]} match no class"] if extra else [])
-        raise DataMissingError(f"{folder} (task {task.name}): {'; '.join(parts)} (set source.folders to map names)")
+    if missing:
+        raise DataMissingError(f"{folder} (task {task.name}): no folder for class(es) {missing[:5]} "
+                               f"(set source.folders to map class names to folder names)")
     return out
 
 

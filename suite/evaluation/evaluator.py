@@ -43,6 +43,9 @@ class Evaluator:
     _text_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
     _samples: dict[int, list[int]] = field(default_factory=dict)
     text_encodes: int = 0  # how many times class prompts were encoded (for the speed benchmark)
+    input_cache_bytes: int = 4 * 2**30  # decoded evaluation inputs of file-backed splits kept across evaluations
+    _input_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    _input_cache_used: int = 0
 
     def invalidate_text(self) -> None:
         self._text_cache.clear()
@@ -86,14 +89,29 @@ class Evaluator:
             self._samples[id(split)] = stratified_sample(split.labels, self.max_eval, EVAL_SAMPLE_SEED)
         return self._samples[id(split)]
 
+    def _inputs(self, split: Split, idx: list[int], start: int) -> torch.Tensor:
+        """A batch of model inputs. Images read from files are decoded and transformed once per run and kept
+        on the CPU (up to ``input_cache_bytes``), so later evaluations decode nothing again."""
+        chunk = idx[start:start + self.batch_size]
+        if split.images is not None:  # in-memory uint8: the fast path, nothing to decode
+            return batch_images(self.backbone, split, chunk)
+        key = (id(split), start, len(chunk), chunk[0] if chunk else -1)
+        if key in self._input_cache:
+            return self._input_cache[key].to(self.backbone.device)
+        images = batch_images(self.backbone, split, chunk)
+        size = images.element_size() * images.numel()
+        if self._input_cache_used + size <= self.input_cache_bytes:
+            self._input_cache[key] = images.cpu()
+            self._input_cache_used += size
+        return images
+
     def image_features(self, split: Split, sample: bool = True) -> torch.Tensor:
         """Normalised features of the split's evaluated images (``sample=False``: all of its images)."""
         idx = self.eval_indices(split) if sample else list(range(len(split)))
         out = []
         with torch.no_grad(), self._ctx():
             for i in range(0, len(idx), self.batch_size):
-                images = batch_images(self.backbone, split, idx[i:i + self.batch_size])
-                out.append(F.normalize(self.backbone.encode_image(images).float(), dim=-1))
+                out.append(F.normalize(self.backbone.encode_image(self._inputs(split, idx, i)).float(), dim=-1))
         return torch.cat(out) if out else torch.zeros(0, 1)
 
     # -- metrics -------------------------------------------------------------------------------------

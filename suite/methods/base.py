@@ -20,7 +20,7 @@ mymethod`` then finds it without touching this repository.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -44,7 +44,9 @@ class RunContext:
     batches: Callable[[Any, int], Any] | None = None  # (task_data, n) -> iterator of training batches
     batch_size: int = 32  # of the batches ``batches`` yields
     step: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    # (logits, targets) of a batch under the current weights: class logits over the batch's task, or the
+    # image-text logits of a cross-modal batch (LwF distils these)
+    logits: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class Method:

@@ -28,9 +28,9 @@ class LwF(Method):
         if self.old is None:
             return ctx.task_loss(batch)
         with torch.no_grad(), weights_swapped(self.params, self.old):  # first: swapping writes the weights
-            old_logits, _ = ctx.extras["logits"](batch)
+            old_logits, _ = ctx.logits(batch)
         loss = ctx.task_loss(batch)
-        logits, _ = ctx.extras["logits"](batch)
+        logits, _ = ctx.logits(batch)
         tau = self.options["temperature"]
         kd = F.kl_div(F.log_softmax(logits / tau, -1), F.softmax(old_logits / tau, -1), reduction="batchmean") * tau * tau
         return loss + self.options["weight"] * kd

@@ -207,5 +207,25 @@ def replace_attr(parent: nn.Module, attr: str, new: nn.Module, undo: list[Callab
     undo.append(lambda: setattr(parent, attr, old))
 
 
+def layer_per_site(sites: list[BlockSite], make: Callable[[BlockSite], "PETLayer"],
+                   register: Callable[[nn.Module, "PETLayer", list], None]) -> tuple[list, list]:
+    """One layer per block site, ``make(site)``, registered on the site's attention (``register(attn, layer,
+    undo)``): the attach loop of the attention-side PETs. Returns the layers and their undo actions."""
+    layers, undo = [], []
+    for site in sites:
+        layer = make(site)
+        register(site.attn, layer, undo)
+        layers.append(layer)
+    return layers, undo
+
+
+def pre_norm(site: BlockSite, kind: str) -> nn.Module:
+    """The LayerNorm before a block's attention (prompt tokens pass through it), or a one-line refusal."""
+    norm = getattr(site.block, "ln_1", None)
+    if norm is None:
+        raise ConfigError(f"{kind} needs an open_clip backbone (its blocks have no ln_1)")
+    return norm
+
+
 def undo_all(undo: list[Callable[[], None]]) -> Callable[[], None]:
     return lambda: [u() for u in reversed(undo)]

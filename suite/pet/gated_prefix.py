@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models.backbone import Backbone
-from .base import PET, PETConfig, register_config, select_sites, undo_all
+from .base import PET, PETConfig, layer_per_site, register_config, select_sites, undo_all
 from .kv import GatedKV, PrefixSlots, register_source
 
 
@@ -29,11 +29,8 @@ class GatedPrefix(PrefixSlots, GatedKV):
 
 
 def attach(backbone: Backbone, cfg: GatedPrefixConfig) -> PET:
-    layers, undo = [], []
-    for site in select_sites(backbone, cfg):
-        layer = GatedPrefix(f"gated-prefix.{site.tower}.{site.index}", site.attn, cfg.length, cfg.init_std)
-        register_source(site.attn, layer, undo)
-        layers.append(layer)
+    layers, undo = layer_per_site(select_sites(backbone, cfg), lambda site: GatedPrefix(
+        f"gated-prefix.{site.tower}.{site.index}", site.attn, cfg.length, cfg.init_std), register_source)
     return PET(KIND, cfg, layers, undo_all(undo))
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.backbone import Backbone
-from .base import PET, PETConfig, register_config, select_sites, undo_all
+from .base import PET, PETConfig, layer_per_site, pre_norm, register_config, select_sites, undo_all
 from .kv import GatedKV, PromptTokens, register_source
 
 
@@ -39,17 +39,14 @@ class GatedPrompt(PromptTokens, GatedKV):
 def attach(backbone: Backbone, cfg: GatedPromptConfig) -> PET:
     if cfg.depth not in ("deep", "shallow"):
         raise ConfigError(f"gated-prompt depth must be deep or shallow, got {cfg.depth!r}")
-    layers, undo, seen = [], [], set()
-    for site in select_sites(backbone, cfg):
-        if cfg.depth == "shallow" and site.tower in seen:
-            continue
-        seen.add(site.tower)
-        norm = getattr(site.block, "ln_1", None)
-        if norm is None:
-            raise TypeError("gated-prompt needs an open_clip backbone (block without ln_1)")
-        layer = GatedPrompt(f"gated-prompt.{site.tower}.{site.index}", site.attn, norm, site.width, cfg.length, cfg.init_std)
-        register_source(site.attn, layer, undo)
-        layers.append(layer)
+    sites, seen = [], set()
+    for site in select_sites(backbone, cfg):  # shallow: the first selected block of each tower only
+        if cfg.depth == "deep" or site.tower not in seen:
+            sites.append(site)
+            seen.add(site.tower)
+    layers, undo = layer_per_site(sites, lambda site: GatedPrompt(
+        f"gated-prompt.{site.tower}.{site.index}", site.attn, pre_norm(site, "gated-prompt"), site.width, cfg.length,
+        cfg.init_std), register_source)
     return PET(KIND, cfg, layers, undo_all(undo))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..models.backbone import Backbone
-from .base import PET, PETConfig, register_config, select_sites, undo_all
+from .base import PET, PETConfig, layer_per_site, register_config, select_sites, undo_all
 from .kv import ConcatKV, PrefixSlots, register_prefix
 
 
@@ -37,11 +37,8 @@ class Prefix(PrefixSlots, ConcatKV):
 
 
 def attach(backbone: Backbone, cfg: PrefixConfig) -> PET:
-    layers, undo = [], []
-    for site in select_sites(backbone, cfg):
-        layer = Prefix(f"prefix.{site.tower}.{site.index}", site.attn, cfg.length, cfg.init_std)
-        register_prefix(site.attn, layer, undo)
-        layers.append(layer)
+    layers, undo = layer_per_site(select_sites(backbone, cfg), lambda site: Prefix(
+        f"prefix.{site.tower}.{site.index}", site.attn, cfg.length, cfg.init_std), register_prefix)
     return PET(KIND, cfg, layers, undo_all(undo))
 
 

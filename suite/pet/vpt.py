@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.backbone import Backbone
-from .base import PET, PETConfig, PETLayer, register_config, replace_attr, select_sites, undo_all
+from .base import PET, PETConfig, PETLayer, layer_per_site, pre_norm, register_config, replace_attr, select_sites, undo_all
 from .kv import ConcatKV, PromptTokens, register_prefix
 
 DEPTHS = ("deep", "shallow")
@@ -92,16 +92,12 @@ class ShallowPrompt(PromptTokens, PETLayer):
 
 def attach(backbone: Backbone, cfg: VPTConfig) -> PET:
     sites = select_sites(backbone, cfg)
-    layers, undo = [], []
     if cfg.depth == "deep":
-        for site in sites:
-            norm = getattr(site.block, "ln_1", None)
-            if norm is None:
-                raise TypeError("vpt needs an open_clip backbone (block without ln_1)")
-            layer = DeepPrompt(f"vpt.vision.{site.index}", site.attn, norm, site.width, cfg.length, cfg.init_std)
-            register_prefix(site.attn, layer, undo)
-            layers.append(layer)
+        layers, undo = layer_per_site(sites, lambda site: DeepPrompt(
+            f"vpt.vision.{site.index}", site.attn, pre_norm(site, "vpt"), site.width, cfg.length, cfg.init_std),
+            register_prefix)
     else:
+        layers, undo = [], []
         visual = getattr(getattr(backbone, "model", None), "visual", None)
         trunk = getattr(visual, "transformer", None)
         if trunk is None or not hasattr(trunk, "resblocks"):
