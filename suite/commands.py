@@ -275,6 +275,16 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+@command("accept")
+def _accept(args: argparse.Namespace) -> int:
+    from .leaderboard.build import default_results_dir
+    from .leaderboard.submit import accept
+
+    for path in accept(args.submission, args.results or default_results_dir()):
+        print(path)
+    return 0
+
+
 @command("reproduce")
 def _reproduce(args: argparse.Namespace) -> int:
     from .leaderboard.submit import reproduce
@@ -320,6 +330,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method-source", help="where the method's code lives (URL, package==version)")
     p = sub.add_parser("validate", help="check a submission: schema, board, manifests, seeds, recomputed aggregates")
     p.add_argument("submission")
+    p = sub.add_parser("accept", help="validate a submission and put its records into results/ (the board's input)")
+    p.add_argument("submission")
+    p.add_argument("--results", help="the records folder (default: the checkout's results/)")
     p = sub.add_parser("reproduce", help="re-run a record's configuration; mark it reproduced when the matrix agrees")
     p.add_argument("record")
     p.add_argument("--tolerance", type=float, default=1e-4)

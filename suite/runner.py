@@ -135,6 +135,15 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def gather_features(local: torch.Tensor) -> torch.Tensor:
+    """Features of every process's shard, in rank order; only this process's own rows carry gradients (as
+    open_clip's non-local contrastive loss), so a contrastive loss over the result sees the global batch."""
+    parts = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local.detach().contiguous())
+    parts[dist.get_rank()] = local
+    return torch.cat(parts)
+
+
 def _task_seed(seed: int, t: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{t}".encode()).digest()[:4], "little")
 
@@ -301,6 +310,8 @@ class Runner:
             img = F.normalize(bb.encode_image(batch["images"]).float(), dim=-1)
             if self.seq.track == "cross-modal":
                 txt = F.normalize(bb.encode_text(batch["tokens"]).float(), dim=-1)
+                if self.world > 1:  # every process scores the whole global batch (see gather_features)
+                    img, txt = gather_features(img), gather_features(txt)
                 return bb.logit_scale_value.float() * img @ txt.T, torch.arange(len(img), device=img.device)
             data: TaskData = batch["data"]
             # a trainable text side is encoded afresh (gradients; feature collection sees the text tower too)
@@ -312,6 +323,10 @@ class Runner:
         loss = F.cross_entropy(logits, target)
         if self.seq.track == "cross-modal":
             loss = (loss + F.cross_entropy(logits.T, target)) / 2
+            if self.world > 1:
+                # the global-batch loss, with gradients through this process's features only: the gradients,
+                # averaged over processes by the training loop, then sum to the one-process gradient
+                loss = loss * self.world
         return loss
 
     # -- training --------------------------------------------------------------------------------------
@@ -352,6 +367,10 @@ class Runner:
             self.method.after_step(self.ctx)
             sched.step()
             last = float(loss.detach())
+            if self.world > 1:  # the mean over processes (the cross-modal loss carries a factor world; see task_loss)
+                logged = loss.detach().clone()
+                dist.all_reduce(logged)
+                last = float(logged) / self.world / (self.world if self.seq.track == "cross-modal" else 1)
             bar.set_postfix(loss=f"{last:.3f}")
         if any(not torch.isfinite(p).all() for p in self.params):
             raise TrainingFailed(f"task {t + 1} ({data.name}): parameters became non-finite")

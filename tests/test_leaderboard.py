@@ -189,6 +189,26 @@ def test_valid_submission_passes(board_records, tmp_path):
     assert main(["validate", str(sub)]) == 0
 
 
+def test_an_accepted_submission_ends_on_the_board(board_records, tmp_path):
+    """submit → validate → accept (records into a results folder) → build: the entry is ranked."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for p in board_records.glob("*.json"):  # the board as it was, without the submitted method
+        if json.loads(p.read_text())["method"]["name"] != "pegp":
+            shutil.copy(p, results / p.name)
+    sub = _submission(board_records, tmp_path)
+    assert main(["accept", str(sub), "--results", str(results)]) == 0
+    assert len([p for p in results.glob("*.json") if json.loads(p.read_text())["method"]["name"] == "pegp"]) == 3
+    assert main(["accept", str(sub), "--results", str(results)]) == 0  # the same records again: no change
+    build_site(results, tmp_path / "site")
+    page = (tmp_path / "site" / "class-incremental.html").read_text()
+    assert ">pegp<" in page
+    bad = _mutate(sub, lambda s: s["records"][0]["aggregates"].__setitem__("last", 0.999))
+    before = sorted(p.name for p in results.glob("*.json"))
+    assert main(["accept", str(bad), "--results", str(results)]) == 2
+    assert sorted(p.name for p in results.glob("*.json")) == before
+
+
 @pytest.mark.parametrize("case,needle", [
     ("schema", "records.0: seed"),
     ("board", "unknown board"),

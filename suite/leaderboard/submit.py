@@ -66,6 +66,25 @@ def validate_submission(path: str | Path) -> list[str]:
     return problems
 
 
+def accept(submission: str | Path, results: str | Path) -> list[Path]:
+    """Put a valid submission's records into ``results`` (the folder the board is built from): the submission
+    is validated first and refused whole with its reasons; each record goes under its own sanitised run name, and
+    a record already there is replaced only by the identical record."""
+    from ..paths import inside, safe_name
+
+    problems = validate_submission(submission)
+    if problems:
+        raise RecordError(f"{submission}: refused ({len(problems)} problem(s)); first: {problems[0]}")
+    records = json.loads(Path(submission).read_text())["records"]
+    out = Path(results)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [inside(out, f"{safe_name(str(r.get('run_id') or 'record'), max_len=160)}.json") for r in records]
+    for path, rec in zip(targets, records):
+        if path.exists() and json.loads(path.read_text()) != rec:
+            raise RecordError(f"{path}: another record has this name; nothing was written")
+    return [write_json_atomic(path, rec) for path, rec in zip(targets, records)]
+
+
 def reproduce(record_path: str | Path, tolerance: float = 1e-4, out_dir: str | Path | None = None,
               verified_file: str | Path | None = None) -> dict[str, Any]:
     """Re-run a record's configuration and compare matrices. When they agree, the record's digest is added to
