@@ -1,0 +1,21 @@
+"""The benchmarks run and print interleaved ratios (their values are measurements, never asserted here)."""
+from __future__ import annotations
+
+import re
+
+from suite.bench import interleaved, run_bench
+
+
+def test_interleaved_alternates_order_and_reports_medians():
+    calls = []
+    ta, tb, ratio = interleaved(lambda: calls.append("a"), lambda: calls.append("b"), rounds=4)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then order swapped each round
+    assert ta >= 0 and tb >= 0 and ratio > 0
+
+
+def test_runner_and_pegp_benches_print_their_ratios():
+    out = run_bench("runner", quick=True) + "\n" + run_bench("pegp", quick=True)
+    assert re.search(r"same prepared batches: .* median ratio \d+\.\d{3} \(target ≤ 1\.05\)", out)
+    assert re.search(r"median overhead [+-]\d+\.\d+% over \d+ interleaved rounds", out)
+    assert re.search(r"basis collection after task 1: \d+\.\d+ s", out)
+    assert "directions in" in out and "KiB" in out
