@@ -170,14 +170,18 @@ class PET(nn.Module):
     def state_dict(self, *args, **kwargs):
         return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not self._borrowed(k)}
 
-    def load_state_dict(self, state, strict: bool = True):
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``'s signature and result, over the PET's own parameters (values are copied
+        into the live parameters, which the wrapped modules hold)."""
         own = dict(self.named_parameters())
-        if strict and set(own) != set(state):
-            raise KeyError(f"PET state mismatch: missing {sorted(set(own) - set(state))[:3]}, "
-                           f"unexpected {sorted(set(state) - set(own))[:3]}")
+        missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+        if strict and (missing or unexpected):
+            raise ConfigError(f"PET state does not match this PET: missing {missing[:3]}, unexpected {unexpected[:3]}")
         with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v)
+            for k, v in state_dict.items():
+                if k in own:
+                    own[k].copy_(v)
+        return nn.modules.module._IncompatibleKeys(missing, unexpected)
 
     def grad_spaces(self) -> list[GradSpace]:
         return [s for layer in self.pet_layers for s in layer.grad_spaces()]
