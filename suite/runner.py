@@ -85,6 +85,9 @@ class RunConfig:
         if "sequence" not in data:
             raise ConfigError(f"{source}: sequence: required field is missing")
         TrainConfig.from_dict(data.get("training") or {}, source)  # unknown keys and bad values, named
+        for key in ("out", "run_dir"):
+            if key in data and Path(str(data[key])).exists() and not Path(str(data[key])).is_dir():
+                raise ConfigError(f"{source}: {key}: {data[key]} is a file, not a folder")
         for key, low in (("seed", 0), ("max_eval", 1), ("eval_batch_size", 1), ("threads", 1), ("workers", 0)):
             v = data.get(key)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):

@@ -180,6 +180,11 @@ FLAG_CASES = [
     (["leaderboard", "build", "--out", "."], "refus"),
     (["tasks", "show", "no-such-sequence"], "unknown sequence"),
     (["tasks", "pin", "{seq}"], "embedded"),
+    (["run", "--sequence", "{seq}", "--model", "embedded:micro-clip@{tmp}/bad.safetensors"], "not a weights file"),
+    (["run", "--sequence", "{seq}", "--model", "embedded:micro-clip@{tmp}/bad.pt"], "not a weights file"),
+    (["run", "--sequence", "{seq}", "--model", "embedded:micro-clip@{tmp}/missing.pt"], "not found"),
+    (["run", "--sequence", "{seq}", "--out", "{tmp}/bad.pt"], "is a file, not a folder"),
+    (["accept", "{tmp}/bad.pt"], "refused"),
 ]
 
 
@@ -189,6 +194,8 @@ def test_command_line_refusals(tmp_path, capsys, seq_file, argv, says):
     plan.write_text(yaml.safe_dump({"groups": [{"sequences": ["world-class-incremental"], "methods": ["zeroshot"]}]}))
     bad = tmp_path / "bad.json"
     bad.write_text('[[0.5, 2.0]]')
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
     record = tmp_path / "rec.json"
     record.write_text(json.dumps(reference()))
     subs = {"{seq}": seq_file(), "{plan}": str(plan), "{bad_matrix}": str(bad), "{record}": str(record),

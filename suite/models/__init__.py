@@ -49,14 +49,18 @@ def asset_path(name: str) -> Path:
 
 
 def _load_state(model: nn.Module, path: Path) -> None:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+    except Exception as exc:  # noqa: BLE001 — a corrupt or foreign file, said in one line
+        raise ModelError(f"{path}: not a weights file this suite can read ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if unexpected or [m for m in missing if not m.endswith("attn_mask")]:
         raise ModelError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -99,7 +103,7 @@ def create_model_and_transforms(spec: str = "embedded:tiny-clip", device: str | 
             raise ModelError(f"{spec}: checkpoint {tag} not found")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
-        except RuntimeError as exc:
+        except Exception as exc:  # noqa: BLE001 — missing, corrupt or foreign weights: one line
             raise ModelError(f"{spec}: {str(exc).splitlines()[0]} (nothing is downloaded here: cache the weights "
                              f"first or give a local checkpoint path)") from None
         vis = model.visual
