@@ -338,3 +338,22 @@ def test_fuzz_submission_validator_returns_reasons(tmp_path_factory, data):
     problems = validate_submission(f)
     assert problems and all(isinstance(p, str) and "\n" not in p for p in problems)
 
+
+
+def test_a_corrupt_image_is_named_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            d = tmp_path / "img" / split / c
+            d.mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(d / "ok.png")
+    (tmp_path / "img" / "test" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    seq = tmp_path / "seq.yaml"
+    seq.write_text(yaml.safe_dump({"name": "files", "version": 1, "track": "class-incremental", "protocol": "task-id",
+                                   "tasks": [{"name": "t", "source": {"adapter": "imagefolder", "root": str(tmp_path / "img")},
+                                              "classes": ["a", "b"], "split": {"rule": "official"}}],
+                                   "training": {"iterations": 1, "batch_size": 2}}))
+    err = _one_line_error(capsys, main(["run", "--sequence", str(seq), "--model", "embedded:micro-clip@random",
+                                        "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs"), "--quiet"]))
+    assert "broken.png" in err and "cannot decode" in err

@@ -15,6 +15,10 @@ class DataMissingError(SuiteError, FileNotFoundError):
     """Real data that is not on this machine: says which dataset, where we looked, and how to provide it."""
 
 
+class ImageError(SuiteError):
+    """An image file that cannot be decoded; the message names it."""
+
+
 class ManifestMismatch(SuiteError):
     """Materialised data whose manifest hash differs from the one pinned in the sequence file."""
 
@@ -49,9 +53,13 @@ class Split:
         if self.images is not None:
             return self.images[i]
         assert self.loader is not None
-        img = self.loader(i)
-        return img if isinstance(img, np.ndarray) else np.asarray(Image.open(img).convert("RGB")
-                                                                   if isinstance(img, str) else img.convert("RGB"))
+        try:
+            img = self.loader(i)
+            return img if isinstance(img, np.ndarray) else np.asarray(Image.open(img).convert("RGB")
+                                                                       if isinstance(img, str) else img.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated or foreign files
+            raise ImageError(f"{self.ids[i]}: cannot decode this image ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
 
     def subset(self, idx: Sequence[int]) -> "Split":
         idx = list(idx)
