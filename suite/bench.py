@@ -101,20 +101,16 @@ def bench_pegp(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
     _, first = r.learn_task(0)  # trains task 1 and collects its bases exactly as a run does
     rep = r.method.report()
     data = r.data[r.seq.tasks[1].name]
-    batches = list(r.batches(data, steps, seed=1))
-    opt = torch.optim.AdamW(r.params, lr=1e-4)
-    ctx, method = r.ctx, r.method
+    method = r.method
 
     def loop(project: bool) -> Callable[[], None]:
-        def run() -> None:
-            for b in batches:
-                opt.zero_grad(set_to_none=True)
-                r.task_loss(b).backward()
-                if project:
-                    method.before_step(ctx)
-                opt.step()
-                if project:
-                    method.after_step(ctx)
+        def run() -> None:  # the runner's own training of task 2; without projection the bases are set aside
+            done = method.tasks_done
+            method.tasks_done = done if project else 0
+            try:
+                r.train_task(1, data)
+            finally:
+                method.tasks_done = done
         return run
 
     tp, tq, ratio = interleaved(loop(False), loop(True), rounds)

@@ -46,6 +46,21 @@ def test_tradeoff_figure_has_one_point_set_per_method_with_error_bars(three_reco
     seq = next(c for c in ax.containers if c.lines[0].get_gid() == "point:seq/lora")
     pegp = next(c for c in ax.containers if c.lines[0].get_gid() == "point:pegp/lora")
     assert seq.has_xerr and seq.has_yerr and not pegp.has_xerr and not pegp.has_yerr
+    assert not [t for t in ax.texts if (t.get_gid() or "").startswith("tag:")]  # labels alone tell them apart
+
+
+def test_tradeoff_points_of_one_method_and_pet_carry_their_options():
+    """An ε sweep: groups that share method and PET are labelled on the figure by the option that differs."""
+    base = reference(method="pegp")
+    recs = []
+    for eps, shift in ((0.8, 0.02), (0.99, 0.0)):
+        for seed in (0, 1):
+            r = make_record(base, seed, "pegp", shift - 0.01 * seed)
+            r["method"]["options"] = {**r["method"]["options"], "threshold": eps}
+            recs.append(r)
+    ax = comparison_figure(group_records(recs), "tradeoff", x="plasticity", y="forgetting").axes[0]
+    tags = sorted(t.get_text() for t in ax.texts if (t.get_gid() or "").startswith("tag:"))
+    assert tags == ["threshold=0.8", "threshold=0.99"]
 
 
 @pytest.mark.parametrize("kind", ["matrix", "retention", "hallucination"])

@@ -4,6 +4,7 @@ standard prefix/VPT/CoOp change them by definition."""
 import pytest
 import torch
 
+from suite.errors import ConfigError
 from suite.models import create_model_and_transforms
 from suite.pet import PETS, attach_pet
 
@@ -137,7 +138,7 @@ def test_lora_and_adapter_on_transformers_clip(tmp_path):
         for tower in TOWERS:
             _check_pet(bb, kind, tower)
     for kind in ("prefix", "vpt", "coop", "gated-prefix", "gated-prompt"):
-        with pytest.raises(TypeError, match="open_clip"):
+        with pytest.raises(ConfigError, match="open_clip"):
             attach_pet(bb, kind, **({"towers": "text"} if kind == "coop" else {"towers": "vision"} if kind == "vpt" else {}))
 
 

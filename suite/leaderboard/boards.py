@@ -87,8 +87,9 @@ def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | N
         raise RecordError(f"{where}: sequence.name: unknown sequence {seq_name!r}") from None
     try:  # an older version is checked against the file it ran on (tasks/archive/); boards rank the current one
         seq = load_sequence_version(seq_name, rec["sequence"]["version"])
-    except SequenceError as exc:
-        raise RecordError(f"{where}: sequence.version: {exc}") from None
+    except SequenceError:
+        raise RecordError(f"{where}: sequence.version: {rec['sequence']['version']} is not a version this suite keeps "
+                          f"(the current one, or one in tasks/archive/)") from None
     t = len(seq.tasks)
     if list(rec["sequence"]["tasks"]) != [x.name for x in seq.tasks]:
         raise RecordError(f"{where}: sequence.tasks: do not match {seq_name} v{seq.version}")

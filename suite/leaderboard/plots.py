@@ -129,6 +129,10 @@ def tradeoff_figure(groups: list[Group], x: str = "plasticity", y: str = "last",
                            yerr=None if sy.ci is None else [sc(my) * sy.ci],
                            fmt=style["marker"], color=style["color"], ms=7, capsize=3, label=g.label)
         cont.lines[0].set_gid(f"point:{g.label}")
+        tag = g.label.partition(" [")[2].rstrip("]")
+        if tag:  # groups that share method and PET (an ε sweep, say) are told apart by their options, on the point
+            ax.annotate(tag, (sc(mx) * sx.mean, sc(my) * sy.mean), xytext=(6, 4 + 9 * (i % 4)), textcoords="offset points",
+                        fontsize=7, color=style["color"], gid=f"tag:{g.label}")
     unit = lambda m: " (%)" if m.unit == "fraction" else ""  # noqa: E731
     arrow = lambda m: "" if m.higher_is_better else ", lower is better"  # noqa: E731
     ax.set_xlabel(f"{mx.label}{unit(mx)}{arrow(mx)}")

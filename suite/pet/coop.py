@@ -116,11 +116,11 @@ def attach(backbone: Backbone, cfg: CoOpConfig) -> PET:
     model = getattr(backbone, "model", None)
     embedding = getattr(model, "token_embedding", None)
     if not isinstance(embedding, nn.Embedding):
-        raise TypeError("coop needs an open_clip backbone (a text tower with token_embedding)")
+        raise ConfigError("coop needs an open_clip backbone (a text tower with token_embedding)")
     placeholder = backbone.tokenize([PLACEHOLDER])[0]
     ids = placeholder[(placeholder != 0)][1:-1]  # drop start/end (and padding)
     if len(ids) != 1:
-        raise TypeError(f"coop: the placeholder {PLACEHOLDER!r} is not one token for this tokenizer")
+        raise ConfigError(f"coop: the placeholder {PLACEHOLDER!r} is not one token for this tokenizer")
     with torch.no_grad():
         if cfg.init != "random":
             phrase = backbone.tokenize([cfg.init])[0]

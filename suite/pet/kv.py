@@ -21,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.attention import SplitAttention
 from ..projection import GradSpace
 from .base import PETLayer
@@ -54,7 +55,7 @@ class GatedKV(PETLayer):
 
 def register_source(attn: SplitAttention, layer: GatedKV, undo: list) -> None:
     if not isinstance(attn, SplitAttention):
-        raise TypeError(f"prefix/prompt tuning needs an open_clip backbone (got {type(attn).__name__})")
+        raise ConfigError(f"prefix/prompt tuning needs an open_clip backbone (got {type(attn).__name__})")
     attn.sources.append(layer)
 
     def remove() -> None:
@@ -89,7 +90,7 @@ class ConcatKV(PETLayer):
 
 def register_prefix(attn: SplitAttention, layer: ConcatKV, undo: list) -> None:
     if not isinstance(attn, SplitAttention):
-        raise TypeError(f"{layer.pet_name.split('.')[0]} needs an open_clip backbone (got {type(attn).__name__})")
+        raise ConfigError(f"{layer.pet_name.split('.')[0]} needs an open_clip backbone (got {type(attn).__name__})")
     attn.prefixes.append(layer)
 
     def remove() -> None:

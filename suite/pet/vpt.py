@@ -101,7 +101,7 @@ def attach(backbone: Backbone, cfg: VPTConfig) -> PET:
         visual = getattr(getattr(backbone, "model", None), "visual", None)
         trunk = getattr(visual, "transformer", None)
         if trunk is None or not hasattr(trunk, "resblocks"):
-            raise TypeError("vpt needs an open_clip backbone (a vision transformer with resblocks)")
+            raise ConfigError("vpt needs an open_clip backbone (a vision transformer with resblocks)")
         layer = ShallowPrompt(f"vpt.vision.{sites[0].index}", trunk, sites[0].width, cfg.length, cfg.init_std,
                               sites[0].index)
         replace_attr(visual, "transformer", layer, undo)
