@@ -210,19 +210,23 @@ def test_outside_pet_registers_through_entry_point(seq_file, tmp_path, monkeypat
     assert rec["efficiency"]["basis_directions"] > 0
 
 
-def test_torchrun_two_processes_match_one(seq_file, tmp_path):
-    seq = seq_file()
-    args = ["run", "--sequence", seq, "--model", MICRO, "--pet", "lora", "--method", "pegp", "--quiet",
-            "--batch-size", "8", "--run-dir", str(tmp_path / "runs")]
-    cmd, env = _cli(args + ["--out", str(tmp_path / "one")])
+def _one_and_two_processes(args: list[str], tmp_path: Path, port: int) -> tuple[dict, dict]:
+    """The records of ``clsuite <args>`` run once in one process and once under torchrun with two (gloo)."""
+    cmd, env = _cli(args + ["--out", str(tmp_path / "one"), "--run-dir", str(tmp_path / "runs")])
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                 "-m", "suite"] + args + ["--out", str(tmp_path / "two"), "--run-dir", str(tmp_path / "runs2")]
     res = subprocess.run(torchrun, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     one = json.loads(next((tmp_path / "one").glob("*.json")).read_text())
     two = json.loads(next((tmp_path / "two").glob("*.json")).read_text())
     assert two["efficiency"]["world_size"] == 2
+    return one, two
+
+
+def test_torchrun_two_processes_match_one(seq_file, tmp_path):
+    one, two = _one_and_two_processes(["run", "--sequence", seq_file(), "--model", MICRO, "--pet", "lora", "--method",
+                                       "pegp", "--quiet", "--batch-size", "8"], tmp_path, 29517)
     np.testing.assert_allclose(np.array(two["matrix"]), np.array(one["matrix"]), atol=0.05)
     assert two["efficiency"]["basis_directions"] == pytest.approx(one["efficiency"]["basis_directions"], abs=2)
 
@@ -231,18 +235,9 @@ def test_torchrun_cross_modal_optimises_the_one_process_objective(seq_file, tmp_
     """gloo, 2 processes: the contrastive loss sees the global batch (features gathered), so the retrieval
     matrix equals the 1-process run's within 0.02 (float reduction order differs) and the logged loss is the
     mean over processes."""
-    seq = seq_file(track="cross-modal")
-    args = ["run", "--sequence", seq, "--model", MICRO, "--pet", "lora", "--method", "seq", "--quiet",
-            "--batch-size", "8", "--iterations", "6", "--lr", "0.05"]
-    cmd, env = _cli(args + ["--out", str(tmp_path / "one"), "--run-dir", str(tmp_path / "runs")])
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-                "-m", "suite"] + args + ["--out", str(tmp_path / "two"), "--run-dir", str(tmp_path / "runs2")]
-    res = subprocess.run(torchrun, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    one = json.loads(next((tmp_path / "one").glob("*.json")).read_text())
-    two = json.loads(next((tmp_path / "two").glob("*.json")).read_text())
-    assert two["efficiency"]["world_size"] == 2
+    one, two = _one_and_two_processes(["run", "--sequence", seq_file(track="cross-modal"), "--model", MICRO, "--pet",
+                                       "lora", "--method", "seq", "--quiet", "--batch-size", "8", "--iterations", "6",
+                                       "--lr", "0.05"], tmp_path, 29531)
     np.testing.assert_allclose(np.array(two["matrix"]), np.array(one["matrix"]), atol=0.02)
     for a, b in zip(one["steps"], two["steps"]):
         assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-3)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models.backbone import Backbone
-from .base import PET, PETConfig, layer_per_site, register_config, select_sites, undo_all
-from .kv import GatedKV, PrefixSlots, register_source
+from .base import PET, PETConfig, register_config
+from .kv import GatedKV, PrefixSlots, attach_slots, register_source
 
 
 @dataclass
@@ -23,15 +23,11 @@ class GatedPrefixConfig(PETConfig):
 
 
 class GatedPrefix(PrefixSlots, GatedKV):
-    def __init__(self, name: str, attn, length: int, init_std: float):
-        super().__init__(name, attn, length)
-        self._make_slots(attn, length, init_std)
+    """Learned keys and values in a separate attention branch behind a zero-initialised gate."""
 
 
 def attach(backbone: Backbone, cfg: GatedPrefixConfig) -> PET:
-    layers, undo = layer_per_site(select_sites(backbone, cfg), lambda site: GatedPrefix(
-        f"gated-prefix.{site.tower}.{site.index}", site.attn, cfg.length, cfg.init_std), register_source)
-    return PET(KIND, cfg, layers, undo_all(undo))
+    return attach_slots(KIND, GatedPrefix, register_source, backbone, cfg)
 
 
 KIND, CONFIG = "gated-prefix", GatedPrefixConfig

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.attention import SplitAttention
 from ..projection import GradSpace
-from .base import PETLayer
+from .base import PET, PETLayer, layer_per_site, select_sites, undo_all
 
 
 class GatedKV(PETLayer):
@@ -103,7 +103,8 @@ class PrefixSlots:
     """Mixin: learned keys and values per head, ``P_k, P_v`` (``H x L x d_h``), and their PEGP spaces — ``P_k`` of
     head h acts on that head's queries (right side), ``P_v`` on the attention weights over the slots (left)."""
 
-    def _make_slots(self, attn: SplitAttention, length: int, init_std: float) -> None:
+    def __init__(self, name: str, attn: SplitAttention, length: int, init_std: float):
+        super().__init__(name, attn, length)  # the attention-side layer it is mixed into (ConcatKV, GatedKV)
         self.pk = nn.Parameter(torch.randn(attn.num_heads, length, attn.head_dim) * init_std)
         self.pv = nn.Parameter(torch.randn(attn.num_heads, length, attn.head_dim) * init_std)
 
@@ -146,3 +147,10 @@ class PromptTokens:
     def grad_spaces(self) -> list[GradSpace]:
         return [GradSpace(f"{self.pet_name}.key", self.tokens, self.width, "right", role="key"),
                 GradSpace(f"{self.pet_name}.value", self.tokens, len(self.tokens), "left", role="value")]
+
+
+def attach_slots(kind: str, layer: type, register, backbone, cfg) -> PET:
+    """Attach a learned-key/value PET (``layer(name, attn, length, init_std)``) to every selected block."""
+    layers, undo = layer_per_site(select_sites(backbone, cfg), lambda site: layer(
+        f"{kind}.{site.tower}.{site.index}", site.attn, cfg.length, cfg.init_std), register)
+    return PET(kind, cfg, layers, undo_all(undo))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..models.backbone import Backbone
-from .base import PET, PETConfig, layer_per_site, register_config, select_sites, undo_all
-from .kv import ConcatKV, PrefixSlots, register_prefix
+from .base import PET, PETConfig, register_config
+from .kv import ConcatKV, PrefixSlots, attach_slots, register_prefix
 
 
 @dataclass
@@ -31,15 +31,11 @@ class PrefixConfig(PETConfig):
 
 
 class Prefix(PrefixSlots, ConcatKV):
-    def __init__(self, name: str, attn, length: int, init_std: float):
-        super().__init__(name, attn, length)
-        self._make_slots(attn, length, init_std)
+    """Prefix-tuning: learned keys and values concatenated into the layer's own softmax."""
 
 
 def attach(backbone: Backbone, cfg: PrefixConfig) -> PET:
-    layers, undo = layer_per_site(select_sites(backbone, cfg), lambda site: Prefix(
-        f"prefix.{site.tower}.{site.index}", site.attn, cfg.length, cfg.init_std), register_prefix)
-    return PET(KIND, cfg, layers, undo_all(undo))
+    return attach_slots(KIND, Prefix, register_prefix, backbone, cfg)
 
 
 KIND, CONFIG = "prefix", PrefixConfig
