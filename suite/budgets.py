@@ -18,7 +18,7 @@ from .analysis import Stat, group_records, stat
 from .errors import SuiteError
 from .records import RecordError, load_record, write_json_atomic
 from .runner import RunConfig
-from .sequences import load_sequence
+from .sequences import TaskSequence, load_sequence
 from .sweep import sweep
 
 # The calibration targets (issue 10), in accuracy fractions; stated once.
@@ -45,9 +45,8 @@ def calibration_configs(sequence: str, pets: list[str], seeds: list[int], out: s
     return cfgs
 
 
-def _pick(records: list[dict], sequence: str, method: str, pet: str | None, seeds: list[int]) -> list[dict]:
+def _pick(records: list[dict], seq: TaskSequence, method: str, pet: str | None, seeds: list[int]) -> list[dict]:
     """The budget records of one (method, PET): default options, the sequence's training, given seeds."""
-    seq = load_sequence(sequence)
     want = seq.default_training(pet)
     out = {}
     for r in records:
@@ -59,7 +58,7 @@ def _pick(records: list[dict], sequence: str, method: str, pet: str | None, seed
         out[r["seed"]] = r
     missing = sorted(set(seeds) - set(out))
     if missing:
-        raise CalibrationError(f"{sequence}: no budget record of {method}/{pet or 'none'} for seed(s) {missing}")
+        raise CalibrationError(f"{seq.name}: no budget record of {method}/{pet or 'none'} for seed(s) {missing}")
     return [out[s] for s in sorted(out)]
 
 
@@ -75,10 +74,10 @@ def _target(name: str, value: float | None) -> dict[str, Any]:
     return {"target": f"{op} {goal}", "what": what, "met": bool(met), "miss": None if met else abs(goal - value)}
 
 
-def pet_report(sequence: str, pet: str, records: list[dict], seeds: list[int]) -> dict[str, Any]:
+def pet_report(seq: TaskSequence, pet: str, records: list[dict], seeds: list[int]) -> dict[str, Any]:
     """One PET's calibration numbers from its seq and PEGP records (zero-shot: each record's own pretrained row)."""
-    seq_recs = _pick(records, sequence, "seq", pet, seeds)
-    pegp_recs = _pick(records, sequence, "pegp", pet, seeds)
+    seq_recs = _pick(records, seq, "seq", pet, seeds)
+    pegp_recs = _pick(records, seq, "pegp", pet, seeds)
     t = len(seq_recs[0]["matrix"])
     zs = [[r["zero_shot"]["tasks"][d] for r in seq_recs] for d in range(t)]
     diag = [[r["matrix"][d][d] for r in seq_recs] for d in range(t)]
@@ -108,10 +107,9 @@ def pet_report(sequence: str, pet: str, records: list[dict], seeds: list[int]) -
     }
 
 
-def control_report(sequence: str, records: list[dict], seeds: list[int]) -> list[dict[str, Any]]:
+def control_report(seq: TaskSequence, records: list[dict], seeds: list[int]) -> list[dict[str, Any]]:
     """Each control set: what it tests, the pretrained accuracy and the chance level of its question."""
-    seq = load_sequence(sequence)
-    zs = _pick(records, sequence, "zeroshot", None, seeds)[0]
+    zs = _pick(records, seq, "zeroshot", None, seeds)[0]
     return [{"name": c.name, "tests": c.tests, "chance": c.chance(),
              "pretrained": zs["zero_shot"]["controls"].get(c.name)} for c in seq.control_sets]
 
@@ -121,8 +119,8 @@ def calibration_report(sequence: str, pets: list[str], seeds: list[int], records
     seq = load_sequence(sequence)
     return {"sequence": seq.name, "version": seq.version, "seeds": list(seeds),
             "targets": {k: {"op": op, "value": v, "what": w} for k, (op, v, w) in TARGETS.items()},
-            "controls": control_report(sequence, records, seeds),
-            "pets": [pet_report(sequence, p, records, seeds) for p in pets],
+            "controls": control_report(seq, records, seeds),
+            "pets": [pet_report(seq, p, records, seeds) for p in pets],
             "wall_time_s": wall_s}
 
 

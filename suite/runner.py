@@ -370,11 +370,11 @@ class Runner:
             self.method.after_step(self.ctx)
             sched.step()
             last = float(loss.detach())
-            if self.world > 1:  # the mean over processes (the cross-modal loss carries a factor world; see task_loss)
-                logged = loss.detach().clone()
-                dist.all_reduce(logged)
-                last = float(logged) / self.world / (self.world if self.seq.track == "cross-modal" else 1)
             bar.set_postfix(loss=f"{last:.3f}")
+        if self.world > 1 and last is not None:  # the final loss as the mean over processes, one reduction per task
+            logged = torch.tensor(last, device=self.device)
+            dist.all_reduce(logged)
+            last = float(logged) / self.world / (self.world if self.seq.track == "cross-modal" else 1)
         if any(not torch.isfinite(p).all() for p in self.params):
             raise TrainingFailed(f"task {t + 1} ({data.name}): parameters became non-finite")
         return {"iterations": steps, "final_loss": last}
@@ -550,7 +550,7 @@ class Runner:
         old = json.loads(state.get("fingerprint", "null") or "null")
         mine = self.fingerprint()
         if old is None or old.get("digest") != mine["digest"]:
-            differ = sorted(k for k in mine["fields"] if (old or {}).get("fields", {}).get(k) != mine["fields"][k])
+            differ = self._differing_fields(old)
             if self.cfg.restart:
                 self._discard_checkpoint()
                 return None
@@ -620,6 +620,11 @@ class Runner:
             write_json_atomic(self.out_path(), rec)
         return rec
 
+    def _differing_fields(self, other: dict | None) -> list[str]:
+        """The fingerprint fields in which another fingerprint (of a checkpoint or record) differs from this run's."""
+        theirs = (other or {}).get("fields", {})
+        return sorted(k for k, v in self.fingerprint()["fields"].items() if theirs.get(k) != v)
+
     def _refuse_foreign_record(self) -> None:
         """A record of another configuration under this run's name is never overwritten silently."""
         path = self.out_path()
@@ -630,7 +635,7 @@ class Runner:
         except (OSError, ValueError, AttributeError):
             old = {}
         if old.get("digest") not in (None, self.fingerprint()["digest"]):
-            differ = sorted(k for k, v in self.fingerprint()["fields"].items() if old.get("fields", {}).get(k) != v)
+            differ = self._differing_fields(old)
             raise CheckpointError(f"{path}: a record of another configuration has this name (differs in: "
                                   f"{', '.join(differ)}); use --restart to replace it, or another --out")
 
