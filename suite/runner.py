@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
@@ -30,7 +31,7 @@ from . import metrics
 from .data import TaskData, materialize
 from .errors import ConfigError, SuiteError
 from .evaluation.calibration import ece_with_interval
-from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, hijacking
+from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, decode_image, hijacking
 from .evaluation.hallucination import name_words
 from .methods import Method, RunContext, make_method
 from .models import create_model_and_transforms, weights_digest
@@ -174,21 +175,20 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """One image of a file-backed split, decoded and transformed exactly as :func:`batch_images` does it: the
-    model's PIL transform (a tensor), or a resize to the model's input size (uint8, normalised in the batch)."""
+    """The images of a file-backed split, each decoded as :func:`decode_image` does it (for DataLoader workers)."""
 
     def __init__(self, backbone, split):
-        self.split, self.size = split, backbone.image_size
-        self.tf = getattr(backbone, "pil_preprocess", None)
+        # only what decoding reads: workers never touch the model (or its device)
+        self.backbone = SimpleNamespace(pil_preprocess=getattr(backbone, "pil_preprocess", None),
+                                        image_size=backbone.image_size)
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
-        im = Image.fromarray(self.split.load(i))
-        return self.tf(im) if self.tf is not None else torch.from_numpy(np.asarray(im.resize((self.size, self.size))))
+        image = decode_image(self.backbone, self.split, i)
+        return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
 
 
 def default_workers() -> int:

@@ -19,19 +19,26 @@ from .retrieval import confident_mismatch_rate, recall_at_k
 EVAL_SAMPLE_SEED = 0  # the --max-eval sample is the same for every step, method and seed
 
 
+def decode_image(backbone, split: Split, i: int) -> torch.Tensor | np.ndarray:
+    """One file-backed image as the model takes it: the model's PIL transform (a tensor), or resized to its input
+    size (uint8; normalised with its batch)."""
+    from PIL import Image
+
+    im = Image.fromarray(split.load(i))
+    tf = getattr(backbone, "pil_preprocess", None)
+    return tf(im) if tf is not None else np.asarray(im.resize((backbone.image_size, backbone.image_size)))
+
+
 def batch_images(backbone, split: Split, idx: Iterable[int]) -> torch.Tensor:
-    """Preprocessed images of ``split`` at ``idx``: the uint8 fast path, or PIL + the model's transform."""
+    """Preprocessed images of ``split`` at ``idx``: the uint8 fast path, or each image decoded by
+    :func:`decode_image`."""
     idx = list(idx)
     if split.images is not None:
         return backbone.images_from_uint8(split.images[idx])
-    from PIL import Image
-
-    tf = getattr(backbone, "pil_preprocess", None)
-    ims = [split.load(i) for i in idx]
-    if tf is None:
-        return backbone.images_from_uint8(np.stack([np.asarray(Image.fromarray(im).resize(
-            (backbone.image_size, backbone.image_size))) for im in ims]))
-    return torch.stack([tf(Image.fromarray(im)) for im in ims]).to(backbone.device)
+    ims = [decode_image(backbone, split, i) for i in idx]
+    if isinstance(ims[0], np.ndarray):
+        return backbone.images_from_uint8(np.stack(ims))
+    return torch.stack(ims).to(backbone.device)
 
 
 @dataclass
@@ -246,4 +253,4 @@ class ConceptProbe:
         return out
 
 
-__all__ = ["Evaluator", "ConceptProbe", "batch_images", "control_accuracy", "hijacking", "stratified_sample"]
+__all__ = ["Evaluator", "ConceptProbe", "batch_images", "decode_image", "control_accuracy", "hijacking", "stratified_sample"]
