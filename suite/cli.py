@@ -57,16 +57,31 @@ def _tasks_show(args: argparse.Namespace) -> int:
 
 @command("tasks prepare")
 def _tasks_prepare(args: argparse.Namespace) -> int:
-    """Materialise a sequence's data and verify (embedded) or report (real) each manifest hash."""
-    from .data import materialize
+    """Materialise a sequence's data and verify (embedded) or report (real) each manifest hash. Every task and
+    control set is checked: one whose data is missing or laid out wrongly gets a line saying what was looked for
+    and how to provide it (its ``source.hint``), and the command exits 1 after checking the others."""
+    from .data import DataMissingError, materialize
+    from .data.shards import ShardError
     from .sequences import load_sequence
 
     seq = load_sequence(args.sequence)
+    failed = 0
     for t in seq.tasks + seq.control_sets:
-        data = materialize(seq, t)
+        try:
+            data = materialize(seq, t)
+        except (DataMissingError, ShardError) as exc:
+            failed += 1
+            print(f"{t.name:24s} NOT READY: {exc}")
+            continue
         state = "verified" if t.pinned_manifest else "computed"
-        print(f"{t.name:24s} train={len(data.train):6d} test={len(data.test):6d} manifest {state} {data.manifest_sha256}")
-    return 0
+        caps = data.test.captions
+        extra = (f" classes={len(data.classnames)}" if data.classnames else "") + (
+            f" captions/test image={sum(map(len, caps)) / len(caps):.1f}" if caps else "")
+        print(f"{t.name:24s} train={len(data.train):6d} test={len(data.test):6d}{extra} manifest {state} "
+              f"{data.manifest_sha256}")
+    if failed:
+        print(f"{failed} of {len(seq.tasks) + len(seq.control_sets)} data sets not ready")
+    return 1 if failed else 0
 
 
 @command("tasks pin")

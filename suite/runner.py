@@ -29,9 +29,10 @@ import torch.nn.functional as F
 
 from . import metrics
 from .data import TaskData, materialize
+from .data.shards import ShardError, ShardStream
 from .errors import ConfigError, SuiteError
 from .evaluation.calibration import ece_with_interval
-from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, decode_image, hijacking
+from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, decode_image, hijacking, model_input
 from .evaluation.hallucination import name_words
 from .methods import Method, RunContext, make_method
 from .models import create_model_and_transforms, weights_digest
@@ -174,21 +175,37 @@ def environment(device: torch.device) -> dict[str, Any]:
             "world_size": _dist()[1], "git_commit": commit}
 
 
+def _decoding_view(backbone) -> SimpleNamespace:
+    """Only what decoding reads: DataLoader workers never touch the model (or its device)."""
+    return SimpleNamespace(pil_preprocess=getattr(backbone, "pil_preprocess", None), image_size=backbone.image_size)
+
+
+def _as_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
+
+
 class DecodedImages(torch.utils.data.Dataset):
     """The images of a file-backed split, each decoded as :func:`decode_image` does it (for DataLoader workers)."""
 
     def __init__(self, backbone, split):
-        # only what decoding reads: workers never touch the model (or its device)
-        self.backbone = SimpleNamespace(pil_preprocess=getattr(backbone, "pil_preprocess", None),
-                                        image_size=backbone.image_size)
+        self.backbone = _decoding_view(backbone)
         self.split = split
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int):
-        image = decode_image(self.backbone, self.split, i)
-        return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
+        return _as_tensor(decode_image(self.backbone, self.split, i))
+
+
+class StreamInput:
+    """A streamed sample's image as a model input (picklable, for the stream's DataLoader workers)."""
+
+    def __init__(self, backbone):
+        self.backbone = _decoding_view(backbone)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return _as_tensor(model_input(self.backbone, image))
 
 
 def default_workers() -> int:
@@ -207,14 +224,15 @@ class Batches:
     def __init__(self, backbone, track: str, batch_size: int, workers: int = 0):
         self.backbone, self.track, self.batch_size, self.workers = backbone, track, batch_size, int(workers)
 
-    def make(self, data: TaskData, idx: list[int], images: torch.Tensor | None = None) -> dict[str, Any]:
+    def make(self, data: TaskData, idx: list[int], images: torch.Tensor | None = None, draw: int = 0) -> dict[str, Any]:
+        """The batch of images ``idx``; on the cross-modal track with each image's caption for its ``draw``-th use."""
         split = data.train
         if images is None:
             images = batch_images(self.backbone, split, idx)
         batch = {"images": images,
                  "labels": torch.as_tensor(split.labels[idx], device=self.backbone.device), "data": data}
         if self.track == "cross-modal":
-            batch["tokens"] = self.backbone.tokenize([split.captions[i] for i in idx]).to(self.backbone.device)
+            batch["tokens"] = self.backbone.tokenize([split.caption(i, draw) for i in idx]).to(self.backbone.device)
         return batch
 
     def order(self, data: TaskData, n: int, seed: int = 0) -> list[list[int]]:
@@ -232,19 +250,57 @@ class Batches:
             pos += self.batch_size
         return out
 
+    def epoch_of(self, b: int, total: int) -> int:
+        """How many times :meth:`order` has reshuffled before batch ``b`` (each epoch draws the next caption)."""
+        return b // max(1, total // self.batch_size)
+
+    def _to_model(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = self.backbone.images_from_uint8(images.numpy())
+        return images.to(self.backbone.device, non_blocking=True)
+
     def __call__(self, data: TaskData, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+        if data.train_stream is not None:
+            yield from self.streamed(data, n, seed)
+            return
         order = self.order(data, n, seed)
+        total = len(data.train)
         if data.train.images is not None or self.workers == 0 or not order:
-            for idx in order:
-                yield self.make(data, idx)
+            for b, idx in enumerate(order):
+                yield self.make(data, idx, draw=self.epoch_of(b, total))
             return
         loader = torch.utils.data.DataLoader(DecodedImages(self.backbone, data.train), batch_sampler=order,
                                              num_workers=self.workers, pin_memory=self.backbone.device.type == "cuda",
                                              prefetch_factor=4)
-        for idx, images in zip(order, loader):
-            if images.dtype == torch.uint8:
-                images = self.backbone.images_from_uint8(images.numpy())
-            yield self.make(data, idx, images.to(self.backbone.device, non_blocking=True))
+        for b, (idx, images) in enumerate(zip(order, loader)):
+            yield self.make(data, idx, self._to_model(images), draw=self.epoch_of(b, total))
+
+    def streamed(self, data: TaskData, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+        """``n`` batches read front to back from the task's shards (:class:`~suite.data.shards.ShardStream`): this
+        rank's share of every global batch, epoch after epoch; a reader's last incomplete batch is dropped."""
+        rank, world = _dist()
+        src = data.train_stream
+        stream = ShardStream(src.shards, src.fmt, StreamInput(self.backbone), seed, rank, world, src.shuffle)
+        workers = min(self.workers, len(src.shards) // world)
+        loader = torch.utils.data.DataLoader(stream, batch_size=len(range(rank, self.batch_size, world)),
+                                             num_workers=workers, drop_last=True,
+                                             pin_memory=self.backbone.device.type == "cuda")
+        made, epoch = 0, 0
+        while made < n:
+            stream.set_epoch(epoch)
+            before = made
+            for images, labels, captions in loader:
+                batch = {"images": self._to_model(images), "labels": labels.to(self.backbone.device), "data": data}
+                if self.track == "cross-modal":
+                    batch["tokens"] = self.backbone.tokenize(list(captions)).to(self.backbone.device)
+                yield batch
+                made += 1
+                if made == n:
+                    return
+            if made == before:
+                raise ShardError(f"{data.name}: no reader of {len(src.shards)} shard(s) holds a whole batch of "
+                                 f"{len(range(rank, self.batch_size, world))} samples")
+            epoch += 1
 
 
 # ------------------------------------------------------------------------------------------------- run

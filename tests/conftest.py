@@ -56,3 +56,26 @@ def seq_file(tmp_path):
         p.write_text(yaml.safe_dump(small_sequence(**kw)))
         return str(p)
     return make
+
+
+def imagefolder_sequence(root, iterations: int = 3, per_class: int = 6) -> str:
+    """A two-task class-incremental sequence over PNG files (file-backed: decoded per batch, by workers if any)."""
+    import yaml
+    from PIL import Image
+
+    shade = {c: (40 * i, 200 - 40 * i, 30 * i) for i, c in enumerate(["a", "b", "c", "d"])}
+    for split in ("train", "test"):
+        for c in shade:
+            d = root / "img" / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (20, 20), tuple(v + 5 * i for v in shade[c])).save(d / f"{i}.png")
+    tasks = [{"name": f"t{k}", "source": {"adapter": "imagefolder", "root": str(root / "img")},
+              "classes": pair, "templates": ["a photo of {}."], "split": {"rule": "official"}}
+             for k, pair in enumerate((["a", "b"], ["c", "d"]))]
+    seq = root / "files.yaml"
+    seq.write_text(yaml.safe_dump({"name": "files", "version": 1, "track": "class-incremental",
+                                   "protocol": "task-agnostic", "tasks": tasks,
+                                   "training": {"iterations": iterations, "batch_size": 4, "lr": 0.01}}))
+    return str(seq)
+

@@ -3,7 +3,6 @@ import struct
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from suite.data import DataMissingError, materialize, world
@@ -152,7 +151,7 @@ def test_webdataset_adapter_reads_local_shards(tmp_path):
     seq = _seq([{"name": "pairs", "source": {"adapter": "webdataset", "root": str(tmp_path), "urls": "pairs-{split}-000000.tar"},
                  "split": {"rule": "karpathy"}}], track="cross-modal")
     data = materialize(seq, "pairs")
-    assert len(data.train) == 5 and data.test.captions[2] == "caption 2"
+    assert len(data.train) == 5 and data.test.captions[2] == ("caption 2",)
     assert data.test.load(1).shape == (8, 8, 3)
 
 
@@ -190,27 +189,14 @@ def test_later_evaluations_decode_no_test_image_again():
 
 def test_training_with_decoding_workers_is_identical_to_the_main_process(tmp_path):
     """File-backed images decoded by 2 DataLoader workers: the same matrix as without workers, twice."""
-    from conftest import MICRO
+    from conftest import MICRO, imagefolder_sequence
 
     from suite.runner import RunConfig, run
 
-    shade = {c: (40 * i, 200 - 40 * i, 30 * i) for i, c in enumerate(["a", "b", "c", "d"])}
-    for split in ("train", "test"):
-        for c in shade:
-            d = tmp_path / "img" / split / c
-            d.mkdir(parents=True)
-            for i in range(6):
-                Image.new("RGB", (20, 20), tuple(v + 5 * i for v in shade[c])).save(d / f"{i}.png")
-    tasks = [{"name": f"t{k}", "source": {"adapter": "imagefolder", "root": str(tmp_path / "img")},
-              "classes": pair, "templates": ["a photo of {}."], "split": {"rule": "official"}}
-             for k, pair in enumerate((["a", "b"], ["c", "d"]))]
-    seq = tmp_path / "seq.yaml"
-    seq.write_text(yaml.safe_dump({"name": "files", "version": 1, "track": "class-incremental",
-                                   "protocol": "task-agnostic", "tasks": tasks,
-                                   "training": {"iterations": 3, "batch_size": 4, "lr": 0.01}}))
+    seq = imagefolder_sequence(tmp_path)
     matrices = []
     for workers in (2, 2, 0):
-        rec = run(RunConfig(sequence=str(seq), model=MICRO, pet="lora", method="seq", workers=workers,
+        rec = run(RunConfig(sequence=seq, model=MICRO, pet="lora", method="seq", workers=workers,
                             out=str(tmp_path / f"r{len(matrices)}"), run_dir=str(tmp_path / "runs"), progress=False))
         matrices.append(rec["matrix"])
     assert matrices[0] == matrices[1] == matrices[2]

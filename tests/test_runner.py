@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import MICRO, run_config, small_sequence
+from conftest import MICRO, imagefolder_sequence, run_config, small_sequence
 
 from suite.methods import Method
 from suite.records import load_record, strip_timings, validate_record
@@ -84,10 +84,16 @@ def _cli(args, env_extra=None):
     return [sys.executable, "-m", "suite", *args], env
 
 
-def test_sigkill_during_task_two_then_resume_equals_uninterrupted(seq_file, tmp_path):
-    seq = seq_file(train=24)
+@pytest.mark.parametrize("data", ["in-memory", "files-with-2-workers"])
+def test_sigkill_during_task_two_then_resume_equals_uninterrupted(seq_file, tmp_path, data):
+    """Killed during task 2 and resumed: the record equals an uninterrupted run's, also when DataLoader workers
+    decode file-backed images."""
+    if data == "in-memory":
+        seq, extra = seq_file(train=24), []
+    else:
+        seq, extra = imagefolder_sequence(tmp_path), ["--workers", "2"]
     common = ["run", "--sequence", seq, "--model", MICRO, "--pet", "lora", "--method", "pegp", "--quiet",
-              "--iterations", "400", "--batch-size", "8", "--run-dir", str(tmp_path / "runs")]
+              "--iterations", "400", "--batch-size", "8", "--run-dir", str(tmp_path / "runs"), *extra]
     cmd, env = _cli(common + ["--out", str(tmp_path / "killed")])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dirs = tmp_path / "runs"

@@ -36,14 +36,15 @@ class Split:
     """One split of a task: images (by index), integer labels, and for scenes captions and object lists.
 
     ``load(i)`` returns an HxWx3 uint8 array or a PIL image; in-memory splits keep ``images`` as one array so
-    that batches can be converted without a Python loop.
+    that batches can be converted without a Python loop. ``captions[i]`` holds every caption of image i (one or
+    more: the COCO/Flickr Karpathy splits have five); retrieval scores against all of them.
     """
 
     labels: np.ndarray
     ids: list[str]
     images: np.ndarray | None = None
     loader: Callable[[int], Any] | None = None
-    captions: list[str] | None = None
+    captions: list[tuple[str, ...]] | None = None
     objects: list[list[str]] | None = None
 
     def __len__(self) -> int:
@@ -60,6 +61,12 @@ class Split:
         except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated or foreign files
             raise ImageError(f"{self.ids[i]}: cannot decode this image ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+
+    def caption(self, i: int, draw: int = 0) -> str:
+        """The caption training uses for image ``i`` at its ``draw``-th use: the image's captions in turn."""
+        assert self.captions is not None
+        caps = self.captions[i]
+        return caps[draw % len(caps)]
 
     def subset(self, idx: Sequence[int]) -> "Split":
         idx = list(idx)
@@ -84,6 +91,7 @@ class TaskData:
     test: Split
     manifest_sha256: str = ""
     content_sha256: str | None = None
+    train_stream: Any = None  # a ShardStreamSource when training reads shards front to back (webdataset)
 
     def manifest(self) -> list[str]:
         return self.train.manifest_lines("train") + self.test.manifest_lines("test")

@@ -44,7 +44,7 @@ def world_split(facet: str, classes: list[str], domains: list[str], per_class: i
             specs.append(world.sample_spec(facet, value, domain, rng, forbidden=forbidden, fonts=fonts))
             labels.append(label)
     images = np.stack([world.render(s, size) for s in specs]) if specs else np.zeros((0, size, size, 3), np.uint8)
-    caps = [world.caption(s, style=caption_style) for s in specs]
+    caps = [(world.caption(s, style=caption_style),) for s in specs]
     return Split(labels=np.asarray(labels, dtype=np.int64), ids=[world.spec_id(s) for s in specs], images=images,
                  captions=caps, objects=[world.objects_of(s) for s in specs])
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..sequences import TaskSequence, TaskSpec
 from .base import DataMissingError, Split, TaskData, seeded_per_class
+from .shards import SampleFormat, ShardStreamSource, expand_shards, index_shards
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -161,32 +164,66 @@ def _torchvision_targets(ds) -> np.ndarray:
 
 
 def load_webdataset(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
-    """Read shards into memory (keys, encoded bytes, label or caption); images decode on access."""
-    import webdataset as wds
+    """Local shards, indexed (:func:`~suite.data.shards.index_shards`): labels, captions and where each image lies;
+    images are read by offset when used. ``source.stream: true`` trains by reading the shards front to back
+    instead (split across ranks and DataLoader workers; ``source.shuffle`` samples of seeded buffer)."""
     from PIL import Image
 
     src = task.source
-    img_key, label_key, cap_key = src.get("image_key", "jpg;png;jpeg"), src.get("label_key", "cls"), src.get("caption_key", "txt")
-    splits = {}
+    fmt = SampleFormat.from_source(src)
+    splits, shards = {}, {}
     for which in ("train", "test"):
         pattern = src.get(f"{which}_urls") or src.get("urls", "").replace("{split}", which)
-        pattern = str(data_root(task) / pattern) if pattern and "://" not in pattern and not pattern.startswith("/") else pattern
-        keys, blobs, labels, caps = [], [], [], []
-        try:
-            for sample in wds.WebDataset(pattern, shardshuffle=False, empty_check=False):
-                ext = next((e for e in img_key.split(";") if e in sample), None)
-                if ext is None:
-                    continue
-                keys.append(sample["__key__"])
-                blobs.append(sample[ext])
-                labels.append(int(sample[label_key].decode()) if label_key in sample else 0)
-                caps.append(sample[cap_key].decode() if cap_key in sample else None)
-        except (FileNotFoundError, OSError, ValueError) as exc:
-            raise _missing(task, Path(pattern), f"webdataset shards ({exc.__class__.__name__})") from None
-        if not keys:
-            raise _missing(task, Path(pattern), "webdataset samples")
-        splits[which] = Split(labels=np.asarray(labels, dtype=np.int64), ids=keys,
-                              loader=lambda i, b=blobs: Image.open(io.BytesIO(b[i])).convert("RGB"),
-                              captions=caps if any(c is not None for c in caps) else None)
+        if not pattern:
+            raise _missing(task, data_root(task), f"{which}_urls (or urls with {{split}})")
+        shards[which] = expand_shards(pattern, data_root(task))
+        samples = index_shards(shards[which], fmt)
+        if not samples:
+            raise _missing(task, Path(shards[which][0]), f"webdataset samples with an image ({'/'.join(fmt.image_exts)})")
+        refs = [s.image for s in samples]
+        splits[which] = Split(labels=np.asarray([s.label for s in samples], dtype=np.int64), ids=[s.key for s in samples],
+                              loader=lambda i, r=refs: Image.open(io.BytesIO(r[i].read())),
+                              captions=[s.captions for s in samples] if all(s.captions for s in samples) else None)
+    stream = None
+    if src.get("stream"):
+        if task.split.get("few_shot"):
+            raise ConfigError(f"{task.name}.source.stream: a streamed training split cannot also be few-shot")
+        stream = ShardStreamSource(shards["train"], fmt, int(src.get("shuffle", 0)))
     names = list(task.classes) if isinstance(task.classes, tuple) else []
-    return TaskData(task.name, names, list(task.templates), _few_shot(splits["train"], task, seq.seed), splits["test"])
+    return TaskData(task.name, names, list(task.templates), _few_shot(splits["train"], task, seq.seed), splits["test"],
+                    train_stream=stream)
+
+
+def load_karpathy(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
+    """COCO / Flickr30k by the Karpathy split file (``dataset_coco.json``, ``dataset_flickr30k.json``): every image
+    with all of its captions (five each), training on ``train_split`` (default ``train,restval``), testing on
+    ``test_split`` (default ``test``). Images lie at ``root/images/filepath/filename``."""
+    root, src = data_root(task), task.source
+    split_file = root / src.get("split_file", "dataset_coco.json")
+    if not split_file.is_file():
+        raise _missing(task, split_file, "Karpathy split file")
+    try:
+        entries = json.loads(split_file.read_text())["images"]
+        rows = [(e.get("split", ""), Path(e.get("filepath", "")) / e["filename"],
+                 tuple(s["raw"].strip() for s in e["sentences"])) for e in entries]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataMissingError(f"{split_file}: not a Karpathy split file (needs images[].filename, "
+                               f"images[].sentences[].raw; {type(exc).__name__}: {str(exc)[:80]})") from None
+    images = root / src.get("images", "")
+    outside = next((p for _, p, _ in rows if p.is_absolute() or ".." in p.parts), None)
+    if outside is not None:
+        raise DataMissingError(f"{split_file}: images[].filepath/filename {str(outside)[:80]!r} leaves the image folder")
+    splits = {}
+    for key, default in (("train_split", "train,restval"), ("test_split", "test")):
+        wanted = {w.strip() for w in src.get(key, default).split(",")}
+        chosen = [(path, caps) for which, path, caps in rows if which in wanted and caps]
+        if not chosen:
+            raise DataMissingError(f"{split_file} (task {task.name}): no image of split(s) {sorted(wanted)}")
+        missing = next((images / p for p, _ in chosen if not (images / p).is_file()), None)
+        if missing is not None:
+            raise _missing(task, missing, "image named by the split file")
+        files = [str(images / p) for p, _ in chosen]
+        splits[key] = Split(labels=np.zeros(len(chosen), dtype=np.int64), ids=[str(p) for p, _ in chosen],
+                            loader=lambda i, fs=files: fs[i], captions=[caps for _, caps in chosen])
+    return TaskData(task.name, [], list(task.templates), _few_shot(splits["train_split"], task, seq.seed),
+                    splits["test_split"])

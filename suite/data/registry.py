@@ -18,6 +18,7 @@ ADAPTERS: dict[str, Loader] = {
     "imagefolder": real.load_imagefolder,
     "torchvision": real.load_torchvision,
     "webdataset": real.load_webdataset,
+    "karpathy": real.load_karpathy,
 }
 
 _CACHE: dict[tuple, TaskData] = {}

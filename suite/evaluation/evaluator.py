@@ -19,14 +19,19 @@ from .retrieval import confident_mismatch_rate, recall_at_k
 EVAL_SAMPLE_SEED = 0  # the --max-eval sample is the same for every step, method and seed
 
 
-def decode_image(backbone, split: Split, i: int) -> torch.Tensor | np.ndarray:
-    """One file-backed image as the model takes it: the model's PIL transform (a tensor), or resized to its input
+def model_input(backbone, image: np.ndarray) -> torch.Tensor | np.ndarray:
+    """One decoded image as the model takes it: the model's PIL transform (a tensor), or resized to its input
     size (uint8; normalised with its batch)."""
     from PIL import Image
 
-    im = Image.fromarray(split.load(i))
+    im = Image.fromarray(image)
     tf = getattr(backbone, "pil_preprocess", None)
     return tf(im) if tf is not None else np.asarray(im.resize((backbone.image_size, backbone.image_size)))
+
+
+def decode_image(backbone, split: Split, i: int) -> torch.Tensor | np.ndarray:
+    """Image ``i`` of a file-backed split, decoded and made a model input (:func:`model_input`)."""
+    return model_input(backbone, split.load(i))
 
 
 def batch_images(backbone, split: Split, idx: Iterable[int]) -> torch.Tensor:
@@ -151,10 +156,14 @@ class Evaluator:
         return np.asarray(split.labels)[self.eval_indices(split)]
 
     def retrieval(self, img: torch.Tensor, split: Split, delta: float = 0.05) -> dict[str, float]:
-        caps = [split.captions[i] for i in self.eval_indices(split)]
+        """R@K both ways against every caption of the evaluated images (a positives matrix, as CLIP_benchmark)."""
+        sets = [split.captions[i] for i in self.eval_indices(split)]
+        caps = [c for s in sets for c in s]
+        owner = np.repeat(np.arange(len(sets)), [len(s) for s in sets])
+        positives = owner[None, :] == np.arange(len(sets))[:, None]
         sim = (img @ self.text_features(caps).T).cpu().numpy()
-        out = recall_at_k(sim)
-        out.update(confident_mismatch_rate(sim, delta))
+        out = recall_at_k(sim, positives=positives)
+        out.update(confident_mismatch_rate(sim, delta, positives=positives))
         out["r1_mean"] = (out["i2t_r1"] + out["t2i_r1"]) / 2
         return out
 
@@ -253,4 +262,5 @@ class ConceptProbe:
         return out
 
 
-__all__ = ["Evaluator", "ConceptProbe", "batch_images", "decode_image", "control_accuracy", "hijacking", "stratified_sample"]
+__all__ = ["Evaluator", "ConceptProbe", "batch_images", "decode_image", "model_input",
+           "control_accuracy", "hijacking", "stratified_sample"]
