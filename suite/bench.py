@@ -1,4 +1,4 @@
-"""Benchmarks that print ratios (``clsuite bench runner|pegp|memory|all``). Targets live here, not in timed tests:
+"""Benchmarks that print ratios (``clsuite bench runner|pegp|memory|loader|text|all``). Targets live here, not in timed tests:
 a runner training step ≤ 1.05x a bare PyTorch step; PEGP's projection ≤ +3 % of a training step; basis memory
 measured, not computed from shapes.
 
@@ -7,9 +7,11 @@ median of the per-round ratios is reported, so machine noise and warm-up hit bot
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from typing import Callable
@@ -222,7 +224,88 @@ def bench_loader(quick: bool = False, model: str = "open_clip:ViT-B-16") -> str:
     ])
 
 
-BENCHES = {"runner": bench_runner, "pegp": bench_pegp, "memory": bench_memory, "loader": bench_loader}
+@contextlib.contextmanager
+def _stderr_silenced():
+    """The profiler's native library logs its start and stop on file descriptor 2; keep the bench's output clean."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _text_step_memory(model: str, classes: int, chunk: int) -> tuple[float, float]:
+    """One training step of a text-tower LoRA over a head of ``classes`` prompts: the tensor memory it adds at
+    its peak, in MiB (CUDA: the allocator's peak; CPU: the profiler's memory timeline, which counts every tensor
+    allocation and free), and the seconds of a second, unprofiled step."""
+    import json
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from .evaluation.evaluator import Evaluator
+    from .models import create_model_and_transforms
+    from .pet import attach_pet
+
+    torch.manual_seed(0)
+    backbone = create_model_and_transforms(model)
+    attach_pet(backbone, "lora", towers="text").to(backbone.device)
+    ev = Evaluator(backbone, text_chunk=chunk)
+    names = [f"class {i}" for i in range(classes)]
+    with torch.no_grad():
+        dim = backbone.encode_text(backbone.tokenize(["a"]).to(backbone.device)).shape[-1]
+    image = F.normalize(torch.randn(8, dim, device=backbone.device), dim=-1)
+    target = torch.arange(8, device=image.device) % classes
+
+    def step() -> None:
+        text = ev.class_text_features(names, ["a photo of a {}."], fresh=True)
+        F.cross_entropy(image @ text.T * 100, target).backward()
+
+    if backbone.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        added = torch.cuda.max_memory_allocated() - before
+    else:
+        with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                         record_shapes=True, with_stack=True) as prof:
+            step()
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the timeline is the CPU's only per-tensor account
+            prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
+            _, sizes = json.loads(open(f"{tmp}/timeline.json").read())
+        totals = [sum(s) for s in sizes]
+        added = max(totals) - totals[0]
+    t = time.perf_counter()
+    step()
+    return added / 2**20, time.perf_counter() - t
+
+
+def bench_text(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
+    """Memory of a training step when the text tower trains, against the number of classes in the head: the
+    prompts encoded in one pass vs in checkpointed chunks (:meth:`Evaluator._encode_prompts`)."""
+    counts, chunk = ((8, 64, 256) if quick else (16, 64, 256, 1024)), 32
+    modes = {"one pass": 10**9, f"chunks of {chunk}": chunk}
+    rows = {(c, m): _text_step_memory(model, c, size) for c in counts for m, size in modes.items()}
+    lines = [f"text-tower training step vs head size ({model}, LoRA on the text tower, 1 template, batch 8; "
+             f"{_machine()}): tensor memory the step adds at its peak, MiB (seconds of the step)"]
+    lines.append(f"  {'classes':>8s}  " + "  ".join(f"{m:>20s}" for m in modes))
+    for c in counts:
+        lines.append(f"  {c:8d}  " + "  ".join(f"{rows[c, m][0]:11.1f} ({rows[c, m][1]:5.2f} s)" for m in modes))
+    lo, hi = counts[0], counts[-1]
+    for m in modes:
+        lines.append(f"  {m}: {hi} classes add {rows[hi, m][0] / max(rows[lo, m][0], 1e-9):.1f}x the memory of "
+                     f"{lo} classes, in {rows[hi, m][1] / rows[lo, m][1]:.1f}x the time")
+    return "\n".join(lines)
+
+
+BENCHES = {"runner": bench_runner, "pegp": bench_pegp, "memory": bench_memory, "loader": bench_loader,
+           "text": bench_text}
 
 
 def run_bench(what: str, quick: bool = False, model: str | None = None) -> str:

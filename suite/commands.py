@@ -371,7 +371,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="embedded:tiny-clip")
     p.add_argument("--out", help="also write the report to this JSON file")
     p = sub.add_parser("bench", help="speed/memory benchmarks that print ratios")
-    p.add_argument("what", choices=["runner", "pegp", "memory", "loader", "all", "projection"],
+    p.add_argument("what", choices=["runner", "pegp", "memory", "loader", "text", "all", "projection"],
                    help="projection is the older name of pegp")
     p.add_argument("--quick", action="store_true", help="fewer steps and rounds (a smoke test of the bench)")
     p.add_argument("--model", help="backbone instead of each bench's default (tiny CLIP; loader: open_clip ViT-B-16)")

@@ -1,4 +1,5 @@
-"""The benchmarks run and print interleaved ratios (their values are measurements, never asserted here)."""
+"""The benchmarks run and print interleaved ratios (timings are measurements, never asserted here; tensor memory
+counts, which do not depend on the machine's load, are)."""
 from __future__ import annotations
 
 import re
@@ -19,3 +20,14 @@ def test_runner_and_pegp_benches_print_their_ratios():
     assert re.search(r"median overhead [+-]\d+\.\d+% over \d+ interleaved rounds", out)
     assert re.search(r"basis collection after task 1: \d+\.\d+ s", out)
     assert "directions in" in out and "KiB" in out
+
+
+def test_text_memory_bench_counts_tensors_and_chunks_stop_the_growth():
+    """Tensor memory (counted by the profiler, not timed): one pass grows with the head, chunks do not beyond
+    the features."""
+    from suite.bench import _text_step_memory
+
+    one = [_text_step_memory("embedded:micro-clip@random", c, 10**9)[0] for c in (32, 128)]
+    chunked = [_text_step_memory("embedded:micro-clip@random", c, 16)[0] for c in (32, 128)]
+    assert one[1] > 3 * one[0] > 0
+    assert chunked[1] < 1.5 * chunked[0] and chunked[1] < one[1] / 2

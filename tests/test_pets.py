@@ -149,3 +149,27 @@ def test_bad_pet_options_are_clear(micro):
         attach_pet(micro, "adapter", layers="0-9")
     with pytest.raises(ValueError, match="unknown PET"):
         attach_pet(micro, "ia3")
+
+
+def test_text_prompts_encoded_in_checkpointed_chunks_match_one_pass():
+    """Chunked, checkpointed encoding of a trained text side: the same features and the same gradients."""
+    import torch
+    import torch.nn.functional as F
+
+    from suite.evaluation.evaluator import Evaluator
+    from suite.models import create_model_and_transforms
+    from suite.pet import attach_pet
+
+    backbone = create_model_and_transforms("embedded:micro-clip@random")
+    pet = attach_pet(backbone, "lora", towers="text")
+    names = [f"class {i}" for i in range(11)]
+    image = F.normalize(torch.randn(5, backbone.encode_text(backbone.tokenize(["a"])).shape[-1]), dim=-1)
+    results = []
+    for chunk in (1000, 3):
+        pet.zero_grad()
+        text = Evaluator(backbone, text_chunk=chunk).class_text_features(names, ["a {}.", "the {}."], fresh=True)
+        F.cross_entropy(image @ text.T * 50, torch.arange(5)).backward()
+        results.append((text.detach(), [p.grad.clone() for p in pet.parameters() if p.grad is not None]))
+    (whole, g_whole), (chunked, g_chunked) = results
+    assert torch.allclose(whole, chunked, atol=1e-6) and len(g_whole) == len(g_chunked) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_whole, g_chunked))
