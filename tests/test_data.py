@@ -1,5 +1,7 @@
 import gzip
+import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +202,34 @@ def test_training_with_decoding_workers_is_identical_to_the_main_process(tmp_pat
                             out=str(tmp_path / f"r{len(matrices)}"), run_dir=str(tmp_path / "runs"), progress=False))
         matrices.append(rec["matrix"])
     assert matrices[0] == matrices[1] == matrices[2]
+
+
+def test_shipped_imagenet_r_sequence_names_wordnet_folders_by_their_class_names(tmp_path, monkeypatch):
+    """ImageNet-R as the dataset ships it (WordNet-id folders): the shipped sequence's names file gives every
+    prompt a class name; a WordNet-id folder without a name is refused; classes may be chosen by id or name."""
+    from suite.sequences import load_sequence
+
+    names = dict(line.split("\t") for line in open("tasks/real/names/imagenet.tsv").read().splitlines()
+                 if line and not line.startswith("#"))
+    ids = sorted(names)[::5][:200]
+    for split in ("train", "test"):
+        for k, wnid in enumerate(ids):
+            (tmp_path / "imagenet-r" / split / wnid).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (k, 0, 0)).save(tmp_path / "imagenet-r" / split / wnid / "0.png")
+    monkeypatch.setenv("CLSUITE_DATA", str(tmp_path))
+    seq = load_sequence("tasks/real/imagenet-r-10.yaml")
+    second = materialize(seq, "imagenet-r-2", verify=False)
+    assert second.classnames == [names[w] for w in ids[20:40]]
+    prompts = [t.format(c) for c in second.classnames for t in second.templates]
+    assert not any(re.search(r"n\d{8}", p) for p in prompts)
+    assert {i.split("/")[1] for i in second.test.ids} == set(ids[20:40])
+    picked = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(tmp_path / "imagenet-r"),
+                                            "folders_file": str(Path.cwd() / "tasks/real/names/imagenet.tsv")},
+                    "classes": [names[ids[3]], ids[7]], "split": {"rule": "official"}}])
+    data = materialize(picked, "s")
+    assert data.classnames == [names[ids[3]], names[ids[7]]] and len(data.test) == 2
+    assert [i.split("/")[1] for i in data.test.ids] == [ids[3], ids[7]]
+    bare = _seq([{"name": "s", "source": {"adapter": "imagefolder", "root": str(tmp_path / "imagenet-r")},
+                  "classes": {"from": "folders"}, "split": {"rule": "official"}}])
+    with pytest.raises(DataMissingError, match="WordNet ids with no class name"):
+        materialize(bare, "s")

@@ -116,7 +116,7 @@ def test_split_attention_matches_fused_multihead_attention():
     mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
     from suite.models.attention import SplitAttention
 
-    split = SplitAttention(mha)
+    split = SplitAttention.from_mha(mha)
     x = torch.randn(2, 7, 32)
     mask = torch.triu(torch.full((7, 7), float("-inf")), 1)
     ref = mha(x, x, x, need_weights=False, attn_mask=mask)[0]

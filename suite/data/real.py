@@ -5,10 +5,12 @@ looked for, and how to provide it.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,29 +76,72 @@ def _norm(name: str) -> str:
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
-def class_folders(task: TaskSpec, folder: Path, found: list[str]) -> list[str]:
-    """The folder of each class of ``task``, matched by name (case, ``_``, ``-`` and spaces ignored; or as
-    ``source.folders`` maps it, e.g. a class name to its WordNet-id folder). Labels follow the class list, so a
-    renamed or added folder cannot relabel a task; folders of other classes are left out (a task may take a subset
-    of a dataset's classes). A class without a folder is an error naming it. Classes read from the folders keep
-    the folders' sorted order."""
+WORDNET_ID = re.compile(r"^n\d{8}$")
+
+
+@functools.lru_cache(maxsize=16)
+def _read_names_file(path: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read this class-names file ({type(exc).__name__})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+            raise ConfigError(f"{path}:{n}: expected '<folder><TAB><class name>'")
+        out[parts[0].strip()] = parts[1].strip()
+    return out
+
+
+def folder_names(seq: TaskSequence, task: TaskSpec) -> dict[str, str]:
+    """Folder → class name: ``source.folders_file`` (a tab-separated file shipped beside the sequence, e.g.
+    ``names/imagenet.tsv`` from ImageNet's WordNet metadata) and ``source.folders`` (class name → folder)."""
+    out: dict[str, str] = {}
+    if task.source.get("folders_file"):
+        out.update(_read_names_file(str(Path(seq.path).parent / task.source["folders_file"])))
+    out.update({folder: name for name, folder in task.source.get("folders", {}).items()})
+    return out
+
+
+def class_folders(task: TaskSpec, folder: Path, found: list[str], names: dict[str, str] | None = None) -> list[str]:
+    """The folder of each class of ``task``, matched by name (case, ``_``, ``-`` and spaces ignored), by the
+    folder's own name (an id such as a WordNet id), or through ``names`` (folder → class name, see
+    :func:`folder_names`). Labels follow the class list, so a renamed or added folder cannot relabel a task;
+    folders of other classes are left out (a task may take a subset of a dataset's classes). A class without a
+    folder is an error naming it. Classes read from the folders keep the folders' sorted order."""
     if not isinstance(task.classes, tuple):
         return found
-    declared = task.source.get("folders", {})
     by_norm = {_norm(f): f for f in found}
+    by_name = {_norm(n): f for f, n in (names or {}).items() if f in found}
     out, missing = [], []
     for c in task.classes:
-        f = declared.get(c) or by_norm.get(_norm(c))
-        (out.append(f) if f in found else missing.append(declared.get(c, c)))
+        f = by_name.get(_norm(c)) or by_norm.get(_norm(c))
+        (out.append(f) if f in found else missing.append(c))
     if missing:
         raise DataMissingError(f"{folder} (task {task.name}): no folder for class(es) {missing[:5]} "
-                               f"(set source.folders to map class names to folder names)")
+                               f"(set source.folders or source.folders_file to map class names to folder names)")
+    return out
+
+
+def imagefolder_class_names(task: TaskSpec, folder: Path, folders: list[str], names: dict[str, str]) -> list[str]:
+    """What prompts call each class: the sequence's own name, else the folder's name from ``names``; a WordNet-id
+    folder without a name is an error, so no prompt ever reads "a photo of a n01440764"."""
+    listed = task.classes if isinstance(task.classes, tuple) else folders
+    out = [c if _norm(c) != _norm(f) else names.get(f, c.replace("_", " ")) for c, f in zip(listed, folders)]
+    ids = [n for n in out if WORDNET_ID.match(n)]
+    if ids:
+        raise DataMissingError(f"{folder} (task {task.name}): folder(s) {ids[:3]} are WordNet ids with no class name; "
+                               f"give source.folders_file (e.g. names/imagenet.tsv) or source.folders")
     return out
 
 
 def load_imagefolder(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
     root = data_root(task)
     sub = task.source.get("subdir", "")
+    names = folder_names(seq, task)
     splits = {}
     classes: list[str] = []
     for key, default in (("train_split", "train"), ("test_split", "test")):
@@ -106,7 +151,7 @@ def load_imagefolder(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
         found = sorted(p.name for p in d.iterdir() if p.is_dir())
         if not found:
             raise DataMissingError(f"{d} (task {task.name}): no class folders")
-        folders = class_folders(task, d, found)
+        folders = class_folders(task, d, found, names)
         classes = folders
         files, labels = [], []
         for c, cname in enumerate(folders):
@@ -120,7 +165,8 @@ def load_imagefolder(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
     keep = _class_range(task)
     train = _few_shot(_select_classes(splits["train_split"], keep), task, seq.seed)
     test = _select_classes(splits["test_split"], keep)
-    return TaskData(task.name, _names(task, classes), list(task.templates), train, test)
+    folders = [classes[i] for i in keep] if keep else classes
+    return TaskData(task.name, imagefolder_class_names(task, root, folders, names), list(task.templates), train, test)
 
 
 def load_torchvision(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:

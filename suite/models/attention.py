@@ -13,12 +13,15 @@ does in transformers' CLIP) and computing the same function. Two kinds of learne
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
 
 
 class KVSource(Protocol):
@@ -38,31 +41,83 @@ class KVPrefix(Protocol):
 
 
 class SplitAttention(nn.Module):
-    def __init__(self, mha: nn.MultiheadAttention):
+    """Multi-head attention as four ``nn.Linear`` (q, k, v, out), built from ``nn.MultiheadAttention``
+    (:meth:`from_mha`, open_clip up to 3.x) or from open_clip's own ``Attention`` class (:meth:`from_open_clip`,
+    its development branch for 4.x), computing the same function and called the way the replaced module was
+    (MHA: ``(query, key, value, need_weights=, attn_mask=)`` → ``(out, None)``; open_clip: ``(x, k_x=, v_x=,
+    attn_mask=)`` → ``out``, batch first)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, out_bias: bool = True,
+                 kdim: int | None = None, vdim: int | None = None, batch_first: bool = True,
+                 returns_pair: bool = True):
         super().__init__()
-        d, h = mha.embed_dim, mha.num_heads
-        self.embed_dim, self.num_heads, self.head_dim = d, h, d // h
-        self.batch_first = mha.batch_first
-        self.q, self.k, self.v = (nn.Linear(d, d, bias=mha.in_proj_bias is not None) for _ in range(3))
-        w = mha.in_proj_weight.detach()
-        b = mha.in_proj_bias.detach() if mha.in_proj_bias is not None else None
-        for i, lin in enumerate((self.q, self.k, self.v)):
-            lin.weight.data.copy_(w[i * d:(i + 1) * d])
-            if b is not None:
-                lin.bias.data.copy_(b[i * d:(i + 1) * d])
-        self.out = nn.Linear(d, d, bias=mha.out_proj.bias is not None)
-        self.out.weight.data.copy_(mha.out_proj.weight.detach())
-        if mha.out_proj.bias is not None:
-            self.out.bias.data.copy_(mha.out_proj.bias.detach())
+        self.embed_dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.batch_first, self.returns_pair = batch_first, returns_pair
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(kdim or dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(vdim or dim, dim, bias=qkv_bias)
+        self.out = nn.Linear(dim, dim, bias=out_bias)
+        # open_clip's optional parts (identity / absent for nn.MultiheadAttention and for CLIP's usual configs)
+        self.ln_q: nn.Module = nn.Identity()
+        self.ln_k: nn.Module = nn.Identity()
+        self.ln_inner: nn.Module = nn.Identity()
+        self.out_drop: nn.Module = nn.Identity()
+        self.head_scale: nn.Parameter | None = None
+        self.attn_dropout = 0.0
         self.sources = nn.ModuleList()  # gated key/value branches (gated prefix/prompt), added by their PET
         self.prefixes = nn.ModuleList()  # concatenated key/value prefixes (prefix-tuning), added by their PET
+
+    def _load(self, w_q, w_k, w_v, in_bias, out: nn.Linear) -> "SplitAttention":
+        for lin, w in ((self.q, w_q), (self.k, w_k), (self.v, w_v)):
+            lin.weight.data.copy_(w.detach())
+        if in_bias is not None:
+            for lin, b in zip((self.q, self.k, self.v), in_bias.detach().chunk(3)):
+                lin.bias.data.copy_(b)
+        self.out.weight.data.copy_(out.weight.detach())
+        if out.bias is not None:
+            self.out.bias.data.copy_(out.bias.detach())
+        return self
+
+    @classmethod
+    def from_mha(cls, mha: nn.MultiheadAttention) -> "SplitAttention":
+        new = cls(mha.embed_dim, mha.num_heads, mha.in_proj_bias is not None, mha.out_proj.bias is not None,
+                  mha.kdim, mha.vdim, mha.batch_first, returns_pair=True)
+        if mha.in_proj_weight is not None:
+            w = mha.in_proj_weight.chunk(3)
+        else:
+            w = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+        new.attn_dropout = float(mha.dropout)
+        return new._load(*w, mha.in_proj_bias, mha.out_proj)
+
+    @classmethod
+    def from_open_clip(cls, attn: nn.Module) -> "SplitAttention":
+        """From open_clip's ``Attention`` (batch first, fused or separate in-projection, optional q/k norms,
+        head scale and inner norm, which are kept). Scaled-cosine attention is refused: no PET here models it."""
+        if getattr(attn, "logit_scale", None) is not None:
+            raise ConfigError(f"{type(attn).__name__} with scaled cosine attention: the suite's attention-side PETs "
+                              f"do not support it")
+        fused = getattr(attn, "in_proj_weight", None)
+        w = fused.chunk(3) if fused is not None else (attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight)
+        dim = attn.num_heads * attn.head_dim
+        new = cls(dim, attn.num_heads, attn.in_proj_bias is not None, attn.out_proj.bias is not None,
+                  w[1].shape[1], w[2].shape[1], batch_first=True, returns_pair=False)
+        new.ln_q, new.ln_k = attn.ln_q, attn.ln_k
+        new.ln_inner = getattr(attn, "ln_inner", nn.Identity())
+        new.out_drop = getattr(attn, "out_drop", nn.Identity())
+        new.head_scale = getattr(attn, "head_scale", None)
+        drop = getattr(attn, "attn_drop", None)
+        new.attn_dropout = float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
+        return new._load(*w, attn.in_proj_bias, attn.out_proj)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
-                need_weights: bool = False, attn_mask: torch.Tensor | None = None, **_: object):
+                need_weights: bool = False, attn_mask: torch.Tensor | None = None,
+                k_x: torch.Tensor | None = None, v_x: torch.Tensor | None = None, **_: object):
+        key = k_x if key is None else key
+        value = v_x if value is None else value
         if not self.batch_first:
             query = query.transpose(0, 1)
             key = key.transpose(0, 1) if key is not None else None
@@ -70,18 +125,25 @@ class SplitAttention(nn.Module):
         key = query if key is None else key
         value = key if value is None else value
         q, k, v = self.heads(self.q(query)), self.heads(self.k(key)), self.heads(self.v(value))
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            attn_mask = attn_mask.to(q.dtype)
+        q, k = self.ln_q(q), self.ln_k(k)
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool:
+                attn_mask = attn_mask.to(q.dtype)
+            if attn_mask.dim() == 3:  # (batch * heads, L, S), as nn.MultiheadAttention takes it
+                attn_mask = attn_mask.view(q.shape[0], self.num_heads, *attn_mask.shape[1:])
         if len(self.prefixes):
             k, v, attn_mask = self._with_prefixes(q, k, v, attn_mask)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        if self.head_scale is not None:
+            out = out * self.head_scale
         for src in self.sources:
             out = out + src.contribute(q, self)
         b, _, n, _ = out.shape
-        out = self.out(out.transpose(1, 2).reshape(b, n, self.embed_dim))
+        out = self.out_drop(self.out(self.ln_inner(out.transpose(1, 2).reshape(b, n, self.embed_dim))))
         if not self.batch_first:
             out = out.transpose(0, 1)
-        return out, None
+        return (out, None) if self.returns_pair else out
 
 
     def _with_prefixes(self, q, k, v, attn_mask):
@@ -107,12 +169,27 @@ class SplitAttention(nn.Module):
         return k, v, attn_mask
 
 
+def is_open_clip_attention(module: nn.Module) -> bool:
+    """open_clip's own attention class (its 4.x development branch): known by its parts and its call, so the
+    check needs neither that version installed nor its module path."""
+    if isinstance(module, (nn.MultiheadAttention, SplitAttention)):
+        return False
+    parts = all(hasattr(module, a) for a in ("num_heads", "head_dim", "in_proj_bias", "ln_q", "ln_k"))
+    if not parts or not isinstance(getattr(module, "out_proj", None), nn.Linear):
+        return False
+    return "k_x" in inspect.signature(type(module).forward).parameters
+
+
 def split_attention_in(module: nn.Module) -> int:
-    """Replace every ``nn.MultiheadAttention`` under ``module`` by an equivalent :class:`SplitAttention`."""
+    """Replace every ``nn.MultiheadAttention`` and open_clip ``Attention`` under ``module`` by an equivalent
+    :class:`SplitAttention`."""
     count = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.MultiheadAttention):
-            setattr(module, name, SplitAttention(child))
+            setattr(module, name, SplitAttention.from_mha(child))
+            count += 1
+        elif is_open_clip_attention(child):
+            setattr(module, name, SplitAttention.from_open_clip(child))
             count += 1
         else:
             count += split_attention_in(child)
