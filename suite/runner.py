@@ -19,7 +19,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
@@ -32,7 +31,7 @@ from .data import TaskData, materialize
 from .data.shards import ShardError, ShardStream
 from .errors import ConfigError, SuiteError
 from .evaluation.calibration import ece_with_interval
-from .evaluation.evaluator import ConceptProbe, Evaluator, batch_images, decode_image, hijacking, model_input
+from .evaluation.evaluator import ConceptProbe, DecodedImages, Evaluator, StreamInput, batch_images, hijacking
 from .evaluation.hallucination import name_words
 from .methods import Method, RunContext, make_method
 from .models import create_model_and_transforms, weights_digest
@@ -175,39 +174,6 @@ def environment(device: torch.device) -> dict[str, Any]:
             "world_size": _dist()[1], "git_commit": commit}
 
 
-def _decoding_view(backbone) -> SimpleNamespace:
-    """Only what decoding reads: DataLoader workers never touch the model (or its device)."""
-    return SimpleNamespace(pil_preprocess=getattr(backbone, "pil_preprocess", None), image_size=backbone.image_size)
-
-
-def _as_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
-
-
-class DecodedImages(torch.utils.data.Dataset):
-    """The images of a file-backed split, each decoded as :func:`decode_image` does it (for DataLoader workers)."""
-
-    def __init__(self, backbone, split):
-        self.backbone = _decoding_view(backbone)
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int):
-        return _as_tensor(decode_image(self.backbone, self.split, i))
-
-
-class StreamInput:
-    """A streamed sample's image as a model input (picklable, for the stream's DataLoader workers)."""
-
-    def __init__(self, backbone):
-        self.backbone = _decoding_view(backbone)
-
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return _as_tensor(model_input(self.backbone, image))
-
-
 def default_workers() -> int:
     """Decoding processes for file-backed training data: half the cores, at most 8 (0 on a 1-2 core machine)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -327,8 +293,8 @@ class Runner:
         self.data = {t.name: materialize(self.seq, t, size) for t in self.seq.tasks + self.seq.control_sets}
         amp = cfg.amp and self.device.type in ("cuda", "cpu")
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if amp else None
-        self.evaluator = Evaluator(self.backbone, cfg.eval_batch_size, cfg.max_eval, self.autocast)
         workers = default_workers() if cfg.workers is None else cfg.workers
+        self.evaluator = Evaluator(self.backbone, cfg.eval_batch_size, cfg.max_eval, self.autocast, workers=workers)
         self.batches = Batches(self.backbone, self.seq.track, self.train.batch_size, workers)
         self.ctx = RunContext(backbone=self.backbone, pet=self.pet, device=self.device, sequence=self.seq, seed=cfg.seed,
                               task_loss=self.task_loss, batch_size=int(self.train.batch_size),

@@ -189,6 +189,30 @@ def test_later_evaluations_decode_no_test_image_again():
     assert torch.equal(small.image_features(split), first) and len(decodes) == 12
 
 
+def _shade(i):
+    return np.full((12, 12, 3), i * 20, np.uint8)
+
+
+def _never(i):
+    raise AssertionError(f"image {i} decoded again")
+
+
+def test_first_evaluation_decodes_in_workers_and_later_ones_decode_nothing():
+    import torch
+
+    from suite.data.base import Split
+    from suite.evaluation.evaluator import Evaluator
+    from suite.models import create_model_and_transforms
+
+    backbone = create_model_and_transforms("embedded:micro-clip@random")
+    split = Split(labels=np.arange(10) % 2, ids=[f"f{i}" for i in range(10)], loader=_shade)
+    plain = Evaluator(backbone, batch_size=4).image_features(split)
+    ev = Evaluator(backbone, batch_size=4, workers=2)
+    assert torch.equal(ev.image_features(split), plain)
+    split.loader = _never
+    assert torch.equal(ev.image_features(split), plain)
+
+
 def test_training_with_decoding_workers_is_identical_to_the_main_process(tmp_path):
     """File-backed images decoded by 2 DataLoader workers: the same matrix as without workers, twice."""
     from conftest import MICRO, imagefolder_sequence

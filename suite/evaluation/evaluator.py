@@ -6,7 +6,8 @@ changed (``invalidate_text``), so a vision-only PET never re-encodes text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -47,6 +48,39 @@ def batch_images(backbone, split: Split, idx: Iterable[int]) -> torch.Tensor:
     return torch.stack(ims).to(backbone.device)
 
 
+def _decoding_view(backbone) -> SimpleNamespace:
+    """Only what decoding reads: DataLoader workers never touch the model (or its device)."""
+    return SimpleNamespace(pil_preprocess=getattr(backbone, "pil_preprocess", None), image_size=backbone.image_size)
+
+
+def _as_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """The images of a file-backed split, each decoded as :func:`decode_image` does it (for DataLoader workers)."""
+
+    def __init__(self, backbone, split):
+        self.backbone = _decoding_view(backbone)
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        return _as_tensor(decode_image(self.backbone, self.split, i))
+
+
+class StreamInput:
+    """A streamed sample's image as a model input (picklable, for the stream's DataLoader workers)."""
+
+    def __init__(self, backbone):
+        self.backbone = _decoding_view(backbone)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return _as_tensor(model_input(self.backbone, image))
+
+
 @dataclass
 class Evaluator:
     backbone: Any
@@ -58,6 +92,7 @@ class Evaluator:
     text_encodes: int = 0  # how many times class prompts were encoded (for the speed benchmark)
     input_cache_bytes: int = 4 * 2**30  # decoded evaluation inputs of file-backed splits kept across evaluations
     text_chunk: int = 256  # prompts per text-tower pass when a trained text side is encoded with gradients
+    workers: int = 0  # DataLoader processes decoding file-backed test images the first time they are evaluated
     _input_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
     _input_cache_used: int = 0
 
@@ -115,29 +150,52 @@ class Evaluator:
             self._samples[id(split)] = stratified_sample(split.labels, self.max_eval, EVAL_SAMPLE_SEED)
         return self._samples[id(split)]
 
-    def _inputs(self, split: Split, idx: list[int], start: int) -> torch.Tensor:
-        """A batch of model inputs. Images read from files are decoded and transformed once per run and kept
-        on the CPU (up to ``input_cache_bytes``), so later evaluations decode nothing again."""
-        chunk = idx[start:start + self.batch_size]
-        if split.images is not None:  # in-memory uint8: the fast path, nothing to decode
-            return batch_images(self.backbone, split, chunk)
-        key = (id(split), start, len(chunk), chunk[0] if chunk else -1)
-        if key in self._input_cache:
-            return self._input_cache[key].to(self.backbone.device)
-        images = batch_images(self.backbone, split, chunk)
+    def _cache_key(self, split: Split, chunk: list[int], start: int) -> tuple:
+        return (id(split), start, len(chunk), chunk[0] if chunk else -1)
+
+    def _keep(self, key: tuple, images: torch.Tensor) -> None:
         size = images.element_size() * images.numel()
         if self._input_cache_used + size <= self.input_cache_bytes:
             self._input_cache[key] = images.cpu()
             self._input_cache_used += size
-        return images
+
+    def _input_batches(self, split: Split, idx: list[int]) -> Iterator[torch.Tensor]:
+        """The model inputs of ``idx``, batch by batch. Images read from files are decoded and transformed once
+        per run (by ``workers`` DataLoader processes when set) and kept on the CPU up to ``input_cache_bytes``,
+        so later evaluations decode nothing again."""
+        starts = range(0, len(idx), self.batch_size)
+        if split.images is not None:  # in-memory uint8: the fast path, nothing to decode
+            for start in starts:
+                yield batch_images(self.backbone, split, idx[start:start + self.batch_size])
+            return
+        chunks = {start: idx[start:start + self.batch_size] for start in starts}
+        todo = [s for s in starts if self._cache_key(split, chunks[s], s) not in self._input_cache]
+        decoded: Iterator[torch.Tensor] | None = None
+        if self.workers and todo:
+            decoded = iter(torch.utils.data.DataLoader(
+                DecodedImages(self.backbone, split), batch_sampler=[chunks[s] for s in todo],
+                num_workers=self.workers, pin_memory=self.backbone.device.type == "cuda"))
+        for start in starts:
+            key = self._cache_key(split, chunks[start], start)
+            if key in self._input_cache:
+                yield self._input_cache[key].to(self.backbone.device)
+                continue
+            if decoded is not None:
+                images = next(decoded)
+                images = (self.backbone.images_from_uint8(images.numpy()) if images.dtype == torch.uint8
+                          else images.to(self.backbone.device))
+            else:
+                images = batch_images(self.backbone, split, chunks[start])
+            self._keep(key, images)
+            yield images
 
     def image_features(self, split: Split, sample: bool = True) -> torch.Tensor:
         """Normalised features of the split's evaluated images (``sample=False``: all of its images)."""
         idx = self.eval_indices(split) if sample else list(range(len(split)))
         out = []
         with torch.no_grad(), self._ctx():
-            for i in range(0, len(idx), self.batch_size):
-                out.append(F.normalize(self.backbone.encode_image(self._inputs(split, idx, i)).float(), dim=-1))
+            for images in self._input_batches(split, idx):
+                out.append(F.normalize(self.backbone.encode_image(images).float(), dim=-1))
         return torch.cat(out) if out else torch.zeros(0, 1)
 
     # -- metrics -------------------------------------------------------------------------------------
