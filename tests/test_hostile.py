@@ -79,6 +79,9 @@ SEQUENCE_CASES = [
     ("control_sets.0.candidates", [["blue heart", "x"]], "red star"),
     ("control_sets.0.name", "t0", "duplicate"), ("synonyms", [["solo"]], "synonyms"), ("unknown_top", 1, "unknown_top"),
     ("templates_file", "/nonexistent/templates.yaml", "templates_file"),
+    ("tasks.0.source.stream", "yes", "stream"), ("tasks.0.source.shuffle", -3, "shuffle"),
+    ("tasks.0.source.shuffle", 10**9, "shuffle"), ("tasks.0.source.folders_file", 7, "folders_file"),
+    ("tasks.0.source.split_file", ["a"], "split_file"),
 ]
 
 
@@ -357,3 +360,20 @@ def test_a_corrupt_image_is_named_in_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, main(["run", "--sequence", str(seq), "--model", "embedded:micro-clip@random",
                                         "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs"), "--quiet"]))
     assert "broken.png" in err and "cannot decode" in err
+
+
+@pytest.mark.parametrize("content, says", [
+    ("n01440764 tench\n", ":1: expected '<folder><TAB><class name>'"),
+    ("# header\nn01440764\ttench\textra\n", ":2: expected"),
+    ("n01440764\t \n", ":1: expected"),
+])
+def test_a_bad_class_names_file_is_named_with_its_line(tmp_path, capsys, content, says):
+    from conftest import imagefolder_sequence
+
+    seq = yaml.safe_load(open(imagefolder_sequence(tmp_path)).read())
+    (tmp_path / "names.tsv").write_text(content)
+    seq["tasks"][0]["source"]["folders_file"] = "names.tsv"
+    (tmp_path / "files.yaml").write_text(yaml.safe_dump(seq))
+    line = _one_line_error(capsys, main(["tasks", "prepare", str(tmp_path / "files.yaml")]))
+    assert "names.tsv" in line and says in line
+
