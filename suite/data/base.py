@@ -53,11 +53,22 @@ class Split:
     def load(self, i: int) -> np.ndarray:
         if self.images is not None:
             return self.images[i]
+        img = self.image(i)
+        return img if isinstance(img, np.ndarray) else np.asarray(img)
+
+    def image(self, i: int) -> "Image.Image | np.ndarray":
+        """Image ``i`` decoded: an RGB PIL image for files (no array copy when a PIL transform follows), else the
+        loader's array."""
+        if self.images is not None:
+            return self.images[i]
         assert self.loader is not None
         try:
             img = self.loader(i)
-            return img if isinstance(img, np.ndarray) else np.asarray(Image.open(img).convert("RGB")
-                                                                       if isinstance(img, str) else img.convert("RGB"))
+            if isinstance(img, np.ndarray):
+                return img
+            img = Image.open(img) if isinstance(img, str) else img
+            img.load()
+            return img.convert("RGB")
         except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated or foreign files
             raise ImageError(f"{self.ids[i]}: cannot decode this image ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None

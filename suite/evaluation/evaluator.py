@@ -21,19 +21,19 @@ from .retrieval import confident_mismatch_rate, recall_at_k
 EVAL_SAMPLE_SEED = 0  # the --max-eval sample is the same for every step, method and seed
 
 
-def model_input(backbone, image: np.ndarray) -> torch.Tensor | np.ndarray:
-    """One decoded image as the model takes it: the model's PIL transform (a tensor), or resized to its input
-    size (uint8; normalised with its batch)."""
+def model_input(backbone, image) -> torch.Tensor | np.ndarray:
+    """One decoded image (an array or an RGB PIL image) as the model takes it: the model's PIL transform (a
+    tensor), or resized to its input size (uint8; normalised with its batch)."""
     from PIL import Image
 
-    im = Image.fromarray(image)
+    im = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     tf = getattr(backbone, "pil_preprocess", None)
     return tf(im) if tf is not None else np.asarray(im.resize((backbone.image_size, backbone.image_size)))
 
 
 def decode_image(backbone, split: Split, i: int) -> torch.Tensor | np.ndarray:
     """Image ``i`` of a file-backed split, decoded and made a model input (:func:`model_input`)."""
-    return model_input(backbone, split.load(i))
+    return model_input(backbone, split.image(i))
 
 
 def batch_images(backbone, split: Split, idx: Iterable[int]) -> torch.Tensor:
