@@ -257,3 +257,9 @@ def test_shipped_imagenet_r_sequence_names_wordnet_folders_by_their_class_names(
                   "classes": {"from": "folders"}, "split": {"rule": "official"}}])
     with pytest.raises(DataMissingError, match="WordNet ids with no class name"):
         materialize(bare, "s")
+
+
+def test_torchvision_class_names_are_prompt_names():
+    from suite.data.real import _prompt_name
+
+    assert _prompt_name(("tench", "Tinca tinca")) == "tench" and _prompt_name("aquarium_fish") == "aquarium fish"

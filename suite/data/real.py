@@ -147,7 +147,7 @@ def load_imagefolder(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
     for key, default in (("train_split", "train"), ("test_split", "test")):
         d = root / sub / task.source.get(key, default) if task.source.get(key, default) else root / sub
         if not d.is_dir():
-            raise _missing(task, d, f"{key.split('_')[0]} folder")
+            raise _missing(task, d, f"{key} folder")
         found = sorted(p.name for p in d.iterdir() if p.is_dir())
         if not found:
             raise DataMissingError(f"{d} (task {task.name}): no class folders")
@@ -193,11 +193,17 @@ def load_torchvision(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
         labels = _torchvision_targets(ds)
         splits[key] = Split(labels=labels, ids=[f"{name}:{which}:{i}" for i in range(len(labels))],
                             loader=lambda i, d=ds: d[i][0])
-        found = [str(c) for c in getattr(ds, "classes", [])] or [str(i) for i in range(int(labels.max()) + 1)]
+        found = [_prompt_name(c) for c in getattr(ds, "classes", [])] or [str(i) for i in range(int(labels.max()) + 1)]
     keep = _class_range(task)
     train = _few_shot(_select_classes(splits["train_split"], keep), task, seq.seed)
     test = _select_classes(splits["test_split"], keep)
     return TaskData(task.name, _names(task, found), list(task.templates), train, test)
+
+
+def _prompt_name(cls) -> str:
+    """A torchvision class as prompts name it: the first of a synonym tuple (ImageNet), underscores as spaces
+    (CIFAR-100's ``aquarium_fish``)."""
+    return str(cls[0] if isinstance(cls, (tuple, list)) and cls else cls).replace("_", " ")
 
 
 def _torchvision_targets(ds) -> np.ndarray:
