@@ -31,7 +31,7 @@ from .data import TaskData, materialize
 from .data.shards import ShardError, ShardStream
 from .errors import ConfigError, SuiteError
 from .evaluation.calibration import ece_with_interval
-from .evaluation.evaluator import ConceptProbe, DecodedImages, Evaluator, StreamInput, batch_images, hijacking
+from .evaluation.evaluator import ConceptProbe, DecodedImages, Evaluator, StreamInput, as_model_batch, batch_images, hijacking
 from .evaluation.hallucination import name_words
 from .methods import Method, RunContext, make_method
 from .models import create_model_and_transforms, weights_digest
@@ -193,12 +193,15 @@ class Batches:
     def make(self, data: TaskData, idx: list[int], images: torch.Tensor | None = None, draw: int = 0) -> dict[str, Any]:
         """The batch of images ``idx``; on the cross-modal track with each image's caption for its ``draw``-th use."""
         split = data.train
-        if images is None:
-            images = batch_images(self.backbone, split, idx)
-        batch = {"images": images,
-                 "labels": torch.as_tensor(split.labels[idx], device=self.backbone.device), "data": data}
-        if self.track == "cross-modal":
-            batch["tokens"] = self.backbone.tokenize([split.caption(i, draw) for i in idx]).to(self.backbone.device)
+        captions = [split.caption(i, draw) for i in idx] if self.track == "cross-modal" else None
+        return self._assemble(data, batch_images(self.backbone, split, idx) if images is None else images,
+                              split.labels[idx], captions)
+
+    def _assemble(self, data: TaskData, images: torch.Tensor, labels, captions: list[str] | None) -> dict[str, Any]:
+        """A training batch as losses read it: model inputs, labels, the task's data, and caption tokens."""
+        batch = {"images": images, "labels": torch.as_tensor(labels, device=self.backbone.device), "data": data}
+        if captions is not None:
+            batch["tokens"] = self.backbone.tokenize(list(captions)).to(self.backbone.device)
         return batch
 
     def order(self, data: TaskData, n: int, seed: int = 0) -> list[list[int]]:
@@ -220,11 +223,6 @@ class Batches:
         """How many times :meth:`order` has reshuffled before batch ``b`` (each epoch draws the next caption)."""
         return b // max(1, total // self.batch_size)
 
-    def _to_model(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype == torch.uint8:
-            images = self.backbone.images_from_uint8(images.numpy())
-        return images.to(self.backbone.device, non_blocking=True)
-
     def __call__(self, data: TaskData, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
         if data.train_stream is not None:
             yield from self.streamed(data, n, seed)
@@ -239,7 +237,7 @@ class Batches:
                                              num_workers=self.workers, pin_memory=self.backbone.device.type == "cuda",
                                              prefetch_factor=4)
         for b, (idx, images) in enumerate(zip(order, loader)):
-            yield self.make(data, idx, self._to_model(images), draw=self.epoch_of(b, total))
+            yield self.make(data, idx, as_model_batch(self.backbone, images), draw=self.epoch_of(b, total))
 
     def streamed(self, data: TaskData, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
         """``n`` batches read front to back from the task's shards (:class:`~suite.data.shards.ShardStream`): this
@@ -248,24 +246,22 @@ class Batches:
         src = data.train_stream
         stream = ShardStream(src.shards, src.fmt, StreamInput(self.backbone), seed, rank, world, src.shuffle)
         workers = min(self.workers, len(src.shards) // world)
-        loader = torch.utils.data.DataLoader(stream, batch_size=len(range(rank, self.batch_size, world)),
-                                             num_workers=workers, drop_last=True,
+        share = len(range(rank, self.batch_size, world))  # this rank's rows of a global batch, as order() deals them
+        loader = torch.utils.data.DataLoader(stream, batch_size=share, num_workers=workers, drop_last=True,
                                              pin_memory=self.backbone.device.type == "cuda")
         made, epoch = 0, 0
         while made < n:
             stream.set_epoch(epoch)
             before = made
             for images, labels, captions in loader:
-                batch = {"images": self._to_model(images), "labels": labels.to(self.backbone.device), "data": data}
-                if self.track == "cross-modal":
-                    batch["tokens"] = self.backbone.tokenize(list(captions)).to(self.backbone.device)
-                yield batch
+                yield self._assemble(data, as_model_batch(self.backbone, images), labels,
+                                     captions if self.track == "cross-modal" else None)
                 made += 1
                 if made == n:
                     return
             if made == before:
                 raise ShardError(f"{data.name}: no reader of {len(src.shards)} shard(s) holds a whole batch of "
-                                 f"{len(range(rank, self.batch_size, world))} samples")
+                                 f"{share} samples")
             epoch += 1
 
 

@@ -36,6 +36,19 @@ def decode_image(backbone, split: Split, i: int) -> torch.Tensor | np.ndarray:
     return model_input(backbone, split.image(i))
 
 
+def _as_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
+
+
+def as_model_batch(backbone, images: torch.Tensor) -> torch.Tensor:
+    """A stack of :func:`model_input` results on the model's device: uint8 images normalised there (resized ones
+    from the PIL-less path), transformed ones moved as they are. Every decoded batch — main process or DataLoader
+    workers, training or evaluation — goes through here."""
+    if images.dtype == torch.uint8:
+        return backbone.images_from_uint8(images)
+    return images.to(backbone.device, non_blocking=True)
+
+
 def batch_images(backbone, split: Split, idx: Iterable[int]) -> torch.Tensor:
     """Preprocessed images of ``split`` at ``idx``: the uint8 fast path, or each image decoded by
     :func:`decode_image`."""
@@ -43,18 +56,12 @@ def batch_images(backbone, split: Split, idx: Iterable[int]) -> torch.Tensor:
     if split.images is not None:
         return backbone.images_from_uint8(split.images[idx])
     ims = [decode_image(backbone, split, i) for i in idx]
-    if isinstance(ims[0], np.ndarray):
-        return backbone.images_from_uint8(np.stack(ims))
-    return torch.stack(ims).to(backbone.device)
+    return as_model_batch(backbone, torch.from_numpy(np.stack(ims)) if isinstance(ims[0], np.ndarray) else torch.stack(ims))
 
 
 def _decoding_view(backbone) -> SimpleNamespace:
     """Only what decoding reads: DataLoader workers never touch the model (or its device)."""
     return SimpleNamespace(pil_preprocess=getattr(backbone, "pil_preprocess", None), image_size=backbone.image_size)
-
-
-def _as_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -181,9 +188,7 @@ class Evaluator:
                 yield self._input_cache[key].to(self.backbone.device)
                 continue
             if decoded is not None:
-                images = next(decoded)
-                images = (self.backbone.images_from_uint8(images.numpy()) if images.dtype == torch.uint8
-                          else images.to(self.backbone.device))
+                images = as_model_batch(self.backbone, next(decoded))
             else:
                 images = batch_images(self.backbone, split, chunks[start])
             self._keep(key, images)
@@ -334,5 +339,5 @@ class ConceptProbe:
         return out
 
 
-__all__ = ["Evaluator", "ConceptProbe", "batch_images", "decode_image", "model_input",
+__all__ = ["Evaluator", "ConceptProbe", "as_model_batch", "batch_images", "decode_image", "model_input",
            "control_accuracy", "hijacking", "stratified_sample"]
