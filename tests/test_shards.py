@@ -44,7 +44,7 @@ def _labels_of_one_epoch(stream, workers: int) -> list[int]:
 def test_a_stream_over_shards_with_two_workers_sees_every_sample_once_per_epoch(tmp_path):
     ids = write_shards(tmp_path, "train", shards=5, per_shard=7)
     shards = expand_shards("train-*.tar", tmp_path)
-    stream = ShardStream(shards, SampleFormat(), transform=lambda a: a.shape, seed=3, shuffle=4)
+    stream = ShardStream(shards, SampleFormat(), transform=lambda image: image.size, seed=3, shuffle=4)
     for epoch in (0, 1):
         stream.set_epoch(epoch)
         seen = _labels_of_one_epoch(stream, workers=2)

@@ -135,10 +135,12 @@ def index_shards(shards: list[str], fmt: SampleFormat) -> list[ShardSample]:
     return out
 
 
-def decode_bytes(raw: bytes) -> np.ndarray:
+def decode_bytes(raw: bytes):
+    """An image member's bytes as an RGB PIL image (what :func:`~suite.evaluation.evaluator.model_input` takes,
+    without an array round trip)."""
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+    return Image.open(io.BytesIO(raw)).convert("RGB")
 
 
 class ShardStream(torch.utils.data.IterableDataset):

@@ -84,7 +84,7 @@ class StreamInput:
     def __init__(self, backbone):
         self.backbone = _decoding_view(backbone)
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
+    def __call__(self, image) -> torch.Tensor:
         return _as_tensor(model_input(self.backbone, image))
 
 
