@@ -10,7 +10,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from .errors import SuiteError  # noqa: E402
-from .verbs import HANDLERS, PARSER_HOOKS, arguments, command  # noqa: E402
+from .paths import read_json  # noqa: E402
+from .verbs import HANDLERS, PARSER_HOOKS, Parser, arguments, command  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -115,8 +116,8 @@ def _record_zero_shot(path: str) -> list[float] | None:
     if not str(path).endswith(".json"):
         return None
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = read_json(path, "record")
+    except SuiteError:
         return None
     z = data.get("zero_shot", {}).get("tasks") if isinstance(data, dict) else None
     return z if isinstance(z, list) else None
@@ -142,7 +143,7 @@ def _core_arguments(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clsuite", description="Continual learning of CLIP models: benchmark suite.")
+    p = Parser(prog="clsuite", description="Continual learning of CLIP models: benchmark suite.")
     p.add_argument("--debug", action="store_true", help="show the traceback of a refused input, not one line")
     sub = p.add_subparsers(dest="cmd", required=True)
     for declare in PARSER_HOOKS:
@@ -153,12 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one verb. Input the suite refuses (:class:`~suite.errors.SuiteError`) is one line on stderr and exit
     status 2; any other exception is a bug and keeps its traceback."""
-    args = build_parser().parse_args(argv)
-    key = f"{args.cmd} {args.sub}" if getattr(args, "sub", None) else args.cmd
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        args = build_parser().parse_args(argv)
+        key = f"{args.cmd} {args.sub}" if getattr(args, "sub", None) else args.cmd
         return HANDLERS[key](args)
     except SuiteError as exc:
-        if args.debug:
+        if "--debug" in argv:
             raise
         print(f"clsuite: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .verbs import arguments, command
+from .verbs import arguments, command, count, seed_list
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -136,7 +136,7 @@ def _sweep(args: argparse.Namespace) -> int:
         cfgs = load_plan(args.plan, run_config_from_args(args))
     else:
         cfgs = grid(run_config_from_args(args), methods=args.methods.split(","), pets=args.pets.split(","),
-                    seeds=[int(s) for s in args.seeds.split(",")])
+                    seeds=args.seeds)
     for p in sweep(cfgs, jobs=args.jobs, resume=bool(args.resume), log=main_log):
         print(p)
     return 0
@@ -148,7 +148,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .paths import safe_name
     from .sweep import main_log
 
-    rep = calibrate(args.sequence, args.pets.split(","), [int(s) for s in args.seeds.split(",")], out=args.out,
+    rep = calibrate(args.sequence, args.pets.split(","), args.seeds, out=args.out,
                     jobs=args.jobs, source=args.source, log=main_log)
     print(format_report(rep))
     default = Path(args.out) / f"{safe_name(Path(args.sequence).stem)}.calibration.json"
@@ -289,7 +289,7 @@ def _accept(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from .leaderboard.submit import reproduce
 
-    res = reproduce(args.record, args.tolerance)
+    res = reproduce(args.record, *([args.tolerance] if args.tolerance is not None else []))
     print(json.dumps(res))
     return 0 if res["reproduced"] else 1
 
@@ -335,23 +335,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", help="the records folder (default: the checkout's results/)")
     p = sub.add_parser("reproduce", help="re-run a record's configuration; mark it reproduced when the matrix agrees")
     p.add_argument("record")
-    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--tolerance", type=float,
+                   help="largest difference, in accuracy (0.01 = one point), of any accuracy-matrix entry or aggregate "
+                   "for the re-run to count as reproduced (default: one point, REPRODUCE_TOLERANCE in "
+                   "suite/leaderboard/submit.py); on the machine that wrote the record a re-run is bit-identical, which "
+                   "the result reports as bit_identical")
 
     p = sub.add_parser("run", help="run one (sequence, model, PET, method, seed) and write its results record")
     _add_run_options(p)
     p = sub.add_parser("sweep", help="run a grid of methods x PETs x seeds, or every run of a plan file")
     _add_run_options(p)
     p.add_argument("--plan", help="a plan file (e.g. leaderboards/embedded-plan.yaml) instead of the grid options")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once; the CPU cores are divided between them")
+    p.add_argument("--jobs", type=count, default=1, help="runs at once; the CPU cores are divided between them")
     p.add_argument("--methods", default="seq,pegp", help="comma-separated methods")
     p.add_argument("--pets", default="lora", help="comma-separated PETs (none for PET-less methods)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds")
     p = sub.add_parser("calibrate", help="does the sequence's budget make naive training learn and forget? "
                        "zero-shot, seq, PEGP per PET over seeds, against the calibration targets")
     p.add_argument("sequence", help="shipped sequence name or file")
     p.add_argument("--pets", default="lora,adapter,prefix,vpt,coop,gated-prefix,gated-prompt", help="comma-separated PETs")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once; the CPU cores are divided between them")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--jobs", type=count, default=1, help="runs at once; the CPU cores are divided between them")
     p.add_argument("--out", default="calibration", help="folder for the runs' records (default calibration/)")
     p.add_argument("--from", dest="source", help="compute the report from the records in this folder instead of "
                    "running (e.g. results)")
@@ -366,7 +370,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain an embedded CLIP with a recipe (suite/models/recipes)")
     p.add_argument("--recipe", default="tiny-world")
     p.add_argument("--out", help="folder for <model>.safetensors and <model>.json")
-    p.add_argument("--steps", type=int, help="override the recipe's step count (short checks)")
+    p.add_argument("--steps", type=count, help="override the recipe's step count (short checks)")
     p = sub.add_parser("zeroshot-report", help="zero-shot accuracy of a backbone on held-out world splits and real sets")
     p.add_argument("--model", default="embedded:tiny-clip")
     p.add_argument("--out", help="also write the report to this JSON file")

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import SuiteError
+from .paths import read_text
 
 METRIC_NAMES = ("transfer", "avg", "last", "bwt", "forgetting", "fwt", "avg_incremental", "plasticity")
 
@@ -182,20 +183,20 @@ def load_matrix(path: str | Path) -> np.ndarray:
     """Read a matrix from JSON (list of rows, or an object with ``matrix``), CSV or ``.npy``."""
     p = Path(path)
     if not p.is_file():
-        raise MatrixError(f"{p}: no such file")
+        raise MatrixError(f"{p}: (file): no such matrix file")
     suffix = p.suffix.lower()
+    text = "" if suffix == ".npy" else read_text(p, "matrix file", MatrixError)
     try:
         if suffix == ".npy":
             rows = np.load(p, allow_pickle=False)
         elif suffix == ".json":
-            data = json.loads(p.read_text())
+            data = json.loads(text)
             rows = data.get("matrix", data.get("accuracy_matrix")) if isinstance(data, dict) else data
             if rows is None:
                 raise MatrixError("JSON object has no 'matrix' field")
         elif suffix in (".csv", ".tsv", ".txt"):
             delim = "\t" if suffix == ".tsv" else ","
-            with p.open(newline="") as fh:
-                rows = [[float(x) for x in r] for r in csv.reader(fh, delimiter=delim) if r]
+            rows = [[float(x) for x in r] for r in csv.reader(text.splitlines(), delimiter=delim) if r]
         else:
             raise MatrixError(f"unknown matrix format {suffix!r} (use .json, .csv or .npy)")
         return as_matrix(rows)

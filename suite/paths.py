@@ -8,10 +8,12 @@ from such a name stays in its folder.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
+from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, SuiteError
 
 MAX_NAME = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -40,3 +42,36 @@ def repo_root() -> Path | None:
     """The checkout this package runs from (it has ``pyproject.toml`` and ``tasks/``), or ``None`` when installed."""
     root = Path(__file__).resolve().parents[1]
     return root if (root / "pyproject.toml").is_file() and (root / "tasks").is_dir() else None
+
+
+def read_text(path: str | Path, what: str = "file", error: type[Exception] = SuiteError,
+              max_bytes: int | None = None) -> str:
+    """The text of a file the user named; a missing, unreadable, oversized, binary or non-UTF-8 file is ``error``
+    with one line naming the file. Every verb reads user files through here (or :func:`read_json`)."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise error(f"{p}: (file): a folder, not a {what}")
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{p}: (file): no such {what}") from None
+    except OSError as exc:
+        raise error(f"{p}: (file): cannot read this {what} ({exc.strerror or exc})") from None
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise error(f"{p}: (file): {len(raw)} bytes; a {what} is at most {max_bytes} bytes")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise error(f"{p}: (file): a binary file (NUL byte at {nul}), not a {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{p}: (file): not UTF-8 text (byte {exc.start}), not a {what}") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file", error: type[Exception] = SuiteError) -> Any:
+    """A JSON file the user named, parsed; any problem reading or parsing it is ``error`` naming file and line."""
+    text = read_text(path, what, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None

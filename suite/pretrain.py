@@ -22,7 +22,7 @@ from .data import world
 from .data.embedded import HELDOUT_COMPOSITIONS, PRETRAIN_FONTS
 from .errors import ConfigError
 from .optim import make_scheduler
-from .sequences import parse_yaml
+from .sequences import read_yaml
 
 WRAPPERS = ("{}", "a photo of {}.", "a picture of {}.", "an image of {}.", "{}.")
 SHAPE_WRAPPERS = ("a photo of a {}.", "a {}.", "a picture of a {}.", "a {} shape.")
@@ -36,7 +36,7 @@ def load_recipe(name: str) -> dict[str, Any]:
         path = Path(str(resources.files("suite").joinpath(f"models/recipes/{name}.yaml")))
     if not path.is_file():
         raise ConfigError(f"unknown pretraining recipe {name!r} (no {path})")
-    return parse_yaml(path.read_text())
+    return read_yaml(path, ConfigError, "pretraining recipe")
 
 
 def sample_pool(recipe: dict[str, Any], rng: np.random.Generator, n: int) -> list[dict]:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ import jsonschema
 
 from . import metrics
 from .errors import SuiteError
+from .paths import read_json
 
 SCHEMA_ID = "clsuite/record/v1"
 
@@ -129,10 +131,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 def load_record(path: str | Path) -> dict:
     p = Path(path)
-    try:
-        rec = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    rec = read_json(p, "record", RecordError)
     if not isinstance(rec, dict):
         raise RecordError(f"{p}: (top level): a record is a JSON object")
     validate_record(rec, str(p))
@@ -152,3 +151,50 @@ def strip_timings(rec: dict) -> dict:
         return o
 
     return clean(rec)
+
+
+# Keys whose numbers are fractions of test items (accuracies, and aggregates and retentions made of them): across
+# machines they may differ by whole test items, so they get :attr:`Tolerance.accuracy`; every other float
+# (losses, ECE, confidences, AUROC) gets the relative tolerance.
+ACCURACY_KEYS = frozenset({"matrix", "accuracy", "control_accuracy", "aggregates", "zero_shot", "retention",
+                           "zero_shot_retention"})
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far two records of one configuration may differ and still state the same result.
+
+    The default is bit-identity, which the suite guarantees on one machine (CPU, fixed seed). Across CPUs,
+    floating-point reassociation (other SIMD widths, other BLAS kernels) changes low-order bits, and over many
+    steps it can change whole test answers: ``accuracy`` bounds accuracy-valued numbers (absolute),
+    ``relative``/``absolute`` every other float (``|a - b| <= absolute + relative * max(|a|, |b|)``).
+    Integers, strings, booleans and the record's shape are always compared exactly."""
+
+    accuracy: float = 0.0
+    relative: float = 0.0
+    absolute: float = 0.0
+
+    def allows(self, a: float, b: float, accuracy_valued: bool) -> bool:
+        if accuracy_valued:
+            return abs(a - b) <= self.accuracy + 1e-12
+        return abs(a - b) <= self.absolute + self.relative * max(abs(a), abs(b))
+
+
+def record_differences(a: Any, b: Any, tolerance: Tolerance = Tolerance(), path: str = "",
+                       accuracy_valued: bool = False) -> list[str]:
+    """Where two records (timings stripped) differ beyond ``tolerance``: one ``path: a != b`` line per place."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{path or '(top level)'}: keys differ: {sorted(set(a) ^ set(b))[:5]}"]
+        return [d for k in sorted(a) for d in record_differences(a[k], b[k], tolerance, f"{path}.{k}" if path else k,
+                                                                   accuracy_valued or k in ACCURACY_KEYS)]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in record_differences(x, y, tolerance, f"{path}[{i}]",
+                                                                                  accuracy_valued)]
+    floats = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)) and \
+        (isinstance(a, float) or isinstance(b, float))
+    if floats and math.isfinite(a) and math.isfinite(b):
+        return [] if tolerance.allows(float(a), float(b), accuracy_valued) else [f"{path}: {a!r} != {b!r}"]
+    return [] if a == b or (floats and str(a) == str(b)) else [f"{path}: {a!r} != {b!r}"]

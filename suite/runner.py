@@ -36,7 +36,7 @@ from .evaluation.hallucination import name_words
 from .methods import Method, RunContext, make_method
 from .models import create_model_and_transforms, weights_digest
 from .optim import TrainConfig, make_optimizer, make_scheduler
-from .paths import safe_name
+from .paths import read_json, safe_name
 from .pet import attach_pet, available_pets
 from .records import SCHEMA_ID, step_summary, strip_timings, validate_record, write_json_atomic
 from .sequences import TaskSequence, load_sequence
@@ -649,8 +649,8 @@ class Runner:
         if not path.is_file() or self.cfg.restart:
             return
         try:
-            old = json.loads(path.read_text()).get("fingerprint") or {}
-        except (OSError, ValueError, AttributeError):
+            old = read_json(path, "record").get("fingerprint") or {}
+        except (SuiteError, AttributeError):
             old = {}
         if old.get("digest") not in (None, self.fingerprint()["digest"]):
             differ = self._differing_fields(old)

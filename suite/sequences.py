@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 from .errors import SuiteError
-from .paths import safe_name
+from .paths import read_text, safe_name
 
 ARCHIVE = "archive"  # tasks/archive/<name>.v<N>.yaml: earlier versions of sequence files
 TRACKS = ("class-incremental", "domain-incremental", "cross-modal")
@@ -260,13 +260,9 @@ def parse_yaml(text: str) -> Any:
 
 def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
     """Parse a YAML file; a missing, huge or bad file is ``error`` with one line naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: (file): no such {what}")
-    if path.stat().st_size > MAX_YAML_BYTES:
-        raise error(f"{path}: (file): {path.stat().st_size} bytes; a {what} is at most {MAX_YAML_BYTES} bytes")
+    text = read_text(path, what, error, max_bytes=MAX_YAML_BYTES)
     try:
-        return parse_yaml(path.read_text())
+        return parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}" if mark else "(file)"

@@ -100,7 +100,7 @@ def test_sequence_file_refused_with_its_field(tmp_path, capsys, path, value, fie
 RAW_SEQUENCE_FILES = [
     ("not: [valid", "not valid YAML"), ("- just\n- a list\n", "mapping"), ("", "mapping"), ("42", "mapping"),
     ("\t\tbad indent: [", "not valid YAML"), ("a: &a [1]\n" + "".join(f"k{i}: *a\n" for i in range(300)), "aliases"),
-    ("\0binary", "YAML"),
+    ("\0binary", "binary"),
 ]
 
 
@@ -188,6 +188,33 @@ FLAG_CASES = [
     (["run", "--sequence", "{seq}", "--model", "embedded:micro-clip@{tmp}/missing.pt"], "not found"),
     (["run", "--sequence", "{seq}", "--out", "{tmp}/bad.pt"], "is a file, not a folder"),
     (["accept", "{tmp}/bad.pt"], "refused"),
+    # files that are missing, binary, not UTF-8 or folders, through every verb that reads one (one reader)
+    (["submit", "{tmp}/missing.json", "--out", "{tmp}/s.json"], "no such record"),
+    (["submit", "{tmp}", "--out", "{tmp}/s.json"], "a folder, not a record"),
+    (["submit", "{bin}", "--out", "{tmp}/s.json"], "binary"),
+    (["metrics", "{bin}"], "binary"), (["compare", "{bin}"], "binary"), (["summarize", "{bin}"], "binary"),
+    (["plot", "{bin}", "--out", "{tmp}/f.svg"], "binary"), (["reproduce", "{bin}"], "binary"),
+    (["accept", "{bin}"], "binary"), (["tasks", "show", "{latin}"], "not UTF-8"),
+    (["run", "--config", "{bin}"], "binary"), (["run", "--sequence", "{latin}"], "not UTF-8"),
+    (["sweep", "--plan", "{bin}"], "binary"), (["pretrain", "--recipe", "{bin}"], "binary"),
+    (["tasks", "pin", "{latin}"], "not UTF-8"),
+    # sizes bounded by the model (before any parameter is allocated) or by a sane maximum
+    (["run", "--sequence", "{seq}", "--pet", "lora", "--pet-options", "rank=100000"], "exceeds the width"),
+    (["run", "--sequence", "{seq}", "--pet", "adapter", "--pet-options", "bottleneck=100000"], "exceeds the width"),
+    (["run", "--sequence", "{seq}", "--pet", "prefix", "--pet-options", "length=100000"], "length"),
+    (["run", "--sequence", "{seq}", "--pet", "vpt", "--pet-options", "length=100000"], "length"),
+    (["run", "--sequence", "{seq}", "--pet", "coop", "--pet-options", "length=100000"], "length"),
+    (["run", "--sequence", "{seq}", "--pet", "gated-prompt", "--pet-options", "length=0"], "length"),
+    (["run", "--sequence", "{seq}", "--pet", "adapter", "--pet-options", "bottleneck=2.5"], "bottleneck"),
+    (["run", "--sequence", "{seq}", "--pet", "lora", "--pet-options", "alpha=.nan"], "alpha"),
+    # counts and lists on the command line: argparse's refusals are one line too
+    (["sweep", "--sequence", "{seq}", "--jobs", "0"], "--jobs"),
+    (["sweep", "--sequence", "{seq}", "--jobs", "two"], "--jobs"),
+    (["calibrate", "{seq}", "--jobs", "-1"], "--jobs"),
+    (["sweep", "--sequence", "{seq}", "--seeds", "0,x"], "--seeds"),
+    (["sweep", "--sequence", "{seq}", "--seeds", "1,1"], "--seeds"),
+    (["run", "--sequence", "{seq}", "--iterations", "many"], "--iterations"),
+    (["run", "--no-such-flag"], "unrecognized"), (["no-such-verb"], "invalid choice"),
 ]
 
 
@@ -199,10 +226,12 @@ def test_command_line_refusals(tmp_path, capsys, seq_file, argv, says):
     bad.write_text('[[0.5, 2.0]]')
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     (tmp_path / "bad.pt").write_bytes(b"garbage")
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    (tmp_path / "latin.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
     record = tmp_path / "rec.json"
     record.write_text(json.dumps(reference()))
     subs = {"{seq}": seq_file(), "{plan}": str(plan), "{bad_matrix}": str(bad), "{record}": str(record),
-            "{tmp}": str(tmp_path)}
+            "{bin}": str(tmp_path / "binary.json"), "{latin}": str(tmp_path / "latin.yaml"), "{tmp}": str(tmp_path)}
     args = [a for a in argv]
     for i, a in enumerate(args):
         for k, v in subs.items():
@@ -263,7 +292,7 @@ def test_fabricated_records_fail_validation_naming_the_field(make, field):
 
 
 SUBMISSION_CASES = [
-    ("not json at all", "cannot read"), ("[]", "schema"), ('{"schema": "x"}', "schema"),
+    ("not json at all", "not valid JSON"), ("[]", "schema"), ('{"schema": "x"}', "schema"),
     (json.dumps({"schema": SUBMISSION_SCHEMA, "board": "class-incremental", "records": []}), "no records"),
     (json.dumps({"schema": SUBMISSION_SCHEMA, "board": "nope", "records": ["x"]}), "board"),
     (json.dumps({"schema": SUBMISSION_SCHEMA, "board": {"a": 1}, "records": ["x"]}), "board"),
@@ -277,6 +306,20 @@ def test_bad_submissions_are_refused(tmp_path, text, says):
     f.write_text(text)
     problems = validate_submission(f)
     assert problems and any(says in p for p in problems), problems
+
+
+@pytest.mark.parametrize("content, says", [(bytes(range(256)), "binary"), (b"\xff\xfe{}", "not UTF-8"),
+                                           (None, "no such submission")])
+def test_validate_refuses_unreadable_submissions_in_one_line(tmp_path, capsys, content, says):
+    """``validate`` answers a refusal (exit 1, one ``rejected:`` line), never a traceback, for a binary, non-UTF-8
+    or missing submission file."""
+    f = tmp_path / "sub.json"
+    if content is not None:
+        f.write_bytes(content)
+    assert main(["validate", str(f)]) == 1
+    out = capsys.readouterr()
+    assert out.out.startswith("rejected: ") and out.out.count("\n") == 1 and says in out.out, out
+    assert "Traceback" not in out.err
 
 
 PLAN_CASES = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..paths import read_text
 from ..sequences import SequenceError, parse_sequence, parse_yaml
 from .registry import materialize
 
@@ -12,7 +13,7 @@ _PIN = re.compile(r"(manifest_sha256:\s*)\"?([0-9a-fA-F]*)\"?")
 
 def pin_file(path: Path) -> dict[str, str]:
     """Materialise every task of ``path`` and replace its ``manifest_sha256`` values in file order."""
-    text = path.read_text()
+    text = read_text(path, "sequence file", SequenceError)
     data = parse_yaml(text)
     seq = parse_sequence(data, path)
     if not seq.embedded:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import inspect
 import io
-import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..paths import read_json, read_text
 from ..sequences import TaskSequence, TaskSpec
 from .base import DataMissingError, Split, TaskData, seeded_per_class
 from .shards import SampleFormat, ShardStreamSource, expand_shards, index_shards
@@ -82,10 +82,7 @@ WORDNET_ID = re.compile(r"^n\d{8}$")
 @functools.lru_cache(maxsize=16)
 def _read_names_file(path: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read this class-names file ({type(exc).__name__})") from None
+    lines = read_text(path, "class-names file", ConfigError).splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -254,8 +251,9 @@ def load_karpathy(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
     split_file = root / src.get("split_file", "dataset_coco.json")
     if not split_file.is_file():
         raise _missing(task, split_file, "Karpathy split file")
+    split = read_json(split_file, "Karpathy split file", DataMissingError)
     try:
-        entries = json.loads(split_file.read_text())["images"]
+        entries = split["images"]
         rows = [(e.get("split", ""), Path(e.get("filepath", "")) / e["filename"],
                  tuple(s["raw"].strip() for s in e["sentences"])) for e in entries]
     except (ValueError, KeyError, TypeError) as exc:

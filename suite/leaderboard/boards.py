@@ -25,7 +25,7 @@ from ..analysis import Group, group_records
 from ..errors import SuiteError
 from ..metrics import METRICS
 from ..records import RecordError, group_key, recompute_aggregates, record_digest, validate_record
-from ..sequences import SequenceError, load_sequence, load_sequence_version, parse_yaml
+from ..sequences import SequenceError, load_sequence, load_sequence_version, read_yaml
 
 TOLERANCE = 1e-9
 VERIFIED_FILE = "verified.yaml"
@@ -53,7 +53,7 @@ def load_boards(root: Path | None = None) -> dict[str, dict]:
     for p in sorted((root or boards_dir()).glob("*.yaml")):
         if p.name == VERIFIED_FILE or p.name.endswith("-plan.yaml"):  # the maintainers' files beside the boards
             continue
-        data = parse_yaml(p.read_text())
+        data = read_yaml(p, BoardError, "board file")
         err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
         if err is not None:
             raise BoardError(f"{p}: {'.'.join(map(str, err.absolute_path)) or '(top level)'}: {err.message}")
@@ -140,7 +140,7 @@ def load_verifications(root: Path | None = None) -> dict[str, dict]:
     path = (root or boards_dir()) / VERIFIED_FILE
     if not path.is_file():
         return {}
-    data = parse_yaml(path.read_text()) or []
+    data = read_yaml(path, BoardError, "verification file") or []
     if not isinstance(data, list):
         raise BoardError(f"{path}: (top level): a list of verifications")
     out = {}

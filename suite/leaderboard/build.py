@@ -19,8 +19,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..analysis import Group, Stat, format_value, relabel
+from ..errors import SuiteError
 from ..metrics import METRICS
-from ..paths import inside, repo_root, safe_name
+from ..paths import inside, read_json, repo_root, safe_name
 from ..sequences import SequenceError
 from .boards import BoardError, Triage, boards_dir, load_boards, load_verifications, triage
 from .plots import curves_figure, entry_figures, save_figure, tradeoff_figure
@@ -70,9 +71,9 @@ def load_named_records(results: Path) -> tuple[list[tuple[str, dict]], list[tupl
     named, bad = [], []
     for p in sorted(results.glob("*.json")):
         try:
-            rec = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            bad.append((p.name, f"{p.name}: not valid JSON ({str(exc).splitlines()[0][:120]})"))
+            rec = read_json(p, "record")
+        except SuiteError as exc:
+            bad.append((p.name, f"{p.name}: {str(exc).split(': ', 1)[1][:120]}"))
             continue
         if not isinstance(rec, dict):
             bad.append((p.name, f"{p.name}: (top level): a record is a JSON object"))

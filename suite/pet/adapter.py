@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.backbone import Backbone
 from ..projection import GradSpace
-from .base import PET, PETConfig, PETLayer, register_config, replace_attr, select_sites, undo_all
+from .base import PET, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
 
 POSITIONS = ("mlp", "attn")
 
@@ -77,8 +77,11 @@ class Adapter(PETLayer):
 
 
 def attach(backbone: Backbone, cfg: AdapterConfig) -> PET:
+    sites = select_sites(backbone, cfg)
+    for site in sites:  # all checked before any is wrapped, so a refusal leaves the backbone untouched
+        check_width(KIND, "bottleneck", cfg.bottleneck, site.width, f"{site.tower}.{site.index}")
     layers, undo = [], []
-    for site in select_sites(backbone, cfg):
+    for site in sites:
         attr = site.mlp_attr if cfg.position == "mlp" else site.attn_attr
         layer = Adapter(f"adapter.{site.tower}.{site.index}", getattr(site.block, attr), site.width, cfg.bottleneck,
                         cfg.scale, cfg.bias)

@@ -7,6 +7,7 @@ by the same code.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
@@ -19,6 +20,12 @@ from ..models.backbone import TOWERS, Backbone, BlockSite
 from ..projection import GradSpace
 
 Sink = Callable[[str, torch.Tensor], None]
+
+# Learned tokens per layer (prompt, prefix, context length): far above any published setting (PEGP's code uses
+# 5-16), so a typo cannot allocate gigabytes. Widths (LoRA rank, adapter bottleneck) are bounded by the layer
+# they attach to, which :func:`check_width` checks at attach, before any parameter is allocated.
+MAX_TOKENS = 256
+INT_RANGES = {"length": (1, MAX_TOKENS), "rank": (1, None), "bottleneck": (1, None), "jacobian_rows": (0, None)}
 
 
 @dataclass
@@ -33,6 +40,21 @@ class PETConfig:
         spec = str(self.layers).strip()
         if not re.fullmatch(r"all|first:\d+|\d+(-\d+)?(,\d+(-\d+)?)*", spec):
             raise ConfigError(f"layers must be all, first:K, or indices like 0-3 or 0,2,5; got {self.layers!r}")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every int option is an integer in its range (:data:`INT_RANGES`); every float option a finite number."""
+        name = next((k for k, c in _CONFIGS.items() if c is type(self)), type(self).__name__)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                lo, hi = INT_RANGES.get(f.name, (0, None))
+                if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+                    bound = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+                    raise ConfigError(f"{name} {f.name} must be an integer {bound}, got {value!r}")
+            elif f.type == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                        or not math.isfinite(value)):
+                raise ConfigError(f"{name} {f.name} must be a finite number, got {value!r}")
 
     def tower_list(self) -> list[str]:
         if self.towers == "both":
@@ -221,6 +243,12 @@ def layer_per_site(sites: list[BlockSite], make: Callable[[BlockSite], "PETLayer
         register(site.attn, layer, undo)
         layers.append(layer)
     return layers, undo
+
+
+def check_width(kind: str, option: str, value: int, width: int, where: str) -> None:
+    """A PET width (LoRA rank, adapter bottleneck) above the layer's own width is refused before allocation."""
+    if value > width:
+        raise ConfigError(f"{kind} {option} {value} exceeds the width {width} of {where}; use at most {width}")
 
 
 def pre_norm(site: BlockSite, kind: str) -> nn.Module:

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.backbone import Backbone
 from ..projection import GradSpace
-from .base import PET, PETConfig, PETLayer, register_config, replace_attr, select_sites, undo_all
+from .base import PET, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
 
 ATTN_ROLES = ("q", "k", "v", "out")
 MLP_ROLES = ("fc1", "fc2")
@@ -65,16 +65,20 @@ def attach(backbone: Backbone, cfg: LoRAConfig) -> PET:
     bad = [r for r in roles if r not in ATTN_ROLES + MLP_ROLES]
     if bad:
         raise ConfigError(f"lora targets {bad} unknown; use {', '.join(ATTN_ROLES + MLP_ROLES)}")
-    layers, undo = [], []
+    targets = []  # every target checked before any is replaced, so a refusal leaves the backbone untouched
     for site in select_sites(backbone, cfg):
         for role in dict.fromkeys(roles):
             parent, attr = site.linears[role]
-            base = getattr(parent, attr)
+            base, where = getattr(parent, attr), f"{site.tower}.{site.index}.{role}"
             if isinstance(base, LoRALinear):
-                raise ConfigError(f"{site.tower}.{site.index}.{role} already carries LoRA")
-            layer = LoRALinear(f"lora.{site.tower}.{site.index}.{role}", base, cfg.rank, cfg.alpha)
-            replace_attr(parent, attr, layer, undo)
-            layers.append(layer)
+                raise ConfigError(f"{where} already carries LoRA")
+            check_width(KIND, "rank", cfg.rank, min(base.in_features, base.out_features), where)
+            targets.append((parent, attr, base, where))
+    layers, undo = [], []
+    for parent, attr, base, where in targets:
+        layer = LoRALinear(f"lora.{where}", base, cfg.rank, cfg.alpha)
+        replace_attr(parent, attr, layer, undo)
+        layers.append(layer)
     return PET(KIND, cfg, layers, undo_all(undo))
 
 
