@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import tempfile
+from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
-from .errors import ConfigError, SuiteError
+from suite.errors import ConfigError, SuiteError
 
 MAX_NAME = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -42,6 +45,39 @@ def repo_root() -> Path | None:
     """The checkout this package runs from (it has ``pyproject.toml`` and ``tasks/``), or ``None`` when installed."""
     root = Path(__file__).resolve().parents[1]
     return root if (root / "pyproject.toml").is_file() and (root / "tasks").is_dir() else None
+
+
+def data_dir(folder: str, env: str, package: str) -> Path:
+    """A data folder of the suite (``tasks``, ``leaderboards``): ``$env`` when set, the checkout's own folder, or
+    the copy ``pip install .`` put inside the package as ``package`` (a namespace package without ``__init__``)."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    root = repo_root()
+    if root is not None and (root / folder).is_dir():
+        return root / folder
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SuiteError(f"{package}: the suite's {folder}/ folder is neither in a checkout nor installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Create or replace ``path`` whole: ``write(file)`` fills a temporary file beside it, which is synced and
+    renamed into place, so no reader (another process, a run killed mid-write) ever sees it half-written. The
+    suite's one file writer for records, checkpoints and maintainers' files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_text(path: str | Path, what: str = "file", error: type[Exception] = SuiteError,

@@ -41,7 +41,7 @@ MICRO = "embedded:micro-clip@random"
 
 def run_config(seq, tmp_path, **kw):
     """A quick run of the micro model on ``seq`` writing under ``tmp_path`` (fields overridable)."""
-    from suite.runner import RunConfig
+    from suite.engine.runner import RunConfig
 
     base = dict(sequence=seq, model=MICRO, pet="lora", method="seq", out=str(tmp_path / "results"),
                 run_dir=str(tmp_path / "runs"), progress=False)

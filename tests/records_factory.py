@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from suite.records import recompute_aggregates
+from suite.results.records import recompute_aggregates
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from suite.bench import interleaved, run_bench
+from suite.experiments.bench import interleaved, run_bench
 
 
 def test_interleaved_alternates_order_and_reports_medians():
@@ -25,7 +25,7 @@ def test_runner_and_pegp_benches_print_their_ratios():
 def test_text_memory_bench_counts_tensors_and_chunks_stop_the_growth():
     """Tensor memory (counted by the profiler, not timed): one pass grows with the head, chunks do not beyond
     the features."""
-    from suite.bench import _text_step_memory
+    from suite.experiments.bench import _text_step_memory
 
     one = [_text_step_memory("embedded:micro-clip@random", c, 10**9)[0] for c in (32, 128)]
     chunked = [_text_step_memory("embedded:micro-clip@random", c, 16)[0] for c in (32, 128)]

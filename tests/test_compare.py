@@ -7,9 +7,9 @@ from matplotlib.collections import PolyCollection
 from records_factory import make_record, reference, write
 from scipy import stats
 
-from suite.analysis import compare, curve, format_compare, group_records, paired_difference
 from suite.cli import main
 from suite.leaderboard.plots import comparison_figure, method_colour, save_figure
+from suite.results.analysis import compare, curve, format_compare, group_records, paired_difference
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from suite.cli import main
+from suite.config.train import TRAINING_DEFAULTS, TrainConfig, lr_factor
 from suite.errors import ConfigError, SuiteError
-from suite.optim import TRAINING_DEFAULTS, TrainConfig, lr_factor
 
 
 @pytest.mark.parametrize("training, field", [({"learning_rate": 0.1}, "training.learning_rate"),
@@ -37,7 +37,7 @@ def test_train_config_types_and_defaults():
 
 
 def test_method_options_can_set_a_per_space_threshold():
-    from suite.commands import _kv
+    from suite.cli.runs import _kv
 
     opts = _kv("threshold=0.9,thresholds={vision.*: 0.8, text.0.*: 0.99},basis=gpm")
     assert opts == {"threshold": 0.9, "thresholds": {"vision.*": 0.8, "text.0.*": 0.99}, "basis": "gpm"}
@@ -51,7 +51,7 @@ def test_method_options_can_set_a_per_space_threshold():
 
 
 def test_only_the_suites_errors_are_shortened(monkeypatch, capsys):
-    from suite import verbs
+    from suite.cli import verbs
 
     def bug(args):
         raise ValueError("a shape bug deep inside")
@@ -79,8 +79,29 @@ def test_metrics_runs_without_pil_or_torch(tmp_path):
     assert "forgetting" in out.stdout
 
 
+@pytest.mark.parametrize("options, says", [("threshold=1.5", "threshold"), ("threshold=0", "threshold"),
+                                           ("nonsense=1", "unknown option"), ("project_update=maybe", "project_update"),
+                                           ("basis=magic", "basis"), ("collect_batches=0", "collect_batches")])
+def test_method_options_are_refused_before_any_model_or_data(tmp_path, options, says):
+    """Typed method options are checked when the method is built, which the runner does first: a bad value or an
+    unknown option is one line, and no backbone is built, no data materialised, open_clip never imported."""
+    code = ("import sys; import suite.engine.runner as r\n"
+            "def built(*a, **k): raise AssertionError('built before the options were checked')\n"
+            "r.create_model_and_transforms = r.materialize = r.load_sequence = built\n"
+            "from suite.cli import main\n"
+            f"rc = main(['run', '--sequence', 'world-class-incremental', '--pet', 'lora', '--method', 'pegp', "
+            f"'--method-options', {options!r}, '--out', {str(tmp_path)!r}])\n"
+            "assert rc == 2, rc\n"
+            "assert 'open_clip' not in sys.modules, 'heavy import'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("clsuite: error: method pegp") and says in out.stderr and "\n" == out.stderr[-1:]
+    assert out.stderr.count("\n") == 1, out.stderr
+
+
 def test_the_cli_modules_import_without_a_cycle():
-    code = "import suite.commands, suite.verbs; import suite.cli; from suite.verbs import HANDLERS; assert 'run' in HANDLERS"
+    code = ("import suite.cli.runs, suite.cli.verbs; import suite.cli.main; from suite.cli.verbs import HANDLERS; "
+            "assert 'run' in HANDLERS and 'tasks list' in HANDLERS")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
@@ -89,7 +110,7 @@ def test_an_installed_backbone_loader_is_used_for_its_kind(monkeypatch):
     """``clsuite.backbones`` entry points: ``mine:micro-clip`` builds through the plug-in; unknown kinds are refused."""
     from importlib.metadata import EntryPoint
 
-    from suite import models, plugins
+    from suite import registry
     from suite.models import ModelError, create_model_and_transforms
 
     calls = []
@@ -99,8 +120,8 @@ def test_an_installed_backbone_loader_is_used_for_its_kind(monkeypatch):
         return create_model_and_transforms(f"embedded:{name}@random")
 
     monkeypatch.setattr("test_config._loader", loader, raising=False)
-    ep = EntryPoint(name="mine", value="test_config:_loader", group=models.BACKBONE_PLUGINS)
-    monkeypatch.setattr(plugins, "plugins", lambda group: {"mine": ep} if group == models.BACKBONE_PLUGINS else {})
+    ep = EntryPoint(name="mine", value="test_config:_loader", group=registry.BACKBONES.group)
+    monkeypatch.setattr(registry, "plugins", lambda group: {"mine": ep} if group == registry.BACKBONES.group else {})
     bb = create_model_and_transforms("mine:micro-clip@v1")
     assert calls == [("micro-clip", "v1")] and all(not p.requires_grad for p in bb.parameters())
     with pytest.raises(ModelError, match="unknown model kind 'theirs'.*mine:"):
@@ -112,7 +133,7 @@ def test_an_installed_backbone_loader_is_used_for_its_kind(monkeypatch):
 def test_each_torchrun_process_gets_its_own_gpu(monkeypatch, name, local, want):
     import torch
 
-    from suite.runner import resolve_device
+    from suite.engine.distributed import resolve_device
 
     current = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -128,7 +149,7 @@ def test_each_torchrun_process_gets_its_own_gpu(monkeypatch, name, local, want):
 def test_devices_that_do_not_exist_are_refused(monkeypatch):
     import torch
 
-    from suite.runner import resolve_device
+    from suite.engine.distributed import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from suite.config.sequences import load_sequence, sequence_files
 from suite.data import materialize
 from suite.evaluation.evaluator import control_accuracy
-from suite.sequences import load_sequence, sequence_files
 
 WORLD = ["world-class-incremental", "world-domain-incremental", "world-cross-modal", "mini-mtil"]
 
@@ -79,7 +79,7 @@ def test_class_incremental_tasks_need_both_colour_and_shape():
 
 
 def test_archived_version_one_still_loads_for_old_records():
-    from suite.sequences import load_sequence_version
+    from suite.config.sequences import load_sequence_version
 
     old = load_sequence_version("world-class-incremental", 1)
     assert old.version == 1 and [c.name for c in old.control_sets] == ["heldout-compositions", "heldout-fonts"]

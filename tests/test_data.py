@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from suite.config.sequences import parse_sequence
 from suite.data import DataMissingError, materialize, world
-from suite.sequences import parse_sequence
 
 
 def _seq(tasks, track="class-incremental", embedded=False):
@@ -217,7 +217,7 @@ def test_training_with_decoding_workers_is_identical_to_the_main_process(tmp_pat
     """File-backed images decoded by 2 DataLoader workers: the same matrix as without workers, twice."""
     from conftest import MICRO, imagefolder_sequence
 
-    from suite.runner import RunConfig, run
+    from suite.engine.runner import RunConfig, run
 
     seq = imagefolder_sequence(tmp_path)
     matrices = []
@@ -231,7 +231,7 @@ def test_training_with_decoding_workers_is_identical_to_the_main_process(tmp_pat
 def test_shipped_imagenet_r_sequence_names_wordnet_folders_by_their_class_names(tmp_path, monkeypatch):
     """ImageNet-R as the dataset ships it (WordNet-id folders): the shipped sequence's names file gives every
     prompt a class name; a WordNet-id folder without a name is refused; classes may be chosen by id or name."""
-    from suite.sequences import load_sequence
+    from suite.config.sequences import load_sequence
 
     names = dict(line.split("\t") for line in open("tasks/real/names/imagenet.tsv").read().splitlines()
                  if line and not line.startswith("#"))

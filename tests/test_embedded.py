@@ -21,7 +21,7 @@ def test_shipped_checkpoint_matches_recorded_sha256_and_loads():
 
 
 def test_short_pretraining_loss_falls():
-    from suite.pretrain import pretrain
+    from suite.experiments.pretrain import pretrain
 
     res = pretrain("tiny-world", out_dir=None, steps=40, progress=False)
     losses = res["losses"]
@@ -31,7 +31,7 @@ def test_short_pretraining_loss_falls():
 
 
 def test_pretraining_is_deterministic_for_a_seed():
-    from suite.pretrain import pretrain
+    from suite.experiments.pretrain import pretrain
 
     a = pretrain("tiny-world", steps=3, progress=False)["losses"]
     b = pretrain("tiny-world", steps=3, progress=False)["losses"]
@@ -41,7 +41,7 @@ def test_pretraining_is_deterministic_for_a_seed():
 def test_demo_quick_writes_records_site_and_table_in_its_own_folder(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from suite.demo import demo
+    from suite.experiments.demo import demo
 
     repo = Path(__file__).resolve().parents[1]
     before = sorted(p.name for p in (repo / "results").iterdir())

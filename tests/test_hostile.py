@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from records_factory import reference
 
 from suite.cli import main
+from suite.config.sequences import SequenceError, parse_sequence
 from suite.errors import SuiteError
+from suite.experiments.sweep import PlanError, load_plan
 from suite.leaderboard.boards import check_record, load_boards
 from suite.leaderboard.submit import SUBMISSION_SCHEMA, validate_submission
-from suite.sequences import SequenceError, parse_sequence
-from suite.sweep import PlanError, load_plan
 
 
 def _one_line_error(capsys, rc: int) -> str:

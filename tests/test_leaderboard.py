@@ -9,9 +9,9 @@ import yaml
 from records_factory import make_record, reference, write
 
 from suite.cli import main
+from suite.engine.runner import RunConfig, run
 from suite.leaderboard.build import MARKER, build_site
 from suite.leaderboard.submit import pack, validate_submission
-from suite.runner import RunConfig, run
 
 XSS = "<img src=x onerror=alert(1)>"
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +63,8 @@ def test_board_shows_intervals_ties_and_refuses_to_rank_too_few_seeds(board_reco
 
 
 def test_overlapping_intervals_are_ties():
-    from suite.analysis import group_records
     from suite.leaderboard.build import rank_entries
+    from suite.results.analysis import group_records
 
     base = reference()
     close = [make_record(base, s, "a", 0.01 * s) for s in (0, 1, 2)] + [make_record(base, s, "b", 0.005 + 0.01 * s)
@@ -154,7 +154,7 @@ def test_fabricated_records_are_listed_as_rejected_not_ranked(tmp_path):
 
 
 def test_reproduced_tier_comes_from_the_verification_file(board_records, tmp_path, monkeypatch):
-    from suite.records import record_digest
+    from suite.results.records import record_digest
 
     boards = tmp_path / "boards"
     shutil.copytree(REPO / "leaderboards", boards, ignore=shutil.ignore_patterns("site"))
@@ -267,8 +267,8 @@ def test_validate_rejects_too_few_seeds(board_records, tmp_path, monkeypatch):
 
 
 def test_reproduce_writes_the_verification_file_not_the_record(seq_file, tmp_path):
-    from suite.leaderboard.submit import reproduce
-    from suite.records import record_digest
+    from suite.experiments.reproduce import reproduce
+    from suite.results.records import record_digest
 
     out = tmp_path / "res"
     rec = run(RunConfig(sequence=seq_file(), model="embedded:micro-clip@random", pet="lora", method="pegp", seed=1,
@@ -377,8 +377,8 @@ def test_board_page_in_a_browser(board_records, tmp_path):
 
 
 def test_ece_is_shown_only_where_its_interval_resolves_the_differences():
-    from suite.analysis import group_records
     from suite.leaderboard.build import unresolved_ece
+    from suite.results.analysis import group_records
 
     base = reference()
 

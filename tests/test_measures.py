@@ -6,10 +6,10 @@ import pytest
 import yaml
 from conftest import run_config, small_sequence
 
+from suite.config.sequences import load_sequence
 from suite.data import materialize_sequence
+from suite.engine.runner import run
 from suite.evaluation.evaluator import ConceptProbe, Evaluator, stratified_sample
-from suite.runner import run
-from suite.sequences import load_sequence
 
 _cfg = run_config
 
@@ -67,8 +67,9 @@ def test_step_records_pooled_ece_with_interval_and_pope_auroc(seq_file, tmp_path
 
 def test_calibration_report_has_every_number_the_issue_names(seq_file, tmp_path):
     """``clsuite calibrate``'s report on a tiny sequence: fields, targets and the text table (no timing asserts)."""
-    from suite.budgets import TARGETS, calibrate, format_report
-    from suite.sequences import load_sequence
+    from suite.config.sequences import load_sequence
+    from suite.experiments.calibrate import calibrate
+    from suite.results.calibration import TARGETS, format_report
 
     seq = seq_file()
     rep = calibrate(seq, ["lora"], [0, 1], out=str(tmp_path / "cal"), log=lambda m: None,
@@ -99,7 +100,7 @@ def test_calibration_report_has_every_number_the_issue_names(seq_file, tmp_path)
 def test_per_pet_training_is_the_budget_and_is_recorded(seq_file, tmp_path):
     import yaml
 
-    from suite.sequences import SequenceError, load_sequence_file
+    from suite.config.sequences import SequenceError, load_sequence_file
 
     path = Path(seq_file())
     data = yaml.safe_load(path.read_text())

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from suite import metrics
 from suite.cli import main
+from suite.results import metrics
 
 MTIL_ZS = {"Aircraft": 24.3, "Caltech101": 88.4, "CIFAR100": 68.2, "DTD": 44.6, "EuroSAT": 54.9, "Flowers": 71.0,
            "Food": 88.5, "MNIST": 59.4, "OxfordPet": 89.0, "StanfordCars": 64.7, "SUN397": 65.2}

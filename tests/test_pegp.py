@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from suite.pet import PETS
-from suite.projection import FeatureBasis, GradSpace, Projector
-from suite.runner import RunConfig, Runner
+from suite.engine.runner import RunConfig, Runner
+from suite.methods.projection import FeatureBasis, Projector
+from suite.pet.base import GradSpace
+from suite.registry import PETS
 
 
 def _project(basis: FeatureBasis, grad: torch.Tensor, side: str = "right") -> torch.Tensor:
@@ -85,7 +86,7 @@ def _change_on_task1(r):
     return float((after - before).norm() / before.norm())
 
 
-@pytest.mark.parametrize("pet", sorted(PETS))
+@pytest.mark.parametrize("pet", sorted(PETS.builtin))
 def test_invariance_pegp_keeps_old_task_outputs(seq_file, pet):
     """Train task 1, then task 2 with and without PEGP (ε = 0.99, SGD as in GPM): task-1 image features and
     class-text features must move at least 10x less with PEGP. (With AdamW the margin is smaller — Adam's
@@ -103,7 +104,7 @@ def test_invariance_pegp_keeps_old_task_outputs(seq_file, pet):
     assert pegp * 10 <= seq
 
 
-@pytest.mark.parametrize("pet", sorted(PETS))
+@pytest.mark.parametrize("pet", sorted(PETS.builtin))
 def test_projected_gradients_are_orthogonal_to_bases(seq_file, pet):
     r = _runner(seq_file, pet, "pegp")
     d2 = r.data[r.seq.tasks[1].name]
@@ -228,7 +229,7 @@ def test_project_update_keeps_the_applied_update_out_of_old_bases(seq_file, tmp_
 
 
 def test_project_update_is_an_option_and_recorded(seq_file, tmp_path):
-    from suite.runner import run
+    from suite.engine.runner import run
 
     recs = {}
     for flag in (True, False):
@@ -272,16 +273,16 @@ def vitb16_once():
     return create_model_and_transforms("open_clip:ViT-B-16")
 
 
-@pytest.mark.parametrize("pet", sorted(PETS))
+@pytest.mark.parametrize("pet", sorted(PETS.builtin))
 def test_pegp_runs_every_pet_on_vit_b16(seq_file, tmp_path, pet, vitb16_once, monkeypatch):
     """``run --method pegp --pet <each form>`` on open_clip ViT-B-16 (random weights): one block, one step per
     task, bases grow, the record is valid. (The model is built once; each run gets its own copy.)"""
     import copy
 
-    import suite.runner
-    from suite.runner import run
+    import suite.engine.runner
+    from suite.engine.runner import run
 
-    monkeypatch.setattr(suite.runner, "create_model_and_transforms",
+    monkeypatch.setattr(suite.engine.runner, "create_model_and_transforms",
                         lambda spec, device="cpu": copy.deepcopy(vitb16_once).to(device))
 
     options = {"layers": "0"} if pet != "vpt" else {"layers": "0", "depth": "deep"}

@@ -6,12 +6,13 @@ import torch
 
 from suite.errors import ConfigError
 from suite.models import create_model_and_transforms
-from suite.pet import PETS, attach_pet
+from suite.pet import attach_pet
+from suite.registry import PETS
 
 TOWERS = ("vision", "text")
 NO_CHANGE_AT_ATTACH = {"lora", "adapter", "gated-prefix", "gated-prompt"}
 ONLY = {"vpt": "vision", "coop": "text"}
-CASES = [(k, t) for k in sorted(PETS) for t in TOWERS if ONLY.get(k, t) == t]
+CASES = [(k, t) for k in sorted(PETS.builtin) for t in TOWERS if ONLY.get(k, t) == t]
 
 
 def _inputs(bb, n=2):

@@ -13,9 +13,9 @@ import torch
 import yaml
 from conftest import MICRO, imagefolder_sequence, run_config, small_sequence
 
+from suite.engine.runner import TrainingFailed, run
 from suite.methods import Method
-from suite.records import Tolerance, load_record, record_differences, strip_timings, validate_record
-from suite.runner import TrainingFailed, run
+from suite.results.records import Tolerance, load_record, record_differences, strip_timings, validate_record
 
 _cfg = run_config
 
@@ -123,7 +123,7 @@ def test_sigkill_during_task_two_then_resume_equals_uninterrupted(seq_file, tmp_
 
 @pytest.mark.parametrize("method", ["finetune", "lwf", "ewc", "wiseft", "zscl", "l2p", "gpm", "seq", "pegp"])
 def test_every_baseline_runs(seq_file, tmp_path, method):
-    from suite.runner import Runner
+    from suite.engine.runner import Runner
 
     pet = None if method in ("finetune", "l2p", "gpm") else "lora"
     r = Runner(_cfg(seq_file(), tmp_path, method=method, pet=pet))
@@ -265,7 +265,7 @@ IDENTITY = Path(__file__).resolve().parent / "fixtures" / "identity-records.json
 def short_records(tmp: Path) -> dict:
     """Short runs (seq/LoRA, PEGP/prefix, zero-shot) with timings and paths stripped. The fixture holds the
     records these gave before the runner was split into parts (``python tests/test_runner.py`` rewrites it)."""
-    from suite.records import strip_timings
+    from suite.results.records import strip_timings
 
     seq = tmp / "identity-sequence.yaml"
     seq.write_text(yaml.safe_dump(small_sequence()))
@@ -361,27 +361,27 @@ def _steps(n: int) -> list[str]:
 
 
 def test_hooks_run_in_order_for_a_training_method(seq_file, tmp_path):
-    from suite.runner import Runner
+    from suite.engine.runner import Runner
 
     cfg = run_config(seq_file(), tmp_path, training={"iterations": 2})
     m = HookLog()
     Runner(cfg, method=m).run()
-    per_task = lambda t: [f"before_task {t}", *_steps(2), f"after_task {t}", "report", "report", "state_dict"]
+    per_task = lambda t: [f"before_task {t}", *_steps(2), f"after_task {t}", "report", "state_dict"]  # one report per step
     assert m.calls == ["setup", "trainable", *per_task(0), *per_task(1)]
 
 
 def test_hooks_of_a_method_that_does_not_train(seq_file, tmp_path):
-    from suite.runner import Runner
+    from suite.engine.runner import Runner
 
     m = HookLog(trains=False)
     Runner(run_config(seq_file(), tmp_path), method=m).run()
-    per_task = lambda t: [f"before_task {t}", "report", "report", "state_dict"]
+    per_task = lambda t: [f"before_task {t}", "report", "state_dict"]
     assert m.calls == ["setup", *per_task(0), *per_task(1)]
 
 
 def test_hooks_across_a_resume(seq_file, tmp_path):
     """Stopped after task 1 (the record of task 1 kept), resumed: state is loaded, task 1 is not repeated."""
-    from suite.runner import Runner
+    from suite.engine.runner import Runner
 
     cfg = run_config(seq_file(n_tasks=3), tmp_path, training={"iterations": 1})
     first = HookLog()
@@ -401,7 +401,7 @@ def test_hooks_across_a_resume(seq_file, tmp_path):
     import dataclasses
 
     Runner(dataclasses.replace(cfg, resume=True), method=again).run()
-    per_task = lambda t: [f"before_task {t}", *_steps(1), f"after_task {t}", "report", "report", "state_dict"]
+    per_task = lambda t: [f"before_task {t}", *_steps(1), f"after_task {t}", "report", "state_dict"]
     assert again.calls == ["setup", "trainable", "load_state_dict", *per_task(1), *per_task(2)]
 
 
@@ -410,7 +410,7 @@ def test_resume_refuses_a_changed_sequence_file_and_restart_discards(seq_file, t
     checkpoint is kept. --restart discards it on purpose and runs from task 1."""
     import dataclasses
 
-    from suite.runner import CheckpointError, Runner
+    from suite.engine.runner import CheckpointError, Runner
 
     path = Path(seq_file())
     cfg = _cfg(str(path), tmp_path)
@@ -434,7 +434,7 @@ def test_resume_refuses_a_changed_sequence_file_and_restart_discards(seq_file, t
 def test_resume_refuses_a_corrupt_checkpoint_in_one_line(seq_file, tmp_path):
     import dataclasses
 
-    from suite.runner import CheckpointError, Runner
+    from suite.engine.runner import CheckpointError, Runner
 
     cfg = _cfg(seq_file(), tmp_path)
     folder = tmp_path / "runs" / cfg.run_id()
@@ -447,7 +447,7 @@ def test_resume_refuses_a_corrupt_checkpoint_in_one_line(seq_file, tmp_path):
 def test_a_record_of_another_configuration_is_not_overwritten(seq_file, tmp_path):
     import dataclasses
 
-    from suite.runner import CheckpointError
+    from suite.engine.runner import CheckpointError
 
     path = Path(seq_file())
     cfg = _cfg(str(path), tmp_path)

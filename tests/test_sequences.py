@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from suite.cli import main
+from suite.config.sequences import SequenceError, load_sequence, load_sequence_file, sequence_files
 from suite.data import materialize, materialize_sequence
-from suite.sequences import SequenceError, load_sequence, load_sequence_file, sequence_files
 
 REAL = {"mtil-order-1", "mtil-order-2", "x-tail", "cifar100-10x10", "imagenet-r-10", "domainnet", "retrieval-coco-flickr"}
 EMBEDDED = {"world-class-incremental", "world-domain-incremental", "world-cross-modal", "mini-mtil"}

@@ -11,10 +11,10 @@ import yaml
 from conftest import MICRO
 from PIL import Image
 
+from suite.config.sequences import load_sequence
 from suite.data import DataMissingError, materialize
 from suite.data.shards import SampleFormat, ShardError, ShardStream, expand_shards, index_shards
-from suite.records import validate_record
-from suite.sequences import load_sequence
+from suite.results.records import validate_record
 
 
 def _png(value: int) -> bytes:
@@ -96,8 +96,8 @@ def _stream_sequence(tmp_path, shuffle=8) -> str:
 
 
 def test_streamed_training_batches_are_seeded_whole_and_captioned(tmp_path):
+    from suite.data.loading import Batches
     from suite.models import create_model_and_transforms
-    from suite.runner import Batches
 
     seq = load_sequence(_stream_sequence(tmp_path))
     data = materialize(seq, "pairs")
@@ -110,7 +110,7 @@ def test_streamed_training_batches_are_seeded_whole_and_captioned(tmp_path):
 
 
 def test_a_streamed_cross_modal_run_completes_with_workers(tmp_path):
-    from suite.runner import RunConfig, run
+    from suite.engine.runner import RunConfig, run
 
     rec = run(RunConfig(sequence=_stream_sequence(tmp_path), model=MICRO, pet="lora", workers=2,
                         out=str(tmp_path / "out"), run_dir=str(tmp_path / "runs"), progress=False))
@@ -132,7 +132,7 @@ def write_karpathy(root, splits=("train", "restval", "val", "test", "test"), nam
 
 
 def _karpathy_sequence(root, **source) -> object:
-    from suite.sequences import parse_sequence
+    from suite.config.sequences import parse_sequence
 
     return parse_sequence({"name": "k", "version": 1, "track": "cross-modal", "protocol": "task-agnostic",
                            "tasks": [{"name": "coco", "source": {"adapter": "karpathy", "root": str(root), **source},

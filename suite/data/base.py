@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import SuiteError
+from suite.errors import SuiteError
 
 
 class DataMissingError(SuiteError, FileNotFoundError):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sequences import TaskSequence, TaskSpec
-from . import world
-from .base import DataMissingError, Split, TaskData, resize_uint8, seeded_per_class
+from suite.config.sequences import TaskSequence, TaskSpec
+from suite.data import world
+from suite.data.base import DataMissingError, Split, TaskData, resize_uint8, seeded_per_class
 
 DEFAULT_SIZE = 32
 MAX_RENDERED = 200_000  # images one embedded task may render (train + test)
@@ -75,7 +75,7 @@ def load_world(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
 
 
 def load_digits_task(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # heavy, and only for the digits sets
 
     d = load_digits()
     imgs = (d.images / 16.0 * 255.0).round().astype(np.uint8)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..paths import read_text
-from ..sequences import SequenceError, parse_sequence, parse_yaml
-from .registry import materialize
+from suite.config.sequences import SequenceError, parse_sequence, parse_yaml
+from suite.data.registry import materialize
+from suite.paths import read_text
 
 _PIN = re.compile(r"(manifest_sha256:\s*)\"?([0-9a-fA-F]*)\"?")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..paths import read_json, read_text
-from ..sequences import TaskSequence, TaskSpec
-from .base import DataMissingError, Split, TaskData, seeded_per_class
-from .shards import SampleFormat, ShardStreamSource, expand_shards, index_shards
+from suite.config.sequences import TaskSequence, TaskSpec
+from suite.data.base import DataMissingError, Split, TaskData, seeded_per_class
+from suite.data.shards import SampleFormat, ShardStreamSource, expand_shards, index_shards
+from suite.errors import ConfigError
+from suite.paths import read_json, read_text
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -167,7 +167,7 @@ def load_imagefolder(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
 
 
 def load_torchvision(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # heavy: only for the torchvision adapter
 
     name = task.source["dataset"]
     cls = getattr(tvd, name, None)
@@ -216,7 +216,7 @@ def load_webdataset(seq: TaskSequence, task: TaskSpec, size: int) -> TaskData:
     """Local shards, indexed (:func:`~suite.data.shards.index_shards`): labels, captions and where each image lies;
     images are read by offset when used. ``source.stream: true`` trains by reading the shards front to back
     instead (split across ranks and DataLoader workers; ``source.shuffle`` samples of seeded buffer)."""
-    from PIL import Image
+    from PIL import Image  # only file-backed images decode through PIL
 
     src = task.source
     fmt = SampleFormat.from_source(src)

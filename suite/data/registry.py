@@ -5,9 +5,9 @@ import hashlib
 import json
 from typing import Callable
 
-from ..sequences import TaskSequence, TaskSpec
-from . import embedded, real
-from .base import ManifestMismatch, TaskData, manifest_sha256
+from suite.config.sequences import TaskSequence, TaskSpec
+from suite.data import embedded, real
+from suite.data.base import ManifestMismatch, TaskData, manifest_sha256
 
 Loader = Callable[[TaskSequence, TaskSpec, int], TaskData]
 

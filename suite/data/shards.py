@@ -21,8 +21,8 @@ import torch
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext, tarfile_samples
 
-from ..errors import SuiteError
-from .base import DataMissingError
+from suite.data.base import DataMissingError
+from suite.errors import SuiteError
 
 
 class ShardError(SuiteError):
@@ -138,7 +138,7 @@ def index_shards(shards: list[str], fmt: SampleFormat) -> list[ShardSample]:
 def decode_bytes(raw: bytes):
     """An image member's bytes as an RGB PIL image (what :func:`~suite.evaluation.evaluator.model_input` takes,
     without an array round trip)."""
-    from PIL import Image
+    from PIL import Image  # decoding only; indexing shards needs no PIL
 
     return Image.open(io.BytesIO(raw)).convert("RGB")
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from ..errors import SuiteError
+from suite.errors import SuiteError
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart")
 COLOURS = {
@@ -46,7 +46,7 @@ class WorldError(SuiteError):
 
 @lru_cache(maxsize=64)
 def _font(name: str, px: int) -> ImageFont.FreeTypeFont:
-    import matplotlib
+    import matplotlib  # only to find its bundled fonts
 
     path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf", f"{name}.ttf")
     return ImageFont.truetype(path, px)

@@ -6,86 +6,19 @@ changed (``invalidate_text``), so a vision-only PET never re-encodes text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ..data.base import Split, TaskData
-from .hallucination import hijacking, pope_step
-from .retrieval import confident_mismatch_rate, recall_at_k
+from suite.data.base import Split, TaskData
+from suite.data.loading import DecodedImages, as_model_batch, batch_images
+from suite.evaluation.hallucination import hijacking, pope_step
+from suite.evaluation.retrieval import confident_mismatch_rate, recall_at_k
 
 EVAL_SAMPLE_SEED = 0  # the --max-eval sample is the same for every step, method and seed
-
-
-def model_input(backbone, image) -> torch.Tensor | np.ndarray:
-    """One decoded image (an array or an RGB PIL image) as the model takes it: the model's PIL transform (a
-    tensor), or resized to its input size (uint8; normalised with its batch)."""
-    from PIL import Image
-
-    im = Image.fromarray(image) if isinstance(image, np.ndarray) else image
-    tf = getattr(backbone, "pil_preprocess", None)
-    return tf(im) if tf is not None else np.asarray(im.resize((backbone.image_size, backbone.image_size)))
-
-
-def decode_image(backbone, split: Split, i: int) -> torch.Tensor | np.ndarray:
-    """Image ``i`` of a file-backed split, decoded and made a model input (:func:`model_input`)."""
-    return model_input(backbone, split.image(i))
-
-
-def _as_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
-
-
-def as_model_batch(backbone, images: torch.Tensor) -> torch.Tensor:
-    """A stack of :func:`model_input` results on the model's device: uint8 images normalised there (resized ones
-    from the PIL-less path), transformed ones moved as they are. Every decoded batch — main process or DataLoader
-    workers, training or evaluation — goes through here."""
-    if images.dtype == torch.uint8:
-        return backbone.images_from_uint8(images)
-    return images.to(backbone.device, non_blocking=True)
-
-
-def batch_images(backbone, split: Split, idx: Iterable[int]) -> torch.Tensor:
-    """Preprocessed images of ``split`` at ``idx``: the uint8 fast path, or each image decoded by
-    :func:`decode_image`."""
-    idx = list(idx)
-    if split.images is not None:
-        return backbone.images_from_uint8(split.images[idx])
-    ims = [decode_image(backbone, split, i) for i in idx]
-    return as_model_batch(backbone, torch.from_numpy(np.stack(ims)) if isinstance(ims[0], np.ndarray) else torch.stack(ims))
-
-
-def _decoding_view(backbone) -> SimpleNamespace:
-    """Only what decoding reads: DataLoader workers never touch the model (or its device)."""
-    return SimpleNamespace(pil_preprocess=getattr(backbone, "pil_preprocess", None), image_size=backbone.image_size)
-
-
-class DecodedImages(torch.utils.data.Dataset):
-    """The images of a file-backed split, each decoded as :func:`decode_image` does it (for DataLoader workers)."""
-
-    def __init__(self, backbone, split):
-        self.backbone = _decoding_view(backbone)
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int):
-        return _as_tensor(decode_image(self.backbone, self.split, i))
-
-
-class StreamInput:
-    """A streamed sample's image as a model input (picklable, for the stream's DataLoader workers)."""
-
-    def __init__(self, backbone):
-        self.backbone = _decoding_view(backbone)
-
-    def __call__(self, image) -> torch.Tensor:
-        return _as_tensor(model_input(self.backbone, image))
 
 
 @dataclass
@@ -339,5 +272,4 @@ class ConceptProbe:
         return out
 
 
-__all__ = ["Evaluator", "ConceptProbe", "as_model_batch", "batch_images", "decode_image", "model_input",
-           "control_accuracy", "hijacking", "stratified_sample"]
+__all__ = ["Evaluator", "ConceptProbe", "control_accuracy", "hijacking", "stratified_sample"]

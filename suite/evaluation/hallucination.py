@@ -103,7 +103,7 @@ def concept_auroc(scores: np.ndarray, present: np.ndarray) -> float | None:
     """Mean over concepts (with both present and absent images) of the AUROC of ``scores`` for ``present``:
     the chance a present concept outscores an absent one; threshold-free, so a shifted score scale leaves it
     unchanged while a better ranking raises it."""
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # heavy: only when a probe is scored
 
     scores, present = np.asarray(scores, np.float64), np.asarray(present, bool)
     aucs = []

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from importlib.util import find_spec
 from pathlib import Path
 
 import jsonschema
 
-from ..analysis import Group, group_records
-from ..errors import SuiteError
-from ..metrics import METRICS
-from ..records import RecordError, group_key, recompute_aggregates, record_digest, validate_record
-from ..sequences import SequenceError, load_sequence, load_sequence_version, read_yaml
+from suite.config.run import RunIdentity
+from suite.config.sequences import SequenceError, load_sequence, load_sequence_version, read_yaml
+from suite.errors import SuiteError
+from suite.paths import data_dir
+from suite.results.analysis import Group, group_records
+from suite.results.metrics import METRICS
+from suite.results.records import RecordError, recompute_aggregates, record_digest, validate_record
 
 TOLERANCE = 1e-9
 VERIFIED_FILE = "verified.yaml"
@@ -36,11 +36,7 @@ class BoardError(SuiteError):
 
 
 def boards_dir() -> Path:
-    env = os.environ.get("CLSUITE_BOARDS_DIR")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2] / "leaderboards"
-    return repo if repo.is_dir() else _installed_data_dir("suite.boards_data")
+    return data_dir("leaderboards", "CLSUITE_BOARDS_DIR", "suite.boards_data")
 
 
 @lru_cache(maxsize=1)
@@ -177,7 +173,7 @@ def triage(named: list[tuple[str, dict]], boards: dict, verified: dict[str, dict
         if reason:
             out.off_budget.append((name, f"{name}: {reason}"))
             continue
-        seed_key = (*group_key(rec), json.dumps(rec.get("training"), sort_keys=True), rec["seed"])
+        seed_key = RunIdentity.of_record(rec).key()
         if seed_key in seen:
             out.rejected.append((name, f"{name}: seed: duplicate of seed {rec['seed']} of the same configuration "
                                        f"in {seen[seed_key]}"))
@@ -192,9 +188,3 @@ def triage(named: list[tuple[str, dict]], boards: dict, verified: dict[str, dict
     return out
 
 
-def _installed_data_dir(package: str) -> Path:
-    """Folder of a data package installed without ``__init__`` (a namespace package) by ``pip install .``."""
-    spec = find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{package}: data folder not installed")
-    return Path(list(spec.submodule_search_locations)[0])

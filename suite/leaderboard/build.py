@@ -18,13 +18,14 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from ..analysis import Group, Stat, format_value, relabel
-from ..errors import SuiteError
-from ..metrics import METRICS
-from ..paths import inside, read_json, repo_root, safe_name
-from ..sequences import SequenceError
-from .boards import BoardError, Triage, boards_dir, load_boards, load_verifications, triage
-from .plots import curves_figure, entry_figures, save_figure, tradeoff_figure
+from suite.config.sequences import SequenceError
+from suite.leaderboard.boards import BoardError, Triage, boards_dir, load_boards, load_verifications, triage
+from suite.leaderboard.plots import curves_figure, entry_figures, save_figure, tradeoff_figure
+from suite.paths import inside, repo_root, safe_name
+from suite.results.analysis import Group, Stat, format_value, relabel
+from suite.results.calibration import control_rows, load_committed_report, report_rows, targets_line
+from suite.results.metrics import METRICS
+from suite.results.records import read_records
 
 MARKER = ".clsuite-site"
 LEADERS_ON_INDEX = 3
@@ -68,18 +69,9 @@ def check_out_dir(out: Path, results: Path) -> None:
 
 def load_named_records(results: Path) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
     """``(file name, record)`` for every ``*.json`` in ``results``, and ``(file name, reason)`` for unreadable ones."""
-    named, bad = [], []
-    for p in sorted(results.glob("*.json")):
-        try:
-            rec = read_json(p, "record")
-        except SuiteError as exc:
-            bad.append((p.name, f"{p.name}: {str(exc).split(': ', 1)[1][:120]}"))
-            continue
-        if not isinstance(rec, dict):
-            bad.append((p.name, f"{p.name}: (top level): a record is a JSON object"))
-            continue
-        named.append((p.name, rec))
-    return named, bad
+    good, bad = read_records([results], validate=False)  # the board's triage validates, naming each refusal
+    return ([(p.name, rec) for p, rec in good],
+            [(p.name, f"{p.name}: {reason.split(': ', 1)[1][:120]}") for p, reason in bad])
 
 
 def build_site(results: str | Path | None = None, out: str | Path | None = None) -> Path:
@@ -234,7 +226,6 @@ def _sequence_block(out: Path, env: Environment, board: dict, seq: str, groups: 
 
 def _calibration(seq: str) -> dict | None:
     """The sequence's committed budget calibration (``clsuite calibrate``), formatted for the board page."""
-    from ..budgets import control_rows, load_committed_report, report_rows, targets_line
 
     try:
         rep = load_committed_report(seq)

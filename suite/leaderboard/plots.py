@@ -1,6 +1,6 @@
 """Figures of records (matplotlib): comparisons of methods on one figure, and the detail figures of one entry.
 
-Every figure is drawn from :class:`~suite.analysis.Group` objects (all seeds of a configuration): lines are means
+Every figure is drawn from :class:`~suite.results.analysis.Group` objects (all seeds of a configuration): lines are means
 over seeds, shaded bands their 95 % intervals (drawn only with more than one seed), error bars likewise. A method
 keeps its colour in every figure (:func:`method_colour`); PETs differ by line style. SVG output keeps text as
 text (``svg.fonttype: none``), so labels stay searchable and selectable. Artists carry ``gid``s
@@ -14,28 +14,31 @@ from typing import Iterable
 
 import matplotlib
 
+from suite.results.analysis import stat
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..analysis import Group, curve_stats, group_records  # noqa: E402
-from ..errors import ConfigError
-from ..metrics import METRICS, metric  # noqa: E402
+from suite.errors import ConfigError
+from suite.registry import METHODS, PETS
+from suite.results.analysis import Group, curve_stats, group_records  # noqa: E402
+from suite.results.metrics import METRICS, metric  # noqa: E402
 
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
                             "axes.spines.top": False, "axes.spines.right": False})
 
 KINDS = ("curves", "matrix", "retention", "hallucination", "tradeoff")
 FORMATS = (".png", ".svg", ".pdf")
-METHOD_COLOURS = {"zeroshot": "#7f7f7f", "seq": "#d62728", "pegp": "#1f77b4", "gpm": "#17becf",
-                  "finetune": "#8c564b", "lwf": "#ff7f0e", "ewc": "#9467bd", "wiseft": "#bcbd22",
-                  "zscl": "#2ca02c", "l2p": "#e377c2"}
+# Built-in methods and PETs take these in registry order (suite.registry), so a method has one colour and a PET
+# one line style and marker in every figure; plug-ins get one by a hash of their name.
+_COLOURS = ("#7f7f7f", "#d62728", "#1f77b4", "#8c564b", "#ff7f0e", "#9467bd", "#bcbd22", "#2ca02c", "#e377c2",
+            "#17becf")
+METHOD_COLOURS = dict(zip(METHODS.builtin, _COLOURS))
 _FALLBACK = plt.get_cmap("tab20").colors
-PET_STYLES = {"lora": "-", "adapter": "--", "prefix": "-.", "vpt": ":", "coop": (0, (5, 1)), "gated-prefix": (0, (3, 1, 1, 1)),
-              "gated-prompt": (0, (1, 1)), "-": "-"}
-PET_MARKERS = {"lora": "o", "adapter": "s", "prefix": "D", "vpt": "^", "coop": "P", "gated-prefix": "d",
-               "gated-prompt": "X", "-": "v"}
+PET_STYLES = {**dict(zip(PETS.builtin, ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 1))))), "-": "-"}
+PET_MARKERS = {**dict(zip(PETS.builtin, "osD^PdX")), "-": "v"}
 _MARKERS = "osD^vP*X"
 
 
@@ -98,7 +101,7 @@ CURVE_LABELS = {"avg": "mean accuracy on tasks trained so far (%)", "first-task"
 
 
 def curves_figure(groups: list[Group], name: str = "avg", title: str | None = None) -> Figure:
-    """One line per group of ``name`` after every step (see :func:`suite.analysis.curve`), 95 % bands."""
+    """One line per group of ``name`` after every step (see :func:`suite.results.analysis.curve`), 95 % bands."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     steps = 0
     for i, g in enumerate(groups):
@@ -246,7 +249,6 @@ def saturation(step: dict) -> tuple[float, float] | None:
 
 def saturation_figure(g: Group) -> Figure:
     """How full the projection bases are after each task: a full space freezes its parameter for good."""
-    from ..analysis import stat
 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     steps = max(len(r["steps"]) for r in g.records)

@@ -20,33 +20,88 @@ mymethod`` then finds it without touching this repository.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from suite.config.sequences import TaskSequence
+from suite.data.base import TaskData
+from suite.errors import ConfigError
+from suite.models.backbone import Backbone
+from suite.pet.base import PET
+
+Batch = dict[str, Any]  # images, labels, the task's data, caption tokens (suite.data.loading.Batches)
 
 
 @dataclass
 class RunContext:
     """What hooks may read: the model pieces, the current task, and helpers the runner provides."""
 
-    backbone: Any
-    pet: Any | None
+    backbone: Backbone
+    pet: PET | None
     device: torch.device
-    sequence: Any
+    sequence: TaskSequence
     seed: int = 0
     task_index: int = -1
-    task_data: Any = None
-    task_loss: Callable[[Any], torch.Tensor] | None = None
-    batches: Callable[[Any, int], Any] | None = None  # (task_data, n) -> iterator of training batches
+    task_data: TaskData | None = None
+    task_loss: Callable[[Batch], torch.Tensor] | None = None
+    batches: Callable[[TaskData, int], Iterator[Batch]] | None = None  # (task_data, n) -> training batches
     batch_size: int = 32  # of the batches ``batches`` yields
-    step: int = 0
     # (logits, targets) of a batch under the current weights: class logits over the batch's task, or the
     # image-text logits of a cross-modal batch (LwF distils these)
-    logits: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None
+    logits: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared method option: its default, its type(s), and its range (numbers) or choices (strings);
+    checked when the method is built, before any model exists. A value of another type, out of range or not
+    among the choices is one line naming the method and the option."""
+
+    default: Any
+    types: tuple[type, ...]
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    open_low: bool = False  # the range excludes ``low``
+
+    def check(self, method: str, name: str, value: Any) -> None:
+        if value is None and self.default is None:
+            return
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        allowed = value is not None and (isinstance(value, self.types) if not isinstance(value, bool)
+                                         else bool in self.types)
+        if numeric and float in self.types:
+            allowed = True
+        if not allowed:
+            raise ConfigError(f"method {method}: {name}: {value!r} must be {self._what()}")
+        if isinstance(value, str) and self.choices is not None and value not in self.choices:
+            raise ConfigError(f"method {method}: {name}: {value!r} must be {self._what()}")
+        if numeric and not self._in_range(value):
+            raise ConfigError(f"method {method}: {name}: {value!r} must be {self._what()}")
+
+    def _in_range(self, v: float) -> bool:
+        if v != v or v in (float("inf"), float("-inf")):
+            return False
+        if self.low is not None and (v < self.low or (self.open_low and v == self.low)):
+            return False
+        return self.high is None or v <= self.high
+
+    def _what(self) -> str:
+        parts = []
+        if int in self.types or float in self.types:
+            bounds = ([f"{'>' if self.open_low else '>='} {self.low:g}"] if self.low is not None else []) + \
+                     ([f"<= {self.high:g}"] if self.high is not None else [])
+            parts.append(" ".join(["a number" if float in self.types else "an integer", " and ".join(bounds)]).strip())
+        if self.choices:
+            parts.append(" or ".join(repr(c) for c in self.choices))
+        elif str in self.types:
+            parts.append("a string")
+        parts += [word for t, word in ((bool, "true or false"), (dict, "a mapping")) if t in self.types]
+        return " or ".join(parts)
 
 
 class Method:
@@ -57,15 +112,21 @@ class Method:
     needs_pet = True       # False: runs on the bare backbone (full fine-tuning, GPM on weights)
     text_changes = None    # None: decided by the PET's towers; True/False: forced
 
+    OPTIONS: ClassVar[dict[str, Option]] = {}  # the method's options, declared with their types and ranges
+
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.option_defaults())
         if unknown:
             raise ConfigError(f"method {self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.option_defaults())}")
+        for key, value in options.items():
+            if key in self.OPTIONS:
+                self.OPTIONS[key].check(self.name, key, value)
         self.options = {**self.option_defaults(), **options}
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
-        return {}
+        """Every option with its default (from :attr:`OPTIONS`; an older plug-in may override this instead)."""
+        return {k: copy.deepcopy(o.default) for k, o in cls.OPTIONS.items()}
 
     # hooks ------------------------------------------------------------------------------------------
     def setup(self, ctx: RunContext) -> None:
@@ -98,11 +159,6 @@ class Method:
 
     def report(self) -> dict[str, Any]:
         return {}
-
-
-def param_names(module: nn.Module) -> dict[int, str]:
-    """``id(param) -> qualified name`` inside ``module`` (for functional calls with other weights)."""
-    return {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
 
 
 def snapshot(params: list[nn.Parameter]) -> list[torch.Tensor]:

@@ -10,15 +10,13 @@ from typing import Any
 
 import torch
 
-from .base import Method, RunContext, snapshot
+from suite.methods.base import Method, Option, RunContext, snapshot
 
 
 class EWC(Method):
     name = "ewc"
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        return {"weight": 100.0, "fisher_batches": 4}
+    OPTIONS = {"weight": Option(100.0, (float,), low=0), "fisher_batches": Option(4, (int,), low=1)}
 
     def setup(self, ctx: RunContext) -> None:
         self.params = self.trainable(ctx)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Method, RunContext
+from suite.methods.base import Method, RunContext
 
 
 class FullFineTune(Method):

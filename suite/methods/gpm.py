@@ -2,32 +2,31 @@
 projecting each weight's gradient against the basis of its old-task inputs. Biases stay frozen (a bias acts on
 a constant feature that no basis can protect without freezing it).
 
-GPM and PEGP are one implementation: the same bases (:class:`~suite.projection.FeatureBasis`, same ``basis``
-criterion) and the same :class:`~suite.projection.Projector`, including ``project_update`` (default on, as for
+GPM and PEGP are one implementation: the same bases (:class:`~suite.methods.projection.FeatureBasis`, same ``basis``
+criterion) and the same :class:`~suite.methods.projection.Projector`, including ``project_update`` (default on, as for
 PEGP), so a PEGP-vs-GPM gap on a board is about *what* is projected (PET parameters or full weights), never
 about how.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from ..pet.base import PETConfig, select_sites
-from ..projection import FeatureBasis, GradSpace, Projector
-from .base import RunContext
-from .pegp import ProjectedSteps, basis_report
+from suite.methods.base import Option, RunContext
+from suite.methods.pegp import ProjectedSteps
+from suite.methods.projection import FeatureBasis, Projector
+from suite.pet.base import GradSpace, PETConfig, select_sites
 
 
 class GPM(ProjectedSteps):
     name = "gpm"
     needs_pet = False
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        return {"threshold": 0.97, "basis": "gpm", "project_update": True, "towers": "vision", "layers": "all",
-                "roles": "q,k,v,out", "collect_batches": 8}
+    OPTIONS = {"threshold": Option(0.97, (float,), low=0, high=1, open_low=True),
+               "basis": Option("gpm", (str,), choices=tuple(FeatureBasis.CRITERIA)),
+               "project_update": Option(True, (bool,)), "towers": Option("vision", (str,), choices=("vision", "text", "both")),
+               "layers": Option("all", (str,)), "roles": Option("q,k,v,out", (str,)),
+               "collect_batches": Option(8, (int,), low=1)}
 
     def setup(self, ctx: RunContext) -> None:
         cfg = PETConfig(towers=self.options["towers"], layers=self.options["layers"])
@@ -69,19 +68,4 @@ class GPM(ProjectedSteps):
                 ctx.task_loss(batch)
         finally:
             self.collecting = False
-        for b in self.bases.values():
-            b.update()
-        self.projector.invalidate()
-        self.tasks_done += 1
-
-    def report(self) -> dict[str, Any]:
-        return basis_report(self.bases)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"bases": {k: b.state_dict() for k, b in self.bases.items()}, "tasks_done": self.tasks_done}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, s in state["bases"].items():
-            self.bases[k].load_state_dict(s)
-        self.projector.invalidate()
-        self.tasks_done = int(state["tasks_done"])
+        self.grow_bases()

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pet.base import PETConfig, select_sites
-from ..pet.kv import GatedKV, register_source
-from .base import Method, RunContext
+from suite.methods.base import Method, Option, RunContext
+from suite.pet.base import MAX_TOKENS, PETConfig, select_sites
+from suite.pet.kv import GatedKV, register_source
 
 
 class PoolPrompt(GatedKV):
@@ -41,9 +41,8 @@ class L2P(Method):
     needs_pet = False
     text_changes = False
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        return {"pool": 10, "length": 4, "top_n": 2, "layers": "0", "pull_weight": 0.5}
+    OPTIONS = {"pool": Option(10, (int,), low=1), "length": Option(4, (int,), low=1, high=MAX_TOKENS),
+               "top_n": Option(2, (int,), low=1), "layers": Option("0", (str,)), "pull_weight": Option(0.5, (float,), low=0)}
 
     def setup(self, ctx: RunContext) -> None:
         o = self.options

@@ -6,16 +6,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Method, RunContext, snapshot
-from .common import weights_swapped
+from suite.methods.base import Method, Option, RunContext, snapshot
+from suite.methods.common import weights_swapped
 
 
 class LwF(Method):
     name = "lwf"
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        return {"weight": 1.0, "temperature": 2.0}
+    OPTIONS = {"weight": Option(1.0, (float,), low=0), "temperature": Option(2.0, (float,), low=0, open_low=True)}
 
     def setup(self, ctx: RunContext) -> None:
         self.params = self.trainable(ctx)

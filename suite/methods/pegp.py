@@ -1,15 +1,15 @@
 """PEGP: gradient projection for continual parameter-efficient tuning (Qiao et al., arXiv:2405.13383).
 
 After each task the features every PET parameter acts on are collected from that task's training data and
-folded into per-space orthonormal bases (:class:`~suite.projection.FeatureBasis`, energy threshold ε). While
+folded into per-space orthonormal bases (:class:`~suite.methods.projection.FeatureBasis`, energy threshold ε). While
 later tasks train, every gradient is projected onto the orthogonal complement of its bases before the optimiser
-step (:class:`~suite.projection.Projector`, shared with GPM), so the PET's outputs on old-task inputs stay (to
+step (:class:`~suite.methods.projection.Projector`, shared with GPM), so the PET's outputs on old-task inputs stay (to
 first order; exactly for linear sites) where they were. Gates with no feature space are frozen after task 1.
 
 Options (all recorded in every record, resolved):
 
 - ``basis``: ``gpm`` (default: GPM's σ² energy, two-sided residual) or ``official`` (the authors' code: Gram
-  matrix, σ⁴ energy, one-sided residual); see :mod:`suite.projection`.
+  matrix, σ⁴ energy, one-sided residual); see :mod:`suite.methods.projection`.
 - ``threshold`` ε, a number or ``"official"`` (the authors' per-PET values, :data:`OFFICIAL_THRESHOLDS`);
   ``thresholds``: ``{"glob on space key": ε}``, first match wins.
 - ``project_update``: also project the applied optimiser update (default on; a suite extension). Adaptive
@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from ..projection import FeatureBasis, Projector
-from .base import Method, RunContext
+from suite.errors import ConfigError
+from suite.methods.base import Method, Option, RunContext
+from suite.methods.projection import FeatureBasis, Projector
 
 # ε per PET in the authors' released code (pegp.md): adapter 0.999, LoRA 0.99, CLIP prompt 0.90, PGP
 # prompts/prefixes 0.50.
@@ -42,11 +42,32 @@ OFFICIAL = {"basis": "official", "threshold": "official", "project_update": Fals
 
 
 class ProjectedSteps(Method):
-    """The step hooks of a gradient-projection method: once a task is learned (``tasks_done``), gradients and
-    applied updates go through ``projector`` (:class:`~suite.projection.Projector`). PEGP and GPM share them."""
+    """What PEGP and GPM share: once a task is learned (``tasks_done``), gradients and applied updates go through
+    ``projector`` (:class:`~suite.methods.projection.Projector`); after each task the ``bases`` grow from the
+    features observed; the bases are what a checkpoint keeps and a record reports."""
 
+    bases: dict[str, FeatureBasis]
     projector: Projector
     tasks_done: int = 0
+
+    def grow_bases(self) -> None:
+        """Fold the features observed during this task's collection into the bases."""
+        for b in self.bases.values():
+            b.update()
+        self.projector.invalidate()
+        self.tasks_done += 1
+
+    def report(self) -> dict[str, Any]:
+        return basis_report(self.bases)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tasks_done": self.tasks_done, "bases": {k: b.state_dict() for k, b in self.bases.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tasks_done = int(state["tasks_done"])
+        for k, s in state["bases"].items():
+            self.bases[k].load_state_dict(s)
+        self.projector.invalidate()
 
     def before_step(self, ctx: RunContext) -> None:
         if self.tasks_done:
@@ -60,10 +81,12 @@ class ProjectedSteps(Method):
 class PEGP(ProjectedSteps):
     name = "pegp"
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        return {"preset": None, "basis": "gpm", "threshold": 0.97, "thresholds": {}, "collect_batches": 8,
-                "collect_images": None, "project_update": True, "project_values": True}
+    OPTIONS = {"preset": Option(None, (str,), choices=("official",)),
+               "basis": Option("gpm", (str,), choices=tuple(FeatureBasis.CRITERIA)),
+               "threshold": Option(0.97, (float, str), low=0, high=1, open_low=True, choices=("official",)),
+               "thresholds": Option({}, (dict,)), "collect_batches": Option(8, (int,), low=1),
+               "collect_images": Option(None, (int,), low=1), "project_update": Option(True, (bool,)),
+               "project_values": Option(True, (bool,))}
 
     def __init__(self, **options: Any):
         preset = options.get("preset")
@@ -90,7 +113,6 @@ class PEGP(ProjectedSteps):
         self.projector = Projector(spaces, self.bases, list(ctx.pet.parameters()), self.options["project_update"],
                                    frozen=ctx.pet.fixed_after_first_task)
         self.tasks_done = 0
-        self.history: list[dict[str, Any]] = []
 
     def threshold_for(self, key: str) -> float:
         for pattern, eps in self.options["thresholds"].items():
@@ -122,25 +144,7 @@ class PEGP(ProjectedSteps):
             ctx.pet.collect_outputs(ctx.backbone, list(ctx.task_data.classnames))
         finally:
             ctx.pet.set_sink(None)
-        added = {k: b.update() for k, b in self.bases.items()}
-        self.projector.invalidate()
-        self.tasks_done += 1
-        self.history.append({"task": t, "directions_added": sum(added.values()), **self.report()})
-
-    def report(self) -> dict[str, Any]:
-        return basis_report(self.bases)
-
-    # state -------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"tasks_done": self.tasks_done, "bases": {k: b.state_dict() for k, b in self.bases.items()},
-                "history": self.history}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tasks_done = int(state["tasks_done"])
-        for k, s in state["bases"].items():
-            self.bases[k].load_state_dict(s)
-        self.projector.invalidate()
-        self.history = list(state["history"])
+        self.grow_bases()
 
 
 def basis_report(bases: dict[str, FeatureBasis]) -> dict[str, Any]:

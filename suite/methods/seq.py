@@ -1,7 +1,7 @@
 """Sequential PET: train the PET on each task in turn with no protection (the forgetting baseline)."""
 from __future__ import annotations
 
-from .base import Method
+from suite.methods.base import Method
 
 
 class SequentialPET(Method):

@@ -5,19 +5,15 @@ zero-shot), so this is weight-space ensembling in the PET's space; training cont
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .base import Method, RunContext, snapshot
+from suite.methods.base import Method, Option, RunContext, snapshot
 
 
 class WiSEFT(Method):
     name = "wiseft"
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        return {"alpha": 0.5}
+    OPTIONS = {"alpha": Option(0.5, (float,), low=0, high=1)}
 
     def setup(self, ctx: RunContext) -> None:
         self.params = self.trainable(ctx)

@@ -1,7 +1,7 @@
 """Zero-shot: the pretrained model, never trained — the row every other method is compared against."""
 from __future__ import annotations
 
-from .base import Method
+from suite.methods.base import Method
 
 
 class ZeroShot(Method):

@@ -9,19 +9,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Method, RunContext, snapshot
-from .common import weights_swapped
+from suite.data.embedded import reference_pairs
+from suite.methods.base import Method, Option, RunContext, snapshot
+from suite.methods.common import weights_swapped
 
 
 class ZSCL(Method):
     name = "zscl"
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        return {"weight": 1.0, "reference_size": 128, "batch": 32}
+    OPTIONS = {"weight": Option(1.0, (float,), low=0), "reference_size": Option(128, (int,), low=1),
+               "batch": Option(32, (int,), low=1)}
 
     def setup(self, ctx: RunContext) -> None:
-        from ..data.embedded import reference_pairs
 
         self.params = self.trainable(ctx)
         self.zero_shot = snapshot(self.params)

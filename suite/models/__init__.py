@@ -12,19 +12,19 @@ Model specs (strings):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import SuiteError
-from .backbone import Backbone, HFBackbone, OpenClipBackbone
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from suite.errors import SuiteError
+from suite.models.backbone import CLIP_MEAN, CLIP_STD, Backbone, HFBackbone, OpenClipBackbone
+from suite.registry import BACKBONES
 
 
 class ModelError(SuiteError):
@@ -51,7 +51,6 @@ def asset_path(name: str) -> Path:
 def _load_state(model: nn.Module, path: Path) -> None:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
@@ -76,63 +75,82 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
 
 def create_model_and_transforms(spec: str = "embedded:tiny-clip", device: str | torch.device = "cpu",
                                 freeze: bool = True) -> Backbone:
-    """Build the backbone named by ``spec`` (see module doc); its weights are frozen unless ``freeze=False``."""
+    """Build the backbone named by ``spec`` (see module doc) through its kind's loader
+    (:data:`suite.registry.BACKBONES`); its weights are frozen unless ``freeze=False``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time: weights come from caches or paths
     kind, name, tag = parse_spec(spec)
-    if kind == "embedded":
-        import open_clip
-
-        cfg = embedded_config(name)
-        model = open_clip.CLIP(**cfg)
-        weights = None
-        if tag != "random":
-            weights = Path(tag) if tag else asset_path(name)
-            if weights.is_file():
-                _load_state(model, weights)
-            elif tag:
-                raise ModelError(f"{spec}: checkpoint {weights} not found")
-            else:
-                weights = None
-        ctx = cfg["text_cfg"]["context_length"]
-        bb = OpenClipBackbone(model, image_size=cfg["vision_cfg"]["image_size"], context_length=ctx,
-                              mean=CLIP_MEAN, std=CLIP_STD, spec=spec, pretrained=weights is not None)
-    elif kind == "open_clip":
-        import open_clip
-
-        pretrained = tag
-        if tag and (os.sep in tag or tag.endswith((".pt", ".bin", ".safetensors"))) and not Path(tag).is_file():
-            raise ModelError(f"{spec}: checkpoint {tag} not found")
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
-        except Exception as exc:  # noqa: BLE001 — missing, corrupt or foreign weights: one line
-            raise ModelError(f"{spec}: {str(exc).splitlines()[0]} (nothing is downloaded here: cache the weights "
-                             f"first or give a local checkpoint path)") from None
-        vis = model.visual
-        size = vis.image_size[0] if isinstance(vis.image_size, (tuple, list)) else vis.image_size
-        mean = getattr(vis, "image_mean", None) or CLIP_MEAN
-        std = getattr(vis, "image_std", None) or CLIP_STD
-        bb = OpenClipBackbone(model, image_size=size, context_length=model.context_length, mean=mean, std=std,
-                              spec=spec, pretrained=tag is not None, tokenizer=open_clip.get_tokenizer(name),
-                              pil_preprocess=preprocess)
-    elif kind == "hf":
-        from transformers import CLIPModel, CLIPTokenizer
-
-        path = Path(name)
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{spec}: no transformers CLIPModel at {path} (expected config.json from save_pretrained)")
-        model = CLIPModel.from_pretrained(str(path), local_files_only=True)
-        tok = CLIPTokenizer.from_pretrained(str(path), local_files_only=True) if (path / "vocab.json").is_file() else None
-        bb = HFBackbone(model, tokenizer=tok, spec=spec)
-    else:
-        bb = _plugin_backbone(kind, name, tag, spec)
+    if kind not in BACKBONES.names():
+        raise ModelError(f"unknown model kind {kind!r} in {spec!r} (use {', '.join(f'{k}:' for k in BACKBONES.names())})")
+    bb = BACKBONES.load(kind)(name, tag)
+    if not isinstance(bb, Backbone):
+        raise ModelError(f"{spec}: the {kind!r} loader returned {type(bb).__name__}, not a suite Backbone")
     if freeze:
         for p in bb.parameters():
             p.requires_grad_(False)
     return bb.to(device).eval()
 
 
+def _spec(kind: str, name: str, tag: str | None) -> str:
+    return f"{kind}:{name}" + (f"@{tag}" if tag is not None else "")
+
+
+def load_embedded(name: str, tag: str | None) -> Backbone:
+    """``embedded:<name>[@random|@<weights file>]``: a shipped tiny open_clip config, with its shipped weights."""
+    import open_clip  # heavy (it pulls in transformers): imported only when a model is built
+
+    spec = _spec("embedded", name, tag)
+    cfg = embedded_config(name)
+    model = open_clip.CLIP(**cfg)
+    weights = None
+    if tag != "random":
+        weights = Path(tag) if tag else asset_path(name)
+        if weights.is_file():
+            _load_state(model, weights)
+        elif tag:
+            raise ModelError(f"{spec}: checkpoint {weights} not found")
+        else:
+            weights = None
+    return OpenClipBackbone(model, image_size=cfg["vision_cfg"]["image_size"],
+                            context_length=cfg["text_cfg"]["context_length"], mean=CLIP_MEAN, std=CLIP_STD, spec=spec,
+                            pretrained=weights is not None)
+
+
+def load_open_clip(name: str, tag: str | None) -> Backbone:
+    """``open_clip:<architecture>[@<pretrained tag or checkpoint>]``; weights must be cached or local."""
+    import open_clip  # heavy: imported only when a model is built
+
+    spec = _spec("open_clip", name, tag)
+    if tag and (os.sep in tag or tag.endswith((".pt", ".bin", ".safetensors"))) and not Path(tag).is_file():
+        raise ModelError(f"{spec}: checkpoint {tag} not found")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag)
+    except Exception as exc:  # noqa: BLE001 — missing, corrupt or foreign weights: one line
+        raise ModelError(f"{spec}: {str(exc).splitlines()[0]} (nothing is downloaded here: cache the weights "
+                         f"first or give a local checkpoint path)") from None
+    vis = model.visual
+    size = vis.image_size[0] if isinstance(vis.image_size, (tuple, list)) else vis.image_size
+    mean = getattr(vis, "image_mean", None) or CLIP_MEAN
+    std = getattr(vis, "image_std", None) or CLIP_STD
+    return OpenClipBackbone(model, image_size=size, context_length=model.context_length, mean=mean, std=std,
+                            spec=spec, pretrained=tag is not None, tokenizer=open_clip.get_tokenizer(name),
+                            pil_preprocess=preprocess)
+
+
+def load_hf(name: str, tag: str | None) -> Backbone:
+    """``hf:<folder>``: a transformers ``CLIPModel`` saved with ``save_pretrained``."""
+    from transformers import CLIPModel, CLIPTokenizer  # heavy, optional: imported only for this kind
+
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{_spec('hf', name, tag)}: no transformers CLIPModel at {path} (expected config.json from "
+                         f"save_pretrained)")
+    model = CLIPModel.from_pretrained(str(path), local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(str(path), local_files_only=True) if (path / "vocab.json").is_file() else None
+    return HFBackbone(model, tokenizer=tok, spec=_spec("hf", name, tag))
+
+
 def weights_digest(model: nn.Module) -> str:
     """sha256 (16 hex) of a model's parameters and buffers, names included: the weights a run starts from."""
-    import hashlib
 
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
@@ -141,22 +159,5 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-BACKBONE_PLUGINS = "clsuite.backbones"
-BUILT_IN = ("embedded", "open_clip", "hf")
-
-
-def _plugin_backbone(kind: str, name: str, tag: str | None, spec: str) -> Backbone:
-    from ..plugins import load, plugins
-
-    eps = plugins(BACKBONE_PLUGINS)
-    if kind not in eps:
-        known = ", ".join(f"{k}:" for k in (*BUILT_IN, *sorted(eps)))
-        raise ModelError(f"unknown model kind {kind!r} in {spec!r} (use {known})")
-    bb = load(eps[kind], "backbone loader")(name, tag)
-    if not isinstance(bb, Backbone):
-        raise ModelError(f"{spec}: the {kind!r} loader returned {type(bb).__name__}, not a suite Backbone")
-    return bb
-
-
-__all__ = ["Backbone", "ModelError", "weights_digest",
-           "create_model_and_transforms", "embedded_config", "embedded_configs", "asset_path"]
+__all__ = ["Backbone", "ModelError", "asset_path", "create_model_and_transforms", "embedded_config", "embedded_configs",
+           "load_embedded", "load_hf", "load_open_clip", "weights_digest"]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from suite.errors import ConfigError
 
 
 class KVSource(Protocol):

@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .attention import SplitAttention, split_attention_in
+from suite.errors import ConfigError
+from suite.models.attention import SplitAttention, split_attention_in
 
+# OpenAI CLIP's image normalisation (open_clip's OPENAI_DATASET_MEAN / STD)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TOWERS = ("vision", "text")
 
 
@@ -109,7 +112,7 @@ class OpenClipBackbone(Backbone):
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         if self._tokenizer is not None:
             return self._tokenizer(texts)
-        import open_clip
+        import open_clip  # heavy: the embedded models' own tokenizer, loaded with the first prompts
 
         return open_clip.tokenize(texts, context_length=self.context_length)
 
@@ -139,8 +142,6 @@ class HFBackbone(Backbone):
         cfg = model.config
         self.image_size = int(cfg.vision_config.image_size)
         self.context_length = int(cfg.text_config.max_position_embeddings)
-        from . import CLIP_MEAN, CLIP_STD
-
         self.mean, self.std = CLIP_MEAN, CLIP_STD
         self.spec, self.pretrained = spec, True
         self._tokenizer = tokenizer

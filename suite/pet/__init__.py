@@ -3,7 +3,7 @@ layer module + ``attach(backbone, config)``; each module names itself with ``KIN
 
 :func:`attach_pet` is the one door: ``attach_pet(backbone, "lora", rank=8, towers="vision")``. Outside packages
 add PETs through the entry-point group ``clsuite.pets`` (``mypet = "my_pkg.my_pet"``: a module with ``KIND``,
-``CONFIG`` and ``attach``), loaded only when asked for.
+``CONFIG`` and ``attach``), loaded only when asked for; :data:`suite.registry.PETS` lists them all.
 
 ==================  ===============================================================================
 ``lora``            LoRA on q/k/v/out (and optionally the MLP) Linear maps
@@ -20,34 +20,26 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from ..errors import ConfigError
-from ..models.backbone import Backbone
-from ..plugins import PluginError, load, plugins
-from . import adapter, coop, gated_prefix, gated_prompt, lora, prefix, vpt
-from .base import PET, PETConfig, PETLayer
-
-ENTRY_POINT_GROUP = "clsuite.pets"
-BUILTIN: dict[str, ModuleType] = {m.KIND: m for m in (lora, adapter, prefix, vpt, coop, gated_prefix, gated_prompt)}
+from suite.models.backbone import Backbone
+from suite.pet.base import PET, PETConfig, PETLayer
+from suite.registry import PETS, PluginError
 
 
 def _module(kind: str) -> ModuleType:
-    if kind in BUILTIN:
-        return BUILTIN[kind]
-    found = plugins(ENTRY_POINT_GROUP)
-    if kind not in found:
-        raise ConfigError(f"unknown PET {kind!r}; known: {', '.join(available_pets())}")
-    mod = load(found[kind], "PET")
+    """The module of PET ``kind`` (built-in or plug-in), checked for its three parts."""
+    mod = PETS.load(kind)
     if getattr(mod, "KIND", None) != kind or not hasattr(mod, "attach") or not hasattr(mod, "CONFIG"):
-        raise PluginError(f"PET {kind!r}: {found[kind].value} must define KIND = {kind!r}, CONFIG and attach")
+        raise PluginError(f"PET {kind!r}: {PETS.sources()[kind]} must define KIND = {kind!r}, CONFIG and attach")
     return mod
 
 
 def available_pets() -> list[str]:
     """Built-in PETs, then plug-ins (listed, not imported)."""
-    return list(BUILTIN) + sorted(n for n in plugins(ENTRY_POINT_GROUP) if n not in BUILTIN)
+    return PETS.names()
 
 
 def make_config(kind: str, options: dict[str, Any] | None = None) -> PETConfig:
+    """The validated config of a PET of ``kind`` (no model needed)."""
     return _module(kind).CONFIG.from_dict(dict(options or {}))
 
 
@@ -60,6 +52,4 @@ def attach_pet(backbone: Backbone, kind: str, **options: Any) -> PET:
     return pet
 
 
-PETS = BUILTIN  # kind -> module (KIND, CONFIG, attach)
-
-__all__ = ["PET", "PETConfig", "PETLayer", "PETS", "attach_pet", "available_pets", "make_config"]
+__all__ = ["PET", "PETConfig", "PETLayer", "attach_pet", "available_pets", "make_config"]

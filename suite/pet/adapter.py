@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.backbone import Backbone
-from ..projection import GradSpace
-from .base import PET, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
+from suite.errors import ConfigError
+from suite.models.backbone import Backbone
+from suite.pet.base import PET, GradSpace, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
 
 POSITIONS = ("mlp", "attn")
 

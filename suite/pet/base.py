@@ -1,6 +1,6 @@
 """What every PET shares (the HF PEFT shape): a config, layer modules, and an ``attach`` that injects them.
 
-A PET layer *declares* the gradient spaces of its parameters (:class:`~suite.projection.GradSpace`) and
+A PET layer *declares* the gradient spaces of its parameters (:class:`GradSpace`) and
 *emits* the features each space acts on through :meth:`PETLayer.emit` when a collector is listening. It never
 projects anything itself: methods such as PEGP own the bases and the projection, so every PET is projected
 by the same code.
@@ -15,11 +15,30 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.backbone import TOWERS, Backbone, BlockSite
-from ..projection import GradSpace
+from suite.errors import ConfigError
+from suite.models.backbone import TOWERS, Backbone, BlockSite
 
 Sink = Callable[[str, torch.Tensor], None]
+
+
+@dataclass
+class GradSpace:
+    """One projected gradient: ``param``'s gradient acts on the features of ``key`` along ``side``.
+
+    The feature axis is the last (``right``) or first (``left``) axis of the gradient (of its slice
+    ``param[index]`` when ``index`` is set); ``dim`` is that axis' size. A PET layer lists its spaces and feeds
+    their features; it never projects by itself.
+    """
+
+    key: str
+    param: torch.nn.Parameter
+    dim: int
+    side: str = "right"
+    index: int | None = None
+    role: str | None = None  # "key" / "value" for attention prefixes and prompts (PEGP may skip value spaces)
+
+    def pick(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.index is None else t[self.index]
 
 # Learned tokens per layer (prompt, prefix, context length): far above any published setting (PEGP's code uses
 # 5-16), so a typo cannot allocate gigabytes. Widths (LoRA rank, adapter bottleneck) are bounded by the layer

@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.backbone import Backbone
-from ..projection import GradSpace
-from .base import PET, PETConfig, PETLayer, register_config, replace_attr, undo_all
+from suite.errors import ConfigError
+from suite.models.backbone import Backbone
+from suite.pet.base import PET, GradSpace, PETConfig, PETLayer, register_config, replace_attr, undo_all
 
 PLACEHOLDER = "X"
 JACOBIAN_CHUNK = 64  # output dimensions differentiated at once

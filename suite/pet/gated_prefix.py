@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.backbone import Backbone
-from .base import PET, PETConfig, register_config
-from .kv import GatedKV, PrefixSlots, attach_slots, register_source
+from suite.models.backbone import Backbone
+from suite.pet.base import PET, PETConfig, register_config
+from suite.pet.kv import GatedKV, PrefixSlots, attach_slots, register_source
 
 
 @dataclass

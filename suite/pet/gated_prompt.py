@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.backbone import Backbone
-from .base import PET, PETConfig, layer_per_site, pre_norm, register_config, select_sites, undo_all
-from .kv import GatedKV, PromptTokens, register_source
+from suite.errors import ConfigError
+from suite.models.backbone import Backbone
+from suite.pet.base import PET, PETConfig, layer_per_site, pre_norm, register_config, select_sites, undo_all
+from suite.pet.kv import GatedKV, PromptTokens, register_source
 
 
 @dataclass

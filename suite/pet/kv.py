@@ -21,10 +21,9 @@ import math
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.attention import SplitAttention
-from ..projection import GradSpace
-from .base import PET, PETLayer, layer_per_site, select_sites, undo_all
+from suite.errors import ConfigError
+from suite.models.attention import SplitAttention
+from suite.pet.base import PET, GradSpace, PETLayer, layer_per_site, select_sites, undo_all
 
 
 class GatedKV(PETLayer):

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.backbone import Backbone
-from ..projection import GradSpace
-from .base import PET, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
+from suite.errors import ConfigError
+from suite.models.backbone import Backbone
+from suite.pet.base import PET, GradSpace, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
 
 ATTN_ROLES = ("q", "k", "v", "out")
 MLP_ROLES = ("fc1", "fc2")

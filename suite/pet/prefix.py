@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..models.backbone import Backbone
-from .base import PET, PETConfig, register_config
-from .kv import ConcatKV, PrefixSlots, attach_slots, register_prefix
+from suite.errors import ConfigError
+from suite.models.backbone import Backbone
+from suite.pet.base import PET, PETConfig, register_config
+from suite.pet.kv import ConcatKV, PrefixSlots, attach_slots, register_prefix
 
 
 @dataclass

@@ -24,10 +24,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.backbone import Backbone
-from .base import PET, PETConfig, PETLayer, layer_per_site, pre_norm, register_config, replace_attr, select_sites, undo_all
-from .kv import ConcatKV, PromptTokens, register_prefix
+from suite.errors import ConfigError
+from suite.models.backbone import Backbone
+from suite.pet.base import (
+    PET,
+    PETConfig,
+    PETLayer,
+    layer_per_site,
+    pre_norm,
+    register_config,
+    replace_attr,
+    select_sites,
+    undo_all,
+)
+from suite.pet.kv import ConcatKV, PromptTokens, register_prefix
 
 DEPTHS = ("deep", "shallow")
 

@@ -24,12 +24,11 @@ No raw data is stored; only ``U``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from suite.errors import ConfigError
+from suite.pet.base import GradSpace
 
 
 class FeatureBasis:
@@ -45,7 +44,6 @@ class FeatureBasis:
         self.dim, self.threshold, self.criterion = int(dim), float(threshold), criterion
         self.U = torch.zeros(self.dim, 0, dtype=torch.float64)
         self._cov: torch.Tensor | None = None
-        self._count = 0
 
     # -- collection ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -54,7 +52,6 @@ class FeatureBasis:
         x = feats.detach().reshape(-1, self.dim).to(torch.float64)
         cov = x.T @ x
         self._cov = cov.cpu() if self._cov is None else self._cov + cov.cpu()
-        self._count += x.shape[0]
 
     # -- update -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -66,7 +63,7 @@ class FeatureBasis:
         if dist.is_available() and dist.is_initialized():
             cov = cov.clone()
             dist.all_reduce(cov)
-        self._cov, self._count = None, 0
+        self._cov = None
         U = self.U
         if U.shape[1] >= self.dim:
             return 0
@@ -124,26 +121,6 @@ class FeatureBasis:
         self.dim, self.threshold = int(state["dim"]), float(state["threshold"])
         self.criterion = str(state.get("criterion", "gpm"))
         self.U = state["U"].to(torch.float64)
-
-
-@dataclass
-class GradSpace:
-    """One projected gradient: ``param``'s gradient acts on the features of ``key`` along ``side``.
-
-    The feature axis is the last (``right``) or first (``left``) axis of the gradient (of its slice
-    ``param[index]`` when ``index`` is set); ``dim`` is that axis' size. A PET layer lists its spaces and feeds
-    their features; it never projects by itself.
-    """
-
-    key: str
-    param: torch.nn.Parameter
-    dim: int
-    side: str = "right"
-    index: int | None = None
-    role: str | None = None  # "key" / "value" for attention prefixes and prompts (PEGP may skip value spaces)
-
-    def pick(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.index is None else t[self.index]
 
 
 class Projector:

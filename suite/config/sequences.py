@@ -10,21 +10,20 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from .errors import SuiteError
-from .paths import read_text, safe_name
+from suite.errors import SuiteError
+from suite.paths import data_dir, read_text, safe_name
 
 ARCHIVE = "archive"  # tasks/archive/<name>.v<N>.yaml: earlier versions of sequence files
 TRACKS = ("class-incremental", "domain-incremental", "cross-modal")
 # Training settings a sequence file does not state; a sequence's ``training`` overrides them, a run config's
 # ``training`` overrides both (``TaskSequence.default_training``).
-from .optim import TRAINING_DEFAULTS  # noqa: E402  (the defaults are stated once, with their type)
+from suite.config.train import TRAINING_DEFAULTS  # noqa: E402  (the defaults are stated once, with their type)
 
 
 class SequenceError(SuiteError):
@@ -96,13 +95,7 @@ class TaskSequence:
 
 def tasks_dir() -> Path:
     """Where sequence files live: ``$CLSUITE_TASKS_DIR``, the repository's ``tasks/``, or the installed copy."""
-    env = os.environ.get("CLSUITE_TASKS_DIR")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[1] / "tasks"
-    if repo.is_dir():
-        return repo
-    return _installed_data_dir("suite.tasks_data")
+    return data_dir("tasks", "CLSUITE_TASKS_DIR", "suite.tasks_data")
 
 
 @lru_cache(maxsize=1)
@@ -303,9 +296,3 @@ def load_sequence(name_or_path: str | Path) -> TaskSequence:
     raise SequenceError(f"{text}: (name): unknown sequence; known: {', '.join(sorted(files))}")
 
 
-def _installed_data_dir(package: str) -> Path:
-    """Folder of a data package installed without ``__init__`` (a namespace package) by ``pip install .``."""
-    spec = find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{package}: data folder not installed")
-    return Path(list(spec.submodule_search_locations)[0])

@@ -9,8 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .errors import ConfigError
-from .runner import RunConfig, Runner
+from suite.engine.runner import RunConfig, Runner
+from suite.errors import ConfigError
+from suite.leaderboard.build import build_site, default_results_dir
+from suite.results.analysis import group_records
+from suite.results.records import group_key, load_records
 
 # (sequence, PETs to run with seq and pegp)
 DEMO_PLAN = (
@@ -40,21 +43,16 @@ def demo_configs(out: str, quick: bool = False) -> list[RunConfig]:
 
 def _reference(rec: dict) -> str:
     """The committed reference records' mean Last of the same configuration (over their seeds)."""
-    from .analysis import group_records
-    from .leaderboard.build import default_results_dir
-    from .records import group_key
-    from .sweep import collect
 
     ref = default_results_dir()
     if not ref.is_dir() or not list(ref.glob("*.json")):
         return "     -"
-    mine = [g for g in group_records(collect([str(ref)])) if g.key == group_key(rec)]
+    mine = [g for g in group_records(load_records([ref])) if g.key == group_key(rec)]
     s = mine[0].stat("last") if mine else None
     return "     -" if s is None else f"{100 * s.mean:6.1f}"
 
 
 def demo(out: str = DEFAULT_OUT, quick: bool = False, site: bool = True) -> str:
-    from .leaderboard.build import default_results_dir
 
     if Path(out).resolve() == default_results_dir().resolve():
         raise ConfigError(f"{out}: --out: the demo does not write into the committed reference records; choose "
@@ -78,7 +76,6 @@ def demo(out: str = DEFAULT_OUT, quick: bool = False, site: bool = True) -> str:
                  f"(results/, 3 seeds) of the same configuration; this demo ran seed 0; records in {out}/; total "
                  f"{time.perf_counter() - t0:.0f}s)")
     if site:
-        from .leaderboard.build import build_site
 
         index = build_site(results=out, out=Path(out) / "site")
         lines.append(f"leaderboard site: {index}")

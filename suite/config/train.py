@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import ConfigError
+from suite.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -84,7 +84,7 @@ def lr_factor(step: int, steps: int, warmup: int = 0, schedule: str = "cosine", 
 
 def make_optimizer(params, cfg: TrainConfig):
     """The optimiser ``cfg`` names, over ``params`` (SGD with momentum 0.9, as GPM and PEGP train)."""
-    import torch
+    import torch  # the config layer loads without torch (clsuite metrics, validate)
 
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -92,7 +92,7 @@ def make_optimizer(params, cfg: TrainConfig):
 
 
 def make_scheduler(opt, steps: int, warmup: int = 0, schedule: str = "cosine", floor: float = 0.0):
-    import torch
+    import torch  # the config layer loads without torch (clsuite metrics, validate)
 
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, warmup, schedule, floor))
 

@@ -25,7 +25,7 @@ trained). Values stay in the matrix's own units (fractions or percent); nothing 
 A one-task matrix has no transfer, BWT, forgetting or FWT: those are ``None``.
 
 :data:`METRICS` is the one registry of every number a record, a board, ``compare`` or a figure shows: its name,
-whether higher is better, its unit, and where in a record it is read from (:func:`suite.records.metric_value`).
+whether higher is better, its unit, and where in a record it is read from (:func:`suite.results.records.metric_value`).
 """
 from __future__ import annotations
 
@@ -37,10 +37,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import SuiteError
-from .paths import read_text
+from suite.errors import SuiteError
+from suite.paths import read_text
 
 METRIC_NAMES = ("transfer", "avg", "last", "bwt", "forgetting", "fwt", "avg_incremental", "plasticity")
+# The aggregates a run's one-screen summary and a sweep's table show.
+HEADLINE = ("transfer", "avg", "last", "bwt", "forgetting")
+# The columns `compare` shows by default (the stability-plasticity picture of a method).
+COMPARE_METRICS = ("avg", "last", "transfer", "forgetting", "plasticity", "zero_shot_retention", "hallucination_fpr")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Grids of runs — from the command line or from a plan file — and their summary across seeds (mean ± 95 %
-confidence interval, Student t; see :mod:`suite.analysis`).
+confidence interval, Student t; see :mod:`suite.results.analysis`).
 
 A plan file (``clsuite sweep --plan leaderboards/embedded-plan.yaml``) lists groups of runs::
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -29,14 +30,14 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
+import torch
 
-from .analysis import group_records
-from .errors import SuiteError
-from .records import RecordError, load_record
-from .runner import RunConfig, Runner
-from .sequences import read_yaml
-
-HEADLINE = ("transfer", "avg", "last", "bwt", "forgetting")
+from suite.config.sequences import read_yaml
+from suite.engine.runner import RunConfig, Runner, check_options
+from suite.errors import SuiteError
+from suite.results.analysis import group_records
+from suite.results.metrics import HEADLINE
+from suite.results.records import RecordError, load_record, load_records
 
 
 class PlanError(SuiteError):
@@ -95,7 +96,6 @@ def _run_one(cfg: RunConfig) -> tuple[str, float]:
 
 def _init_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
 
     torch.set_num_threads(threads)
 
@@ -108,6 +108,8 @@ def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print)
     cfgs = [dataclasses.replace(c, threads=c.threads or threads, progress=False if jobs > 1 else c.progress,
                                 resume=c.resume or resume) for c in cfgs]
     todo = [c for c in cfgs if not (resume and _finished(c))]
+    for c in todo:  # every run's method and PET options, before any run starts
+        check_options(c)
     log(f"sweep: {len(cfgs)} runs, {len(cfgs) - len(todo)} already done, {jobs} at a time with {threads} thread(s) each")
     t0 = time.perf_counter()
     if jobs == 1:
@@ -115,7 +117,6 @@ def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print)
             path, sec = _run_one(c)
             log(f"  [{i}/{len(todo)}] {Path(path).name} {sec:.0f}s")
     else:
-        import multiprocessing as mp
 
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as pool:
@@ -125,15 +126,6 @@ def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print)
                 log(f"  [{i}/{len(todo)}] {Path(path).name} {sec:.0f}s")
     log(f"sweep: done in {time.perf_counter() - t0:.0f}s wall")
     return [Path(c.out) / f"{c.run_id()}.json" for c in cfgs]
-
-
-def collect(paths: list[str]) -> list[dict]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise RecordError(f"{p}: no such record file or folder")
-        files.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
-    return [load_record(f) for f in files]
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -149,7 +141,7 @@ def summarize(records: list[dict]) -> list[dict]:
 
 
 def summarize_table(paths: list[str]) -> str:
-    rows = summarize(collect(paths))
+    rows = summarize(load_records(paths))
     head = f"{'sequence':26s} {'method':9s} {'pet':12s} {'n':>2s} " + " ".join(f"{k:>14s}" for k in HEADLINE)
     out = [head]
     for r in rows:
@@ -163,5 +155,5 @@ def main_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["PlanError", "load_plan", "grid", "sweep", "collect", "summarize", "summarize_table"]
+__all__ = ["PlanError", "load_plan", "grid", "sweep", "summarize", "summarize_table"]
 

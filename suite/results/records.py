@@ -1,12 +1,10 @@
 """Results records: one JSON per run, validated by ``schemas/record.schema.json``, written atomically, and
-recomputable (every aggregate follows from the stored matrix by :mod:`suite.metrics`)."""
+recomputable (every aggregate follows from the stored matrix by :mod:`suite.results.metrics`)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -15,9 +13,10 @@ from typing import Any
 
 import jsonschema
 
-from . import metrics
-from .errors import SuiteError
-from .paths import read_json
+from suite.config.run import RunIdentity
+from suite.errors import SuiteError
+from suite.paths import read_json, write_atomic
+from suite.results import metrics
 
 SCHEMA_ID = "clsuite/record/v1"
 
@@ -65,7 +64,7 @@ def recompute_aggregates(rec: dict) -> dict[str, float | None]:
 
 
 def metric_value(rec: dict, name: str, aggregates: dict[str, float | None] | None = None) -> float | None:
-    """A record's value of a registered metric (:data:`suite.metrics.METRICS`). Aggregates are recomputed from
+    """A record's value of a registered metric (:data:`suite.results.metrics.METRICS`). Aggregates are recomputed from
     the matrix (pass ``aggregates`` to reuse a recomputation), never read from what the record claims."""
     m = metrics.metric(name)
     if m.source == "aggregate":
@@ -99,10 +98,9 @@ def step_summary(step: dict) -> dict[str, float | None]:
     return out
 
 
-def group_key(rec: dict) -> tuple[str, str, str, str]:
-    """Records that are seeds of one configuration share this key: sequence, method, PET, and their options."""
-    return (rec["sequence"]["name"], rec["method"]["name"], rec["pet"]["kind"] or "-",
-            json.dumps([rec["pet"]["options"], rec["method"]["options"]], sort_keys=True))
+def group_key(rec: dict) -> tuple[str, ...]:
+    """Records that are seeds of one configuration share this key (:meth:`RunIdentity.configuration`)."""
+    return RunIdentity.of_record(rec).configuration()
 
 
 def record_digest(rec: dict) -> str:
@@ -112,21 +110,9 @@ def record_digest(rec: dict) -> str:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to a temporary file beside ``path`` and rename it into place: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``obj`` as indented JSON, written atomically (:func:`suite.paths.write_atomic`)."""
+    text = json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n"
+    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def load_record(path: str | Path) -> dict:
@@ -136,6 +122,37 @@ def load_record(path: str | Path) -> dict:
         raise RecordError(f"{p}: (top level): a record is a JSON object")
     validate_record(rec, str(p))
     return rec
+
+
+def read_records(paths: list[str | Path], validate: bool = True) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
+    """Every record among ``paths`` (files, or folders of ``*.json``): ``(path, record)`` for those that read (and,
+    with ``validate``, pass :func:`validate_record`), ``(path, one-line reason)`` for the rest. The suite's one
+    reader of record files; a path that does not exist is refused."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise RecordError(f"{p}: no such record file or folder")
+        files.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
+    good, bad = [], []
+    for f in files:
+        try:
+            rec = read_json(f, "record", RecordError)
+            if not isinstance(rec, dict):
+                raise RecordError(f"{f}: (top level): a record is a JSON object")
+            if validate:
+                validate_record(rec, str(f))
+            good.append((f, rec))
+        except RecordError as exc:
+            bad.append((f, str(exc)))
+    return good, bad
+
+
+def load_records(paths: list[str | Path]) -> list[dict]:
+    """The valid records among ``paths``; the first bad one is refused with its reason."""
+    good, bad = read_records(paths)
+    if bad:
+        raise RecordError(bad[0][1])
+    return [rec for _, rec in good]
 
 
 def strip_timings(rec: dict) -> dict:
@@ -198,3 +215,21 @@ def record_differences(a: Any, b: Any, tolerance: Tolerance = Tolerance(), path:
     if floats and math.isfinite(a) and math.isfinite(b):
         return [] if tolerance.allows(float(a), float(b), accuracy_valued) else [f"{path}: {a!r} != {b!r}"]
     return [] if a == b or (floats and str(a) == str(b)) else [f"{path}: {a!r} != {b!r}"]
+
+
+def summary_table(rec: dict[str, Any]) -> str:
+    """One screen: the accuracy matrix and the headline metrics of a record."""
+    names = rec["sequence"]["tasks"]
+    w = max(12, max(len(n) for n in names) + 8)
+    lines = [f"{rec['method']['name']} / {rec['pet']['kind'] or '-'} on {rec['sequence']['name']} (seed {rec['seed']})",
+             " " * w + "".join(f"{n[:7]:>8s}" for n in names)]
+    lines.append(f"{'zero-shot':{w}s}" + "".join(f"{100 * v:8.1f}" for v in rec["zero_shot"]["tasks"]))
+    for n, row in zip(names, rec["matrix"]):
+        lines.append(f"{'after ' + n:{w}s}"[:w] + "".join(f"{100 * v:8.1f}" for v in row))
+    agg = rec["aggregates"]
+    fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines.append("  ".join(f"{k}={fmt(agg.get(k))}" for k in metrics.HEADLINE))
+    s = rec.get("summary", {})
+    if s:
+        lines.append("  ".join(f"{k}={v:.3f}" for k, v in s.items() if v is not None))
+    return "\n".join(lines)

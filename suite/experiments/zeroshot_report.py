@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import materialize, world
-from .data.embedded import (
+from suite.config.sequences import parse_sequence
+from suite.data import materialize, world
+from suite.data.embedded import (
     FASHION_MNIST_CLASSES,
     HELDOUT_COMPOSITIONS,
     HELDOUT_FONTS,
@@ -18,8 +19,7 @@ from .data.embedded import (
     fashion_mnist_root,
     world_split,
 )
-from .evaluation.evaluator import Evaluator
-from .sequences import parse_sequence
+from suite.evaluation.evaluator import Evaluator
 
 OBJECT_TEMPLATES = ["a photo of a {}.", "a {}.", "a picture of a {}."]
 DIGIT_TEMPLATES = ["the digit {}.", "the number {}."]

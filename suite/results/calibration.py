@@ -1,25 +1,26 @@
-"""Calibrating a sequence's training budgets: does naive training learn and forget enough to measure anything?
+"""The calibration report of a sequence's training budgets, computed from records (pure: no run happens here).
 
-``clsuite calibrate SEQUENCE --pets lora,adapter --seeds 0,1,2`` runs zero-shot, seq and PEGP on the sequence's
-own budget (``training`` and ``pet_training`` of its file) and reports, per PET, the pretrained accuracy, the seq
-diagonal, the plasticity gain (seq diagonal - zero-shot), seq and PEGP forgetting, Last, each with the 95 %
-interval over seeds, whether the targets below hold and by how much they are missed, and the wall time; and, per
-control set, the pretrained accuracy and the chance level. ``--from results`` computes the report from records
-already on disk (how the committed ``tasks/embedded/<name>.calibration.json`` are made).
+Per PET: the pretrained accuracy, the seq diagonal, the plasticity gain (seq diagonal - zero-shot), seq and PEGP
+forgetting, Last, each with the 95 % interval over seeds, whether the targets below hold and by how much they are
+missed, and the wall time; per control set, the pretrained accuracy and the chance level. The report of each
+embedded sequence is committed beside its file (``<name>.calibration.json``) and shown on its board page;
+``clsuite calibrate`` (:mod:`suite.experiments.calibrate`) runs the records it is computed from.
 """
 from __future__ import annotations
 
-import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
-from .analysis import Stat, group_records, stat
-from .errors import SuiteError
-from .records import RecordError, load_record, write_json_atomic
-from .runner import RunConfig
-from .sequences import TaskSequence, load_sequence
-from .sweep import sweep
+from suite.config.sequences import TaskSequence, load_sequence
+from suite.errors import SuiteError
+from suite.paths import read_json
+from suite.results.analysis import Stat, group_records, stat
+from suite.results.records import write_json_atomic
+
+
+class CalibrationError(SuiteError):
+    """Records missing or not matching the calibration; one line."""
+
 
 # The calibration targets (issue 10), in accuracy fractions; stated once.
 TARGETS = {
@@ -28,21 +29,6 @@ TARGETS = {
     "last_ci": ("≤", 0.02, "95 % CI half-width of seq Last"),
 }
 METHODS = ("zeroshot", "seq", "pegp")
-
-
-class CalibrationError(SuiteError):
-    """Records missing or not matching the calibration; one line."""
-
-
-def calibration_configs(sequence: str, pets: list[str], seeds: list[int], out: str,
-                        base: RunConfig | None = None) -> list[RunConfig]:
-    """The runs of a calibration: zero-shot once per seed, seq and PEGP per PET and seed, all on the budget."""
-    base = dataclasses.replace(base or RunConfig(sequence=sequence), sequence=sequence, out=out,
-                               run_dir=str(Path(out) / ".runs"), training={}, max_eval=None,
-                               command=f"clsuite calibrate {sequence}")
-    cfgs = [dataclasses.replace(base, method="zeroshot", pet=None, seed=s) for s in seeds]
-    cfgs += [dataclasses.replace(base, method=m, pet=p, seed=s) for p in pets for m in METHODS[1:] for s in seeds]
-    return cfgs
 
 
 def _pick(records: list[dict], seq: TaskSequence, method: str, pet: str | None, seeds: list[int]) -> list[dict]:
@@ -124,27 +110,6 @@ def calibration_report(sequence: str, pets: list[str], seeds: list[int], records
             "wall_time_s": wall_s}
 
 
-def load_folder(folder: str | Path) -> list[dict]:
-    recs = []
-    for f in sorted(Path(folder).glob("*.json")):
-        try:
-            recs.append(load_record(f))
-        except RecordError:
-            continue
-    return recs
-
-
-def calibrate(sequence: str, pets: list[str], seeds: list[int], out: str = "calibration", jobs: int = 1,
-              source: str | None = None, log=print, base: RunConfig | None = None) -> dict[str, Any]:
-    """Run (or, with ``source``, read) the calibration runs of ``sequence`` and build its report."""
-    wall = None
-    if source is None:
-        t0 = time.perf_counter()
-        sweep(calibration_configs(sequence, pets, seeds, out, base), jobs=jobs, resume=True, log=log)
-        wall = time.perf_counter() - t0
-    return calibration_report(sequence, pets, seeds, load_folder(source or out), wall)
-
-
 def _pm(x: dict | None, scale: float = 100.0) -> str:
     if x is None:
         return "n/a"
@@ -208,12 +173,11 @@ def committed_report_path(sequence: str) -> Path:
 
 
 def load_committed_report(sequence: str) -> dict[str, Any] | None:
-    import json
-
+    """The committed report of ``sequence``, or ``None`` when there is none or it cannot be read."""
     try:
         path = committed_report_path(sequence)
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
+        return read_json(path, "calibration report") if path.is_file() else None
+    except SuiteError:
         return None
 
 
@@ -221,6 +185,5 @@ def write_report(rep: dict[str, Any], path: str | Path) -> Path:
     return write_json_atomic(path, rep)
 
 
-__all__ = ["TARGETS", "CalibrationError", "calibration_configs", "calibration_report", "calibrate", "control_rows",
-           "committed_report_path", "format_report", "load_committed_report", "report_rows", "targets_line",
-           "write_report"]
+__all__ = ["CalibrationError", "METHODS", "TARGETS", "calibration_report", "committed_report_path", "control_rows",
+           "format_report", "load_committed_report", "report_rows", "targets_line", "write_report"]

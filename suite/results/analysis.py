@@ -1,24 +1,23 @@
 """Records grouped into configurations, with uncertainty: mean ± 95 % CI over seeds, differences paired by seed,
 and per-step curves. Pure numpy/scipy, shared by ``clsuite compare``, ``clsuite plot`` and the leaderboard.
 
-A *group* is every seed of one (sequence, method, PET, options) — :func:`suite.records.group_key`. Intervals are
+A *group* is every seed of one (sequence, method, PET, options) — :func:`suite.results.records.group_key`. Intervals are
 Student-t intervals of the mean over seeds; with one seed there is no interval (``ci is None``), and a difference
 of two groups is computed on the seeds they share, so seed-to-seed variation common to both cancels.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import ConfigError
-from .metrics import METRICS, metric
-from .records import group_key, metric_value, recompute_aggregates, step_summary
-
-# The columns `compare` shows by default (the stability-plasticity picture of a method).
-COMPARE_METRICS = ("avg", "last", "transfer", "forgetting", "plasticity", "zero_shot_retention", "hallucination_fpr")
+from suite.errors import ConfigError
+from suite.results.metrics import COMPARE_METRICS, METRICS, metric
+from suite.results.records import group_key, metric_value, recompute_aggregates, step_summary
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Stat:
 
 def t_half_width(values: Iterable[float]) -> float | None:
     """Half-width of the 95 % Student-t interval of the mean; ``None`` with fewer than two values."""
-    from scipy import stats
+    from scipy import stats  # heavy: only when an interval is computed
 
     v = np.asarray(list(values), dtype=float)
     if len(v) < 2:
@@ -271,8 +270,6 @@ def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
     diff_body = [[f"{d.a} − {d.b}", METRICS[d.metric].label, format_value(d.metric, d.mean, d.ci, signed=True),
                   str(len(d.seeds)), _verdict(d)] for d in result["differences"]]
     if fmt == "csv":
-        import csv
-        import io
 
         buf = io.StringIO()
         w = csv.writer(buf)

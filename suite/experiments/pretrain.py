@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from .data import world
-from .data.embedded import HELDOUT_COMPOSITIONS, PRETRAIN_FONTS
-from .errors import ConfigError
-from .optim import make_scheduler
-from .sequences import read_yaml
+from suite.config.sequences import read_yaml
+from suite.config.train import make_scheduler
+from suite.data import world
+from suite.data.embedded import HELDOUT_COMPOSITIONS, PRETRAIN_FONTS
+from suite.errors import ConfigError
+from suite.models import CLIP_MEAN, CLIP_STD, embedded_config
 
 WRAPPERS = ("{}", "a photo of {}.", "a picture of {}.", "an image of {}.", "{}.")
 SHAPE_WRAPPERS = ("a photo of a {}.", "a {}.", "a picture of a {}.", "a {} shape.")
@@ -122,15 +124,40 @@ def _augment(x: torch.Tensor, aug: dict[str, Any], gen: torch.Generator) -> torc
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def render_pool(recipe: dict[str, Any], rng: np.random.Generator, pool_n: int, size: int) -> tuple[list[dict], torch.Tensor]:
+    """``pool_n`` sampled scene specs and their rendered images (uint8, NCHW)."""
+    specs = sample_pool(recipe, rng, pool_n)
+    pool = torch.from_numpy(np.stack([world.render({k: v for k, v in s.items() if not k.startswith("_")}, size)
+                                      for s in specs])).permute(0, 3, 1, 2).contiguous()
+    return specs, pool
+
+
+def save_pretrained(model, cfg: dict, recipe: dict[str, Any], recipe_name: str, result: dict[str, Any],
+                    out_dir: str | Path) -> str:
+    """``<model>.safetensors`` (fp16) and ``<model>.json`` (config, recipe, sha256, loss) in ``out_dir``."""
+    import open_clip  # for its version in the metadata
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    weights = out / f"{recipe['model']}.safetensors"
+    save_file(state, str(weights))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    meta = {"model": recipe["model"], "config": cfg, "recipe": recipe_name, "recipe_content": recipe,
+            "sha256": digest, "steps": result["steps"], "train_seconds": round(result["train_seconds"], 1),
+            "final_loss": float(np.mean(result["losses"][-50:])), "torch": torch.__version__,
+            "open_clip": open_clip.__version__}
+    (out / f"{recipe['model']}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return digest
+
+
 def pretrain(recipe_name: str, out_dir: str | Path | None = None, steps: int | None = None,
              log_every: int = 100, progress: bool = True) -> dict[str, Any]:
     """Run a recipe; writes ``<model>.safetensors`` (fp16) and ``<model>.json`` to ``out_dir`` when given."""
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps: {steps} (a pretraining run takes at least one step)")
-    import open_clip
-    from safetensors.torch import save_file
+    import open_clip  # heavy: imported only when a model is pretrained
 
-    from .models import CLIP_MEAN, CLIP_STD, embedded_config
 
     recipe = load_recipe(recipe_name)
     steps = int(steps if steps is not None else recipe["steps"])
@@ -139,13 +166,10 @@ def pretrain(recipe_name: str, out_dir: str | Path | None = None, steps: int | N
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = embedded_config(recipe["model"])
-    size = cfg["vision_cfg"]["image_size"]
     model = open_clip.CLIP(**cfg)
     pool_n = min(int(recipe["pool_size"]), max(512, steps * recipe["batch_size"]))
     t0 = time.perf_counter()
-    specs = sample_pool(recipe, rng, pool_n)
-    pool = torch.from_numpy(np.stack([world.render({k: v for k, v in s.items() if not k.startswith("_")}, size)
-                                      for s in specs])).permute(0, 3, 1, 2).contiguous()
+    specs, pool = render_pool(recipe, rng, pool_n, cfg["vision_cfg"]["image_size"])
     render_s = time.perf_counter() - t0
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -159,20 +183,9 @@ def pretrain(recipe_name: str, out_dir: str | Path | None = None, steps: int | N
         idx = rng.choice(pool_n, recipe["batch_size"], replace=False)
         caps = [pretrain_caption(specs[i], rng) for i in idx]
         uniq = {c: i for i, c in enumerate(dict.fromkeys(caps))}
-        ids = torch.tensor([uniq[c] for c in caps])
-        x = _augment(pool[idx].float() / 255.0, recipe["augment"], gen)
-        x = (x - mean) / std
+        x = (_augment(pool[idx].float() / 255.0, recipe["augment"], gen) - mean) / std
         tokens = open_clip.tokenize(caps, context_length=cfg["text_cfg"]["context_length"])
-        img = F.normalize(model.encode_image(x), dim=-1)
-        txt = F.normalize(model.encode_text(tokens), dim=-1)
-        loss = multi_positive_loss(img, txt, model.logit_scale.exp(), ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss.detach()))
+        losses.append(_step(model, opt, sched, x, tokens, torch.tensor([uniq[c] for c in caps])))
         if progress and (step % log_every == 0 or step == steps - 1):
             el = time.perf_counter() - t1
             print(f"step {step:5d}/{steps} loss {np.mean(losses[-log_every:]):.4f} lr {sched.get_last_lr()[0]:.2e} "
@@ -180,15 +193,19 @@ def pretrain(recipe_name: str, out_dir: str | Path | None = None, steps: int | N
     result = {"recipe": recipe_name, "recipe_content": recipe, "steps": steps, "losses": losses,
               "render_seconds": render_s, "train_seconds": time.perf_counter() - t1, "model": model}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-        weights = out / f"{recipe['model']}.safetensors"
-        save_file(state, str(weights))
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-        meta = {"model": recipe["model"], "config": cfg, "recipe": recipe_name, "recipe_content": recipe,
-                "sha256": digest, "steps": steps, "train_seconds": round(result["train_seconds"], 1),
-                "final_loss": float(np.mean(losses[-50:])), "torch": torch.__version__, "open_clip": open_clip.__version__}
-        (out / f"{recipe['model']}.json").write_text(json.dumps(meta, indent=1) + "\n")
-        result["sha256"] = digest
+        result["sha256"] = save_pretrained(model, cfg, recipe, recipe_name, result, out_dir)
     return result
+
+
+def _step(model, opt, sched, x: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor) -> float:
+    """One contrastive step (captions shared by several images are all positives); returns the loss."""
+    img = F.normalize(model.encode_image(x), dim=-1)
+    txt = F.normalize(model.encode_text(tokens), dim=-1)
+    loss = multi_positive_loss(img, txt, model.logit_scale.exp(), ids)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return float(loss.detach())

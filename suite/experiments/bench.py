@@ -8,18 +8,31 @@ median of the per-round ratios is reported, so machine noise and warm-up hit bot
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
+import warnings
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch.profiler import ProfilerActivity, profile
 
-from .runner import RunConfig, Runner
+from suite.config.sequences import parse_sequence
+from suite.data import materialize
+from suite.data.loading import Batches, default_workers
+from suite.engine.runner import RunConfig, Runner
+from suite.evaluation.evaluator import Evaluator
+from suite.models import create_model_and_transforms
+from suite.pet import attach_pet
 
 BENCH_SEQUENCE = "world-class-incremental"
 
@@ -165,8 +178,6 @@ def bench_memory(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
 
 def _synthetic_imagefolder(root, classes: int, per_class: int, size: int = 224) -> None:
     """JPEGs of random textures, ``classes`` folders × ``per_class`` images, at ``size`` px (made at bench time)."""
-    import numpy as np
-    from PIL import Image
 
     rng = np.random.default_rng(0)
     for c in range(classes):
@@ -181,14 +192,8 @@ def _synthetic_imagefolder(root, classes: int, per_class: int, size: int = 224) 
 def bench_loader(quick: bool = False, model: str = "open_clip:ViT-B-16") -> str:
     """Images/s of the suite's training input path (seeded batches decoded by DataLoader workers) against a
     plain torchvision ImageFolder + DataLoader with the same transform, batch size and workers."""
-    from pathlib import Path
 
-    import torchvision
 
-    from .data import materialize
-    from .models import create_model_and_transforms
-    from .runner import Batches, default_workers
-    from .sequences import parse_sequence
 
     classes, per_class = (4, 50) if quick else (10, 200)
     batch, workers, rounds = 64, max(1, default_workers()), (2 if quick else 5)
@@ -242,14 +247,8 @@ def _text_step_memory(model: str, classes: int, chunk: int) -> tuple[float, floa
     """One training step of a text-tower LoRA over a head of ``classes`` prompts: the tensor memory it adds at
     its peak, in MiB (CUDA: the allocator's peak; CPU: the profiler's memory timeline, which counts every tensor
     allocation and free), and the median seconds of three more, unprofiled steps."""
-    import json
-    import warnings
 
-    from torch.profiler import ProfilerActivity, profile
 
-    from .evaluation.evaluator import Evaluator
-    from .models import create_model_and_transforms
-    from .pet import attach_pet
 
     torch.manual_seed(0)
     backbone = create_model_and_transforms(model)

@@ -1,0 +1,34 @@
+"""``clsuite``: one thin command line over the suite's modules (each verb calls one public function). The verbs
+live in topic modules (tasks, results, board, runs, tools), each declared beside its handler."""
+from __future__ import annotations
+
+import sys
+
+from suite.cli import board, results, runs, tasks, tools  # noqa: F401  (each module registers its verbs)
+from suite.cli.verbs import HANDLERS, build_parser
+from suite.errors import SuiteError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Input the suite refuses (:class:`~suite.errors.SuiteError`) is one line on stderr and exit
+    status 2; any other exception is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        key = f"{args.cmd} {args.sub}" if getattr(args, "sub", None) else args.cmd
+        return HANDLERS[key](args)
+    except SuiteError as exc:
+        if "--debug" in argv:
+            raise
+        print(f"clsuite: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def one_line(message: str, limit: int = 300) -> str:
+    """A message as one line of at most ``limit`` characters (a hostile value cannot flood the terminal)."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Reading records: ``metrics`` of a matrix, ``summarize``, ``compare`` and ``plot`` groups of records."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from suite.cli.verbs import command
+from suite.errors import ConfigError, SuiteError
+from suite.paths import read_json
+from suite.results.metrics import COMPARE_METRICS
+
+
+def _metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="matrix as JSON (list of rows or {'matrix': ...}), CSV, or .npy")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--zero-shot", help="JSON list of zero-shot accuracies per task, for FWT and plasticity "
+                   "(default: a results record's own zero-shot row)")
+
+
+@command("metrics", "every aggregate (Transfer/Avg/Last/BWT/forgetting/FWT) of an accuracy matrix", _metrics_args)
+def _metrics(args: argparse.Namespace) -> int:
+    from suite.results.metrics import aggregate, load_matrix
+
+    a = load_matrix(args.file)
+    z = json.loads(args.zero_shot) if args.zero_shot else _record_zero_shot(args.file)
+    agg = aggregate(a, z)
+    if args.json:
+        print(json.dumps(agg))
+    else:
+        for k, v in agg.items():
+            print(f"{k:16s} {'n/a' if v is None else f'{v:.4f}'}")
+    return 0
+
+
+def _record_zero_shot(path: str) -> list[float] | None:
+    """A results record's own zero-shot row (so FWT and plasticity agree with the record), else ``None``."""
+    if not str(path).endswith(".json"):
+        return None
+    try:
+        data = read_json(path, "record")
+    except SuiteError:
+        return None
+    z = data.get("zero_shot", {}).get("tasks") if isinstance(data, dict) else None
+    return z if isinstance(z, list) else None
+
+
+def _summarize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("records", nargs="+", help="record files or folders")
+
+
+@command("summarize", "mean ± 95%% CI across seeds of records", _summarize_args)
+def _summarize(args: argparse.Namespace) -> int:
+    from suite.experiments.sweep import summarize_table
+
+    print(summarize_table(args.records))
+    return 0
+
+
+def _add_record_selection(p: argparse.ArgumentParser) -> None:
+    """The options :func:`_records_from` reads."""
+    p.add_argument("records", nargs="*", help="record files or folders")
+    p.add_argument("--results", help="a folder of records (with --sequence to pick one sequence)")
+    p.add_argument("--sequence", help="only records of this sequence")
+    p.add_argument("--method", action="append", help="only records of this method (repeatable)")
+    p.add_argument("--pet", action="append", help="only records of this PET, or none (repeatable)")
+
+
+def _records_from(args: argparse.Namespace) -> list[dict]:
+    """Records named on the command line (files or folders), or ``--results DIR`` filtered by ``--sequence``."""
+    from suite.results.records import load_records
+
+    records = load_records(list(args.records) + ([args.results] if getattr(args, "results", None) else []))
+    if getattr(args, "sequence", None):
+        records = [r for r in records if r["sequence"]["name"] == args.sequence]
+    if getattr(args, "method", None):
+        records = [r for r in records if r["method"]["name"] in args.method]
+    if getattr(args, "pet", None):
+        records = [r for r in records if (r["pet"]["kind"] or "none") in args.pet]
+    if not records:
+        raise ConfigError("no records: name record files or folders, or --results DIR [--sequence NAME]")
+    return records
+
+
+def _plot_args(p: argparse.ArgumentParser) -> None:
+    _add_record_selection(p)
+    p.add_argument("--kind", default="curves", choices=["curves", "matrix", "retention", "hallucination", "tradeoff"])
+    p.add_argument("--metric", default="avg", help="curves: avg, first-task, task:<name> or control:<name>")
+    p.add_argument("--x", default="plasticity", help="tradeoff: the x metric (plasticity, zero_shot_retention, ...)")
+    p.add_argument("--y", default="last", help="tradeoff: the y metric (last, forgetting, ...)")
+    p.add_argument("--out", default="figure.svg", help="the figure file: .svg, .png or .pdf")
+
+
+@command("plot", "one figure comparing records: seeds grouped, mean with a 95%% band per method", _plot_args)
+def _plot(args: argparse.Namespace) -> int:
+    from suite.leaderboard.plots import plot_records
+
+    print(plot_records(_records_from(args), args.kind, args.out, args.metric, args.x, args.y))
+    return 0
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    _add_record_selection(p)
+    p.add_argument("--pair", action="append", help="A:B — print A − B per metric, paired by seed (repeatable); "
+                   "A and B are group labels such as pegp/lora")
+    p.add_argument("--metrics", help=f"comma-separated metrics (default: {','.join(COMPARE_METRICS)})")
+    p.add_argument("--format", default="text", choices=["text", "md", "csv", "json"])
+
+
+@command("compare", "mean ± 95%% CI per method group, and paired-by-seed differences", _compare_args)
+def _compare(args: argparse.Namespace) -> int:
+    from suite.results.analysis import compare, format_compare
+
+    pairs = []
+    for text in args.pair or []:
+        a, sep, b = text.partition(":")
+        if not sep or not a or not b:
+            raise ConfigError(f"--pair {text!r}: give A:B, e.g. --pair pegp/lora:seq/lora")
+        pairs.append((a, b))
+    names = tuple(args.metrics.split(",")) if args.metrics else COMPARE_METRICS
+    print(format_compare(compare(_records_from(args), names, pairs), args.format))
+    return 0

@@ -1,0 +1,196 @@
+"""Running: ``run`` one configuration, ``sweep`` a grid or plan, ``calibrate`` a sequence's budgets, ``reproduce``
+a record. Run options are typed when parsed (:func:`run_config_from_args`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from suite.cli.verbs import command, count, seed_list
+from suite.errors import ConfigError
+from suite.registry import METHODS, PETS
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets and braces (so a value may be a YAML list or mapping)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p.strip() for p in parts + [cur] if p.strip()]
+
+
+def _kv(text: str, flag: str = "options") -> dict[str, Any]:
+    """``rank=8,towers=vision`` → ``{"rank": 8, "towers": "vision"}``; values are YAML, so nested options work:
+    ``thresholds={vision.attn.0: 0.9, text.attn.0: 0.95}``."""
+
+    out: dict[str, Any] = {}
+    for part in _split_top_level(text):
+        if "=" not in part:
+            raise ConfigError(f"--{flag}: {part!r} is not key=value")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"--{flag}: {k.strip()}: {v!r} is not a YAML value") from None
+    return out
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with the same fields as the options below (options override it)")
+    p.add_argument("--sequence", help="task sequence: shipped name or path to a YAML file")
+    p.add_argument("--model", help="backbone: embedded:tiny-clip (default), open_clip:ViT-B-16@openai, hf:/path")
+    p.add_argument("--pet", help=f"{', '.join(PETS.builtin)}, a plug-in, or none")
+    p.add_argument("--pet-options", help="PET hyper-parameters, e.g. rank=8,towers=vision,layers=0-5, or preset=pegp-official")
+    p.add_argument("--method", help=f"{', '.join(METHODS.builtin)}, or a plug-in")
+    p.add_argument("--method-options", help="method hyper-parameters, e.g. threshold=0.99")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast")
+    p.add_argument("--iterations", type=int, help="training iterations per task (overrides the sequence default)")
+    p.add_argument("--epochs", type=int, help="training epochs per task (instead of iterations)")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--max-eval", type=int, help="cap on test samples per task (quick runs)")
+    p.add_argument("--workers", type=int, help="processes decoding file-backed training images (default: half the "
+                   "cores, at most 8; results do not depend on it)")
+    p.add_argument("--out", help="folder for the results record (default results/)")
+    p.add_argument("--run-dir", help="folder for checkpoints (default runs/)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last finished task")
+    p.add_argument("--restart", action="store_true", default=None, help="discard a checkpoint of this run's folder "
+                   "(e.g. one of another configuration) and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_config_from_args(args: argparse.Namespace):
+    from suite.config.sequences import read_yaml
+    from suite.engine.runner import RunConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        data = read_yaml(args.config, ConfigError, "config file") or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{args.config}: (top level): a run config is a mapping")
+    for key in ("sequence", "model", "method", "seed", "device", "amp", "max_eval", "out", "run_dir", "resume", "restart",
+                "workers"):
+        val = getattr(args, key, None)
+        if val is not None:
+            data[key] = val
+    if args.pet is not None:
+        data["pet"] = None if args.pet == "none" else args.pet
+    if args.pet_options:
+        data["pet_options"] = {**data.get("pet_options", {}), **_kv(args.pet_options, "pet-options")}
+    if args.method_options:
+        data["method_options"] = {**data.get("method_options", {}), **_kv(args.method_options, "method-options")}
+    training = data.get("training") or {}
+    if not isinstance(training, dict):
+        raise ConfigError(f"{args.config or 'command line'}: training: expected a mapping")
+    training = dict(training)
+    for key in ("iterations", "epochs", "batch_size", "lr"):
+        val = getattr(args, key, None)
+        if val is not None:
+            training[key] = val
+    data["training"] = training
+    data["progress"] = not args.quiet
+    data["command"] = "clsuite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return RunConfig.from_dict(data, args.config or "command line")
+
+
+@command("run", "run one (sequence, model, PET, method, seed) and write its results record", _add_run_options)
+def _run(args: argparse.Namespace) -> int:
+    from suite.engine.runner import Runner, TrainingFailed
+    from suite.results.records import summary_table
+
+    cfg = run_config_from_args(args)
+    runner = Runner(cfg)
+    try:
+        rec = runner.run()
+    except TrainingFailed as exc:
+        print(f"clsuite: run failed: {exc}; finished tasks are kept in {runner.run_dir}/record.partial.json",
+              file=sys.stderr)
+        return 1
+    if runner.rank == 0:
+        print(summary_table(rec))
+        print(f"record: {runner.out_path()}")
+    return 0
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    _add_run_options(p)
+    p.add_argument("--plan", help="a plan file (e.g. leaderboards/embedded-plan.yaml) instead of the grid options")
+    p.add_argument("--jobs", type=count, default=1, help="runs at once; the CPU cores are divided between them")
+    p.add_argument("--methods", default="seq,pegp", help="comma-separated methods")
+    p.add_argument("--pets", default="lora", help="comma-separated PETs (none for PET-less methods)")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds")
+
+
+@command("sweep", "run a grid of methods x PETs x seeds, or every run of a plan file", _sweep_args)
+def _sweep(args: argparse.Namespace) -> int:
+    from suite.experiments.sweep import grid, load_plan, main_log, sweep
+
+    if args.plan:
+        if args.sequence or args.config:
+            raise ConfigError("--plan: the plan names the sequences; give no --sequence or --config with it")
+        args.sequence = "-"  # the plan's runs replace it
+        cfgs = load_plan(args.plan, run_config_from_args(args))
+    else:
+        cfgs = grid(run_config_from_args(args), methods=args.methods.split(","), pets=args.pets.split(","),
+                    seeds=args.seeds)
+    for p in sweep(cfgs, jobs=args.jobs, resume=bool(args.resume), log=main_log):
+        print(p)
+    return 0
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sequence", help="shipped sequence name or file")
+    p.add_argument("--pets", default=",".join(PETS.builtin), help="comma-separated PETs")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--jobs", type=count, default=1, help="runs at once; the CPU cores are divided between them")
+    p.add_argument("--out", default="calibration", help="folder for the runs' records (default calibration/)")
+    p.add_argument("--from", dest="source", help="compute the report from the records in this folder instead of "
+                   "running (e.g. results)")
+    p.add_argument("--report", help="where the JSON report goes (default OUT/SEQUENCE.calibration.json)")
+
+
+@command("calibrate", "does the sequence's budget make naive training learn and forget? zero-shot, seq, PEGP "
+         "per PET over seeds, against the calibration targets", _calibrate_args)
+def _calibrate(args: argparse.Namespace) -> int:
+    from suite.experiments.calibrate import calibrate
+    from suite.experiments.sweep import main_log
+    from suite.paths import safe_name
+    from suite.results.calibration import format_report, write_report
+
+    rep = calibrate(args.sequence, args.pets.split(","), args.seeds, out=args.out,
+                    jobs=args.jobs, source=args.source, log=main_log)
+    print(format_report(rep))
+    default = Path(args.out) / f"{safe_name(Path(args.sequence).stem)}.calibration.json"
+    print(f"report: {write_report(rep, args.report or default)}")
+    return 0
+
+
+def _reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("record")
+    p.add_argument("--tolerance", type=float,
+                   help="largest difference, in accuracy (0.01 = one point), of any accuracy-matrix entry or aggregate "
+                   "for the re-run to count as reproduced (default: one point, REPRODUCE_TOLERANCE in "
+                   "suite/experiments/reproduce.py); on the machine that wrote the record a re-run is bit-identical, "
+                   "which the result reports as bit_identical")
+
+
+@command("reproduce", "re-run a record's configuration; mark it reproduced when the matrix agrees", _reproduce_args)
+def _reproduce(args: argparse.Namespace) -> int:
+    from suite.experiments.reproduce import reproduce
+
+    res = reproduce(args.record, *([args.tolerance] if args.tolerance is not None else []))
+    print(json.dumps(res))
+    return 0 if res["reproduced"] else 1

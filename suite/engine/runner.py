@@ -1,0 +1,211 @@
+"""The continual loop: build → for each task, learn → evaluate every task and control set → checkpoint → record.
+
+``run(RunConfig(...))`` is what ``clsuite run`` calls. The method and PET options are checked before anything
+heavy is built (:func:`check_options`). Randomness is re-seeded per task from (seed, task), so ``--resume`` from
+the last finished task gives the same record as an uninterrupted run. Under ``torchrun`` each rank trains on its
+shard of every batch and gradients are averaged (data parallel); rank 0 writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from suite.config.run import RunConfig, RunIdentity
+from suite.config.sequences import TaskSequence, load_sequence
+from suite.config.train import TrainConfig
+from suite.data import TaskData, materialize
+from suite.data.loading import Batches, default_workers
+from suite.engine.checkpoint import CheckpointError, Checkpoints, refuse_foreign_record
+from suite.engine.distributed import init_distributed, peak_memory_mb, rank_world, resolve_device
+from suite.engine.loop import METHOD_BATCHES, TrainingFailed, steps_for, task_seed, train_steps
+from suite.engine.objective import make_objective
+from suite.engine.record import add_step, add_zero_shot, base_record, finish
+from suite.errors import ConfigError
+from suite.evaluation.evaluator import Evaluator
+from suite.evaluation.step import StepEvaluator
+from suite.methods import Method, RunContext, make_method
+from suite.models import create_model_and_transforms, weights_digest
+from suite.pet import PETConfig, attach_pet, available_pets, make_config
+from suite.results.records import validate_record, write_json_atomic
+
+
+def check_options(cfg: RunConfig, method: Method | None = None) -> tuple[Method, PETConfig | None]:
+    """The run's method (built, so its options are checked) and its PET config, refused in one line before any
+    model or data is loaded."""
+    method = method or make_method(cfg.method, cfg.method_options)
+    if method.needs_pet and method.trains and not cfg.pet:
+        raise ConfigError(f"method {method.name} trains a PET: give --pet ({', '.join(available_pets())})")
+    pet = make_config(cfg.pet, cfg.pet_options) if cfg.pet and method.needs_pet else None
+    return method, pet
+
+
+class Runner:
+    """One run: the backbone with its PET, the method, the data, and the loop over the sequence's tasks."""
+
+    def __init__(self, cfg: RunConfig, method: Method | None = None):
+        self.cfg = cfg
+        self.method, pet_config = check_options(cfg, method)
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.device = resolve_device(cfg.device)
+        init_distributed(self.device)
+        self.rank, self.world = rank_world()
+        self.seq: TaskSequence = load_sequence(cfg.sequence)
+        torch.manual_seed(cfg.seed)
+        self.backbone = create_model_and_transforms(cfg.model, device=self.device)
+        self.weights = weights_digest(self.backbone)  # before any PET or method touches it
+        self.pet = attach_pet(self.backbone, cfg.pet, **cfg.pet_options).to(self.device) if pet_config else None
+        self.train = TrainConfig.from_dict({**self.seq.default_training(cfg.pet if self.pet is not None else None),
+                                            **cfg.training}, f"{cfg.sequence}: run")
+        size = self.backbone.image_size if self.seq.embedded else None
+        self.data: dict[str, TaskData] = {t.name: materialize(self.seq, t, size)
+                                          for t in self.seq.tasks + self.seq.control_sets}
+        amp = cfg.amp and self.device.type in ("cuda", "cpu")
+        autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if amp else None
+        workers = default_workers() if cfg.workers is None else cfg.workers
+        self.evaluator = Evaluator(self.backbone, cfg.eval_batch_size, cfg.max_eval, autocast, workers=workers)
+        self.step_evaluator = StepEvaluator(self.evaluator, self.seq, self.data, cfg.seed, cfg.progress and not self.rank)
+        self.batches = Batches(self.backbone, self.seq.track, self.train.batch_size, workers, self.rank, self.world)
+        self.objective = make_objective(self.seq.track, self.backbone, self.evaluator, lambda: self.text_trains,
+                                        autocast, self.world)
+        self.ctx = RunContext(backbone=self.backbone, pet=self.pet, device=self.device, sequence=self.seq, seed=cfg.seed,
+                              task_loss=self.objective.loss, logits=self.objective.logits,
+                              batch_size=int(self.train.batch_size), batches=self._method_batches)
+        self.method.setup(self.ctx)
+        self.params = self.method.trainable(self.ctx) if self.method.trains else []
+        self.run_dir = Path(cfg.run_dir) / cfg.run_id()
+        self._fingerprint: dict[str, Any] | None = None
+
+    @property
+    def text_trains(self) -> bool:
+        """Whether training changes the text side (then class prompts are encoded afresh)."""
+        if self.method.text_changes is not None:
+            return bool(self.method.text_changes)
+        return bool(self.pet is not None and self.pet.touches_tower("text"))
+
+    def _method_batches(self, data: TaskData, n: int):
+        """Batches a method draws itself (PEGP's bases, EWC's Fisher), seeded apart from the training batches."""
+        return self.batches(data, n, seed=task_seed(self.cfg.seed, METHOD_BATCHES + self.ctx.task_index))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """This run's resolved :class:`~suite.config.run.RunIdentity` and the content it runs on (sequence file,
+        data manifests, backbone weights); a checkpoint or record of another digest is never resumed or replaced."""
+        if self._fingerprint is None:
+            seq_file = Path(self.seq.path)
+            sequence = f"{self.seq.name} v{self.seq.version} " + (
+                hashlib.sha256(seq_file.read_bytes()).hexdigest()[:16] if seq_file.is_file() else "-")
+            manifests = hashlib.sha256(json.dumps({k: v.manifest_sha256 for k, v in self.data.items()},
+                                                  sort_keys=True).encode()).hexdigest()[:16]
+            pet = self.pet is not None
+            identity = RunIdentity(self.seq.name, self.cfg.model, self.cfg.pet if pet else None,
+                                   self.pet.config.to_dict() if pet else {}, self.method.name, self.method.options,
+                                   self.train.to_dict(), self.cfg.amp, self.cfg.max_eval, self.cfg.seed)
+            self._fingerprint = identity.fingerprint(sequence, manifests, self.weights)
+        return self._fingerprint
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.run_dir, self.fingerprint(), self.device)
+
+    def out_path(self) -> Path:
+        return Path(self.cfg.out) / f"{self.cfg.run_id()}.json"
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, ckpt = self.cfg, self.checkpoints
+        if self.rank == 0 and not cfg.restart:
+            refuse_foreign_record(self.out_path(), self.fingerprint())  # before any work, and again before writing
+        if cfg.restart and not cfg.resume:
+            ckpt.discard()
+        state = ckpt.load(cfg.restart) if cfg.resume else None
+        if state:
+            rec, start = self._restore(state)
+            self._say(f"resuming {cfg.run_id()} after task {start}/{len(self.seq.tasks)}")
+        else:
+            rec, start = base_record(cfg, self), 0
+            t0 = time.perf_counter()
+            add_zero_shot(rec, self.evaluate(-1, None), time.perf_counter() - t0)
+        for t in range(start, len(self.seq.tasks)):
+            self._task(rec, t, ckpt)
+        validate_record(rec, cfg.run_id())
+        if self.rank == 0:
+            if not cfg.restart:
+                refuse_foreign_record(self.out_path(), self.fingerprint())
+            write_json_atomic(self.out_path(), rec)
+        return rec
+
+    def _restore(self, state: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        with torch.no_grad():
+            for p, v in zip(self.params, state["params"]):
+                p.copy_(v)
+        self.method.load_state_dict(state["method"])
+        return state["record"], state["tasks_done"]
+
+    def _task(self, rec: dict[str, Any], t: int, ckpt: Checkpoints) -> None:
+        """Learn task ``t``, evaluate, add the step to ``rec`` and checkpoint; a failure keeps what is done."""
+        t0 = time.perf_counter()
+        try:
+            train, _ = self.learn_task(t)
+        except Exception as exc:  # keep what is done; say what failed
+            rec["status"], rec["error"] = "failed", f"task {t + 1} ({self.seq.tasks[t].name}): {exc}"
+            finish(rec, len(self.seq.tasks))
+            if self.rank == 0:
+                ckpt.save_partial(rec)
+            raise TrainingFailed(rec["error"]) from exc
+        train_time = time.perf_counter() - t0
+        if self.method.trains and self.text_trains:
+            self.evaluator.invalidate_text()
+        t1 = time.perf_counter()
+        step = self.evaluate(t, rec["zero_shot"])
+        step.update(train)
+        step["train_time_s"], step["eval_time_s"] = train_time, time.perf_counter() - t1
+        step["wall_time_s"] = train_time + step["eval_time_s"]
+        step["peak_memory_mb"] = peak_memory_mb(self.device)
+        add_step(rec, step, self.method.report(), len(self.seq.tasks))
+        if self.rank == 0:
+            ckpt.save(rec, t + 1, self.params, self.method.state_dict())
+
+    def learn_task(self, t: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """Task ``t`` as a run learns it: the method's before-task hook, training, then its after-task hook
+        (PEGP collects its bases there). Returns the training summary and the seconds of training and hook."""
+        data = self.data[self.seq.tasks[t].name]
+        self.ctx.task_index, self.ctx.task_data = t, data
+        torch.manual_seed(task_seed(self.cfg.seed, t))
+        self.method.before_task(self.ctx, t)
+        t0 = time.perf_counter()
+        train = self.train_task(t, data)
+        t1 = time.perf_counter()
+        if self.method.trains:
+            self.method.after_task(self.ctx, t)
+        return train, {"train_s": t1 - t0, "after_task_s": time.perf_counter() - t1}
+
+    def train_task(self, t: int, data: TaskData) -> dict[str, Any]:
+        steps = steps_for(self.train, len(data.train))
+        if not self.method.trains or steps == 0 or not self.params:
+            return {"iterations": 0, "final_loss": None}
+        last = train_steps(self.method, self.ctx, self.params, self.batches(data, steps, seed=task_seed(self.cfg.seed, t)),
+                           steps, self.train, f"{t + 1} ({data.name})", self.world, self.seq.track == "cross-modal",
+                           progress=self.cfg.progress and not self.rank)
+        return {"iterations": steps, "final_loss": last}
+
+    def evaluate(self, t: int, zero_shot: dict[str, Any] | None) -> dict[str, Any]:
+        """Evaluate on every task and control set after step ``t`` (``t = -1``: the pretrained model)."""
+        return self.step_evaluator(t, zero_shot)
+
+    def _say(self, msg: str) -> None:
+        if self.rank == 0 and self.cfg.progress:
+            print(msg, file=sys.stderr)
+
+
+def run(cfg: RunConfig, method: Method | None = None) -> dict[str, Any]:
+    """Run one (sequence, model, PET, method, seed) and return its validated record (also written to disk)."""
+    return Runner(cfg, method).run()
+
+
+__all__ = ["CheckpointError", "RunConfig", "Runner", "TrainingFailed", "check_options", "run"]
