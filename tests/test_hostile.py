@@ -215,6 +215,12 @@ FLAG_CASES = [
     (["sweep", "--sequence", "{seq}", "--seeds", "1,1"], "--seeds"),
     (["run", "--sequence", "{seq}", "--iterations", "many"], "--iterations"),
     (["run", "--no-such-flag"], "unrecognized"), (["no-such-verb"], "invalid choice"),
+    # the SLURM executor's options, refused before anything is submitted
+    (["sweep", "--sequence", "{seq}", "--executor", "slurm", "--slurm-time", "soon"], "--slurm-time"),
+    (["sweep", "--sequence", "{seq}", "--executor", "slurm", "--gpus-per-run", "-1"], "gpus_per_run"),
+    (["sweep", "--sequence", "{seq}", "--executor", "slurm", "--slurm-extra", "account"], "--slurm-extra"),
+    (["sweep", "--sequence", "{seq}", "--executor", "pbs"], "--executor"),
+    (["sweep", "stats", "--sequence", "{seq}"], "invalid choice"),
 ]
 
 
@@ -328,6 +334,8 @@ PLAN_CASES = [
     ({"groups": [{"sequences": ["a"], "methods": ["seq"], "seeds": [-1]}]}, "seeds"),
     ({"groups": [{"sequences": ["a"], "methods": ["seq"], "bogus": 1}]}, "bogus"),
     ({"seeds": "0,1", "groups": [{"sequences": ["a"], "methods": ["seq"]}]}, "seeds"),
+    ({"executor": {"queue": "gpu"}, "groups": [{"sequences": ["a"], "methods": ["seq"]}]}, "queue"),
+    ({"executor": {"gpus_per_run": -2}, "groups": [{"sequences": ["a"], "methods": ["seq"]}]}, "gpus_per_run"),
 ]
 
 

@@ -2,6 +2,7 @@
 live in topic modules (tasks, results, board, runs, tools), each declared beside its handler."""
 from __future__ import annotations
 
+import os
 import sys
 
 from suite.cli import board, results, runs, tasks, tools  # noqa: F401  (each module registers its verbs)
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"clsuite: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``clsuite tasks list | head``): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def one_line(message: str, limit: int = 300) -> str:

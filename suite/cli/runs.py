@@ -125,18 +125,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+SLURM_FLAGS = {"slurm_partition": "partition", "slurm_time": "time", "gpus_per_run": "gpus_per_run",
+               "cpus_per_run": "cpus_per_run", "mem_per_run": "mem_per_run", "array_parallelism": "array_parallelism",
+               "jobs_dir": "jobs_dir"}  # flag (dest) -> key of a plan's executor: section
+
+
 def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=["status"], help="status: each run of the plan or grid as done, "
+                   "running, pending, failed (with the last line of its error log) or not submitted")
     _add_run_options(p)
     p.add_argument("--plan", help="a plan file (e.g. leaderboards/embedded-plan.yaml) instead of the grid options")
-    p.add_argument("--jobs", type=count, default=1, help="runs at once; the CPU cores are divided between them")
+    p.add_argument("--jobs", type=count, default=1, help="local executor: runs at once; the cores are divided between them")
     p.add_argument("--methods", default="seq,pegp", help="comma-separated methods")
     p.add_argument("--pets", default="lora", help="comma-separated PETs (none for PET-less methods)")
     p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local", help="local: a process pool on this "
+                   "machine (default); slurm: one SLURM job array through submitit, one element per run")
+    p.add_argument("--wait", action="store_true", help="slurm: block until every run is done or failed, saying each")
+    p.add_argument("--slurm-partition", help="slurm: the partition (default: the cluster's default)")
+    p.add_argument("--slurm-time", help="slurm: time limit per run, minutes or [D-]HH:MM:SS (default 60)")
+    p.add_argument("--gpus-per-run", type=int, help="slurm: GPUs per run; more than 1 starts that many SLURM tasks, "
+                   "data parallel (default 0)")
+    p.add_argument("--cpus-per-run", type=count, help="slurm: CPU cores per task, also its torch threads (default 1)")
+    p.add_argument("--mem-per-run", help="slurm: memory per run, e.g. 16G (default: the partition's)")
+    p.add_argument("--array-parallelism", type=count, help="slurm: array elements running at once (default 16)")
+    p.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE", help="slurm: any other sbatch option, "
+                   "e.g. account=abc or qos=high (repeatable)")
+    p.add_argument("--jobs-dir", help="slurm: job folder with logs and submitit's files (default: beside the "
+                   "records folder, <out>-jobs)")
 
 
-@command("sweep", "run a grid of methods x PETs x seeds, or every run of a plan file", _sweep_args)
+@command("sweep", "run a grid of methods x PETs x seeds, or every run of a plan file, here or on SLURM",
+         _sweep_args)
 def _sweep(args: argparse.Namespace) -> int:
-    from suite.experiments.sweep import grid, load_plan, main_log, sweep
+    from suite.experiments.slurm import SlurmOptions, format_statuses, statuses
+    from suite.experiments.sweep import finished, grid, load_plan, main_log, plan_executor, sweep, sweep_on_slurm
 
     if args.plan:
         if args.sequence or args.config:
@@ -146,6 +169,20 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         cfgs = grid(run_config_from_args(args), methods=args.methods.split(","), pets=args.pets.split(","),
                     seeds=args.seeds)
+    executor = {**(plan_executor(args.plan) if args.plan else {}),
+                **{key: getattr(args, flag) for flag, key in SLURM_FLAGS.items() if getattr(args, flag) is not None}}
+    if args.slurm_extra:
+        executor["extra"] = {**executor.get("extra", {}), **_kv(",".join(args.slurm_extra), "slurm-extra")}
+    opts = SlurmOptions.from_dict(executor, args.plan or "command line")
+    if args.action == "status":
+        rows = statuses(cfgs, opts, finished)
+        print(format_statuses(rows))
+        return 0 if all(r.state == "done" for r in rows) else 1
+    if args.executor == "slurm":
+        rows = sweep_on_slurm(cfgs, opts, resume=bool(args.resume), block=args.wait, log=main_log)
+        if args.wait:
+            print(format_statuses(rows))
+        return 1 if args.wait and any(r.state != "done" for r in rows) else 0
     for p in sweep(cfgs, jobs=args.jobs, resume=bool(args.resume), log=main_log):
         print(p)
     return 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from suite.config.sequences import TaskSequence
 from suite.config.train import TrainConfig
 from suite.errors import ConfigError
 from suite.paths import safe_name
@@ -124,10 +125,16 @@ class RunIdentity:
         return {"digest": digest, "fields": fields}
 
 
+def sequence_label(seq: TaskSequence) -> str:
+    """How a fingerprint names the sequence a run used: name, version and a hash of its file's content."""
+    path = Path(seq.path)
+    return f"{seq.name} v{seq.version} " + (hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "-")
+
+
 def differing_fields(mine: Mapping[str, Any], other: Mapping[str, Any] | None) -> list[str]:
     """The fingerprint fields in which ``other`` (a checkpoint's or record's fingerprint) differs from ``mine``."""
     theirs = (other or {}).get("fields", {})
     return sorted(k for k, v in mine["fields"].items() if theirs.get(k) != v)
 
 
-__all__ = ["RunConfig", "RunIdentity", "differing_fields"]
+__all__ = ["RunConfig", "RunIdentity", "differing_fields", "sequence_label"]

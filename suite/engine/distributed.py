@@ -1,14 +1,47 @@
-"""Where this process runs and who it is among its peers: the device, rank and world size (torchrun), the
-features of the whole global batch, gradients averaged over processes, and peak memory."""
+"""Where this process runs and who it is among its peers: the device, rank and world size (from torchrun, or
+from SLURM under ``srun``), the features of the whole global batch, gradients averaged over processes, and peak
+memory."""
 from __future__ import annotations
 
 import os
+import re
 import resource
+from typing import MutableMapping
 
 import torch
 import torch.distributed as dist
 
 from suite.errors import ConfigError
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``node[03-05,9],gpu1`` -> ``node03``), without calling ``scontrol``."""
+    head = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if head is None:
+        raise ConfigError(f"SLURM_JOB_NODELIST: cannot read {nodelist!r}")
+    prefix, ranges = head.group(1), head.group(2)
+    return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
+
+
+def adopt_slurm_environment(env: MutableMapping[str, str] = os.environ) -> None:
+    """Under ``srun`` (several SLURM tasks, no torchrun): set torch's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR`` (the job's first host) and ``MASTER_PORT`` (from the job id, unless given) from SLURM's
+    variables, as open_clip does, so ``srun python -m suite run ...`` runs data parallel across nodes. torchrun's
+    own variables always win; a single task is left alone."""
+    if "WORLD_SIZE" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
+        return
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env.setdefault("MASTER_ADDR", first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def node_count(env: MutableMapping[str, str] = os.environ) -> int:
+    """Machines this run spans: SLURM's node count, or torchrun's world over its processes per node."""
+    if env.get("SLURM_JOB_NUM_NODES") and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_JOB_NUM_NODES"])
+    world, local = int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    return max(1, world // max(1, local))
 
 
 def rank_world() -> tuple[int, int]:
@@ -26,7 +59,8 @@ def init_distributed(device: torch.device) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` that exists. Under
-    torchrun, ``auto`` and ``cuda`` mean this process's own GPU, ``cuda:$LOCAL_RANK``, made current."""
+    torchrun or srun, ``auto`` and ``cuda`` mean this process's own GPU, ``cuda:$LOCAL_RANK``, made current."""
+    adopt_slurm_environment()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -78,5 +112,5 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-__all__ = ["average_gradients", "gather_features", "init_distributed", "mean_over_processes", "peak_memory_mb",
-           "rank_world", "resolve_device"]
+__all__ = ["adopt_slurm_environment", "average_gradients", "first_host", "gather_features", "init_distributed",
+           "mean_over_processes", "node_count", "peak_memory_mb", "rank_world", "resolve_device"]

@@ -15,6 +15,7 @@ import torch
 
 from suite import __version__
 from suite.config.run import RunConfig
+from suite.engine.distributed import node_count
 from suite.results import metrics
 from suite.results.records import SCHEMA_ID, step_summary
 
@@ -35,7 +36,7 @@ def environment(device: torch.device, world: int) -> dict[str, Any]:
     return {"suite": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "open_clip": open_clip.__version__, "numpy": np.__version__, "platform": platform.platform(),
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-            "world_size": world, "git_commit": commit}
+            "world_size": world, "nodes": node_count(), "git_commit": commit}
 
 
 def base_record(cfg: RunConfig, run) -> dict[str, Any]:

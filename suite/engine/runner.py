@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from suite.config.run import RunConfig, RunIdentity
+from suite.config.run import RunConfig, RunIdentity, sequence_label
 from suite.config.sequences import TaskSequence, load_sequence
 from suite.config.train import TrainConfig
 from suite.data import TaskData, materialize
@@ -97,16 +97,13 @@ class Runner:
         """This run's resolved :class:`~suite.config.run.RunIdentity` and the content it runs on (sequence file,
         data manifests, backbone weights); a checkpoint or record of another digest is never resumed or replaced."""
         if self._fingerprint is None:
-            seq_file = Path(self.seq.path)
-            sequence = f"{self.seq.name} v{self.seq.version} " + (
-                hashlib.sha256(seq_file.read_bytes()).hexdigest()[:16] if seq_file.is_file() else "-")
             manifests = hashlib.sha256(json.dumps({k: v.manifest_sha256 for k, v in self.data.items()},
                                                   sort_keys=True).encode()).hexdigest()[:16]
             pet = self.pet is not None
             identity = RunIdentity(self.seq.name, self.cfg.model, self.cfg.pet if pet else None,
                                    self.pet.config.to_dict() if pet else {}, self.method.name, self.method.options,
                                    self.train.to_dict(), self.cfg.amp, self.cfg.max_eval, self.cfg.seed)
-            self._fingerprint = identity.fingerprint(sequence, manifests, self.weights)
+            self._fingerprint = identity.fingerprint(sequence_label(self.seq), manifests, self.weights)
         return self._fingerprint
 
     @property

@@ -28,16 +28,19 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import torch
 
-from suite.config.sequences import read_yaml
+from suite.config.run import sequence_label
+from suite.config.sequences import load_sequence, read_yaml
 from suite.engine.runner import RunConfig, Runner, check_options
 from suite.errors import SuiteError
+from suite.experiments.slurm import RunStatus, SlurmOptions, jobs_dir, statuses, submit, wait
 from suite.results.analysis import group_records
 from suite.results.metrics import HEADLINE
-from suite.results.records import RecordError, load_record, load_records
+from suite.results.records import load_record, load_records
 
 
 class PlanError(SuiteError):
@@ -74,17 +77,54 @@ def load_plan(path: str | Path, base: RunConfig | None = None) -> list[RunConfig
     return cfgs
 
 
+def plan_executor(path: str | Path) -> dict[str, Any]:
+    """The plan's ``executor:`` section (defaults of ``--executor slurm``), already checked by the plan schema."""
+    return dict(read_yaml(path, PlanError, "plan file").get("executor") or {})
+
+
+def sweep_on_slurm(cfgs: list[RunConfig], opts: SlurmOptions, resume: bool = False, block: bool = False,
+                   log=print) -> list[RunStatus]:
+    """Submit the runs of ``cfgs`` as one SLURM job array (:mod:`suite.experiments.slurm`). With ``resume``, only
+    runs neither done nor queued are submitted; without it, a plan with runs still queued is refused (two jobs
+    would write one run). With ``block``, wait until every run is done or failed. Returns every run's status."""
+    before = {s.run_id: s.state for s in statuses(cfgs, opts, finished)}
+    queued = [rid for rid, state in before.items() if state in ("running", "pending")]
+    if queued and not resume:
+        raise PlanError(f"--executor slurm: {len(queued)} run(s) of this sweep are queued or running (e.g. "
+                        f"{queued[0]}); wait for them, or give --resume to submit only the rest")
+    todo = [c for c in cfgs if before[c.run_id()] not in ("running", "pending") and not
+            (resume and before[c.run_id()] == "done")]
+    for c in todo:  # every run's method and PET options, before anything is submitted
+        check_options(c)
+    folder = jobs_dir(cfgs, opts)
+    if todo:
+        array = submit(todo, opts)
+        log(f"sweep: submitted {len(todo)} of {len(cfgs)} runs as SLURM array {array} (job folder {folder}); follow "
+            f"with `clsuite sweep status` and the same plan or grid options, or `squeue -r -j {array}`")
+    else:
+        log(f"sweep: nothing to submit ({len(cfgs)} runs done or queued)")
+    if not block:
+        return statuses(cfgs, opts, finished)
+    return wait(cfgs, opts, finished, log, known={c.run_id(): before[c.run_id()] for c in cfgs if c not in todo})
+
+
 def grid(base: RunConfig, methods: list[str], pets: list[str], seeds: list[int]) -> list[RunConfig]:
     return [dataclasses.replace(base, method=m, pet=None if p == "none" else p, seed=s)
             for m in methods for p in pets for s in seeds]
 
 
-def _finished(cfg: RunConfig) -> bool:
+def finished(cfg: RunConfig) -> bool:
+    """Whether ``cfg``'s record is on disk, complete, and of the sequence file as it is now (its fingerprint's
+    sequence label; a record older than fingerprints counts by its status): such a run is not run again by
+    ``--resume``, locally or on a cluster."""
     path = Path(cfg.out) / f"{cfg.run_id()}.json"
     try:
-        return path.is_file() and load_record(path)["status"] == "complete"
-    except RecordError:
+        rec = load_record(path) if path.is_file() else None
+        label = sequence_label(load_sequence(cfg.sequence))
+    except SuiteError:
         return False
+    stated = (rec or {}).get("fingerprint", {}).get("fields", {}).get("sequence", label)
+    return rec is not None and rec["status"] == "complete" and stated == label
 
 
 def _run_one(cfg: RunConfig) -> tuple[str, float]:
@@ -107,7 +147,7 @@ def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print)
     threads = max(1, cores // jobs)
     cfgs = [dataclasses.replace(c, threads=c.threads or threads, progress=False if jobs > 1 else c.progress,
                                 resume=c.resume or resume) for c in cfgs]
-    todo = [c for c in cfgs if not (resume and _finished(c))]
+    todo = [c for c in cfgs if not (resume and finished(c))]
     for c in todo:  # every run's method and PET options, before any run starts
         check_options(c)
     log(f"sweep: {len(cfgs)} runs, {len(cfgs) - len(todo)} already done, {jobs} at a time with {threads} thread(s) each")
@@ -155,5 +195,6 @@ def main_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["PlanError", "load_plan", "grid", "sweep", "summarize", "summarize_table"]
+__all__ = ["PlanError", "finished", "grid", "load_plan", "plan_executor", "summarize", "summarize_table", "sweep",
+           "sweep_on_slurm"]
 
