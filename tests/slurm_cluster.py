@@ -93,6 +93,11 @@ class Cluster:
         raise RuntimeError(f"the test cluster did not come up: sinfo says {out.stdout.strip() or out.stderr.strip()}")
 
     def down(self) -> None:
+        """Cancel every job of this cluster (a failed test may leave one running), then stop its daemons."""
+        if self.pids:
+            subprocess.run(["scancel", "--full", "--signal=KILL", "--user", "root"], env=self.env, capture_output=True,
+                           timeout=30)
+            subprocess.run(["scancel", "--user", "root"], env=self.env, capture_output=True, timeout=30)
         for pid in reversed(self.pids):
             try:
                 os.kill(pid, signal.SIGTERM)
