@@ -31,3 +31,23 @@ def test_text_memory_bench_counts_tensors_and_chunks_stop_the_growth():
     chunked = [_text_step_memory("embedded:micro-clip@random", c, 16)[0] for c in (32, 128)]
     assert one[1] > 3 * one[0] > 0
     assert chunked[1] < 1.5 * chunked[0] and chunked[1] < one[1] / 2
+
+
+def test_step_bench_counts_the_steps_flops_and_the_machines_matmul():
+    """FLOPs are counted (torch's FlopCounterMode), not timed: a seq-LoRA step of the micro model does its
+    forward and backward matmuls; the table prints both PETs against the measured matmul throughput."""
+    from suite.experiments.bench import _step_cost, matmul_gflops
+
+    flops, seconds = _step_cost("lora", 2, "embedded:micro-clip@random")
+    again, _ = _step_cost("lora", 2, "embedded:micro-clip@random")
+    assert flops == again > 0 and seconds > 0
+    assert matmul_gflops(__import__("torch").device("cpu"), n=256, reps=2) > 0
+    out = run_bench("step", quick=True, model="embedded:micro-clip@random")
+    assert re.search(r"measured matmul throughput \(fp32, 2048\^2\): \d+ GFLOP/s", out)
+    assert re.search(r"lora +\d+\.\d+ +\d+\.\d+ +\d+\.\d+ +\d+\.\d%", out) and re.search(r"vpt +\d+\.\d+", out)
+
+
+def test_run_bench_reports_fixed_costs_and_evaluations_share():
+    out = run_bench("run", model="embedded:micro-clip@random")
+    assert re.search(r"lone \d+\.\d+ s; in a sweep worker \(its second run\) \d+\.\d+ s", out)
+    assert re.search(r"evaluation's share of a run at the shipped budget: .* = \d+% \(\d+ evaluations\)", out)

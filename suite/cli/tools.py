@@ -62,8 +62,9 @@ def _zs_report(args: argparse.Namespace) -> int:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["runner", "pegp", "memory", "loader", "text", "all", "projection"],
-                   help="projection is the older name of pegp")
+    p.add_argument("what", choices=["runner", "pegp", "memory", "loader", "text", "step", "run", "all", "projection"],
+                   help="step: a training step's GFLOP/s against the machine's matmul; run: fixed cost per run and "
+                   "evaluation's share; projection is the older name of pegp")
     p.add_argument("--quick", action="store_true", help="fewer steps and rounds (a smoke test of the bench)")
     p.add_argument("--model", help="backbone instead of each bench's default (tiny CLIP; loader: open_clip ViT-B-16)")
 

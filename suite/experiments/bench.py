@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -306,8 +307,119 @@ def bench_text(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
     return "\n".join(lines)
 
 
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
+    """The machine's measured matrix-multiply throughput (median of ``reps`` n x n products, GFLOP/s): what a
+    training step's arithmetic could reach on this device, with the threads torch uses now."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for _ in range(reps + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times[2:]) / 1e9
+
+
+def _step_cost(pet: str, steps: int, model: str) -> tuple[float, float]:
+    """FLOPs of one seq training step (forward and backward, torch's FlopCounterMode) and its median seconds over
+    ``steps`` steps of the runner's own loop on fixed batches, for ``pet`` at the sequence's budget."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tmp = tempfile.mkdtemp(prefix="clsuite-bench-")
+    r = Runner(RunConfig(sequence=BENCH_SEQUENCE, model=model, pet=pet, method="seq", training={"iterations": steps},
+                         out=tmp, run_dir=tmp, progress=False))
+    data = r.data[r.seq.tasks[0].name]
+    batches = list(r.batches(data, steps, seed=0))
+    with FlopCounterMode(display=False) as counter:
+        r.method.loss(r.ctx, batches[0]).backward()
+    flops = counter.get_total_flops()
+    own = r.batches
+    r.batches = lambda d, n, seed=0: iter(batches)
+    try:
+        r.learn_task(0)  # warm-up
+        rounds = [r.learn_task(0)[1]["train_s"] / steps for _ in range(3)]
+    finally:
+        r.batches = own
+    return float(flops), statistics.median(rounds)
+
+
+def bench_step(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
+    """A training step's arithmetic rate against the machine's own matmul throughput (the step's share of it)."""
+    steps = 10 if quick else 30
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = matmul_gflops(device)
+    lines = [f"bench step ({_machine()}): seq training steps on {BENCH_SEQUENCE} at its budget, {steps} steps x 3",
+             f"  measured matmul throughput (fp32, 2048^2): {peak:.0f} GFLOP/s",
+             f"  {'PET':8s} {'GFLOP/step':>10s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}"]
+    for pet in ("lora", "vpt"):
+        flops, sec = _step_cost(pet, steps, model)
+        rate = flops / sec / 1e9
+        lines.append(f"  {pet:8s} {flops / 1e9:10.2f} {1e3 * sec:8.1f} {rate:8.1f} {rate / peak:9.1%}")
+    return "\n".join(lines)
+
+
+# Run in a new process: seconds from the parent's clock before the process started to the first training step of
+# a run (lone), and from building a second run's Runner in the same process to its first step (a sweep worker).
+_FIXED_COST_CHILD = """
+import json, sys, tempfile, time
+t0 = float(sys.argv[1])
+from suite.config.run import RunConfig
+from suite.engine.runner import Runner
+from suite.methods.seq import SequentialPET
+
+
+class FirstStep(SequentialPET):
+    def loss(self, ctx, batch):
+        if not hasattr(self, "first"):
+            self.first = time.time()
+        return super().loss(ctx, batch)
+
+
+def one(start):
+    tmp, method = tempfile.mkdtemp(), FirstStep()
+    rec = Runner(RunConfig(sequence=sys.argv[2], model=sys.argv[3], pet="lora", method="seq", out=tmp, run_dir=tmp,
+                           progress=False, training={"iterations": 2}), method=method).run()
+    return method.first - start, rec["efficiency"]["zero_shot_eval_time_s"]
+
+
+lone, _ = one(t0)
+worker, zero_shot = one(time.time())
+print(json.dumps([lone, worker, zero_shot]))
+"""
+
+
+def _fixed_costs(model: str) -> tuple[float, float, float]:
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-c", _FIXED_COST_CHILD, str(t0), BENCH_SEQUENCE, model],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench run: the child run failed: {out.stderr.strip().splitlines()[-1:]}")
+    lone, worker, zero_shot = json.loads(out.stdout.strip().splitlines()[-1])
+    return lone, worker, zero_shot
+
+
+def bench_run(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
+    """What a run costs before its first training step, alone (a new process) and in a sweep worker (a process
+    that already ran one), and evaluation's share of a whole run at the shipped budget."""
+    lone, worker, zero_shot = _fixed_costs(model)
+    tmp = tempfile.mkdtemp(prefix="clsuite-bench-")
+    rec = Runner(RunConfig(sequence=BENCH_SEQUENCE, model=model, pet="lora", method="seq", out=tmp, run_dir=tmp,
+                           progress=False)).run()
+    ev = rec["efficiency"]["zero_shot_eval_time_s"] + sum(s["eval_time_s"] for s in rec["steps"])
+    total = rec["efficiency"]["zero_shot_eval_time_s"] + rec["efficiency"]["wall_time_s"]
+    return "\n".join([
+        f"bench run ({_machine()}): seq-LoRA on {BENCH_SEQUENCE}",
+        f"  fixed cost, process start to the first training step: lone {lone:.2f} s; in a sweep worker (its second "
+        f"run) {worker:.2f} s, of which {zero_shot:.2f} s is the run's zero-shot evaluation",
+        f"  evaluation's share of a run at the shipped budget: {ev:.1f} s of {total:.1f} s = {ev / total:.0%} "
+        f"({len(rec['steps']) + 1} evaluations)"])
+
+
 BENCHES = {"runner": bench_runner, "pegp": bench_pegp, "memory": bench_memory, "loader": bench_loader,
-           "text": bench_text}
+           "text": bench_text, "step": bench_step, "run": bench_run}
 
 
 def run_bench(what: str, quick: bool = False, model: str | None = None) -> str:
