@@ -159,7 +159,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
          _sweep_args)
 def _sweep(args: argparse.Namespace) -> int:
     from suite.experiments.slurm import SlurmOptions, format_statuses, statuses
-    from suite.experiments.sweep import finished, grid, load_plan, main_log, plan_executor, sweep, sweep_on_slurm
+    from suite.experiments.sweep import finished_check, grid, load_plan, main_log, plan_executor, sweep, sweep_on_slurm
 
     if args.plan:
         if args.sequence or args.config:
@@ -175,7 +175,7 @@ def _sweep(args: argparse.Namespace) -> int:
         executor["extra"] = {**executor.get("extra", {}), **_kv(",".join(args.slurm_extra), "slurm-extra")}
     opts = SlurmOptions.from_dict(executor, args.plan or "command line")
     if args.action == "status":
-        rows = statuses(cfgs, opts, finished)
+        rows = statuses(cfgs, opts, finished_check())
         print(format_statuses(rows))
         return 0 if all(r.state == "done" for r in rows) else 1
     if args.executor == "slurm":

@@ -82,9 +82,14 @@ class StreamInput:
         return _as_tensor(model_input(self.backbone, image))
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. a SLURM allocation), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers() -> int:
     """Decoding processes for file-backed training data: half the cores, at most 8 (0 on a 1-2 core machine)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return min(8, cores // 2) if cores > 2 else 0
 
 
@@ -174,5 +179,5 @@ class Batches:
             epoch += 1
 
 
-__all__ = ["Batches", "DecodedImages", "StreamInput", "as_model_batch", "batch_images", "decode_image",
+__all__ = ["Batches", "available_cores", "DecodedImages", "StreamInput", "as_model_batch", "batch_images", "decode_image",
            "default_workers", "model_input"]

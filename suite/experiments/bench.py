@@ -1,6 +1,7 @@
-"""Benchmarks that print ratios (``clsuite bench runner|pegp|memory|loader|text|all``). Targets live here, not in timed tests:
-a runner training step ≤ 1.05x a bare PyTorch step; PEGP's projection ≤ +3 % of a training step; basis memory
-measured, not computed from shapes.
+"""Benchmarks that print ratios (``clsuite bench runner|pegp|memory|loader|text|step|run|all``). Targets live here,
+not in timed tests: a runner training step ≤ 1.05x a bare PyTorch step; PEGP's projection ≤ +3 % of a training
+step; basis memory measured, not computed from shapes; a training step's share of the machine's matmul
+throughput, a run's fixed cost and evaluation's share (the performance issue's targets).
 
 Every ratio is measured interleaved: the two loops alternate (and swap order) over repeated rounds, and the
 median of the per-round ratios is reported, so machine noise and warm-up hit both alike.
@@ -55,10 +56,23 @@ def interleaved(a: Callable[[], None], b: Callable[[], None], rounds: int) -> tu
     return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
 
 
-def _runner(method: str, steps: int, model: str, pet_options: dict | None = None) -> Runner:
+def _runner(method: str, steps: int | None, model: str, pet_options: dict | None = None, pet: str = "lora") -> Runner:
+    """A runner on :data:`BENCH_SEQUENCE` writing to a temporary folder; ``steps=None`` keeps the shipped budget."""
     tmp = tempfile.mkdtemp(prefix="clsuite-bench-")
-    return Runner(RunConfig(sequence=BENCH_SEQUENCE, model=model, pet="lora", pet_options=pet_options or {},
-                            method=method, training={"iterations": steps}, out=tmp, run_dir=tmp, progress=False))
+    return Runner(RunConfig(sequence=BENCH_SEQUENCE, model=model, pet=pet, pet_options=pet_options or {},
+                            method=method, training={"iterations": steps} if steps else {}, out=tmp, run_dir=tmp,
+                            progress=False))
+
+
+@contextlib.contextmanager
+def _fixed_batches(r: Runner, batches: list[dict]):
+    """The runner trains on ``batches`` (prepared once) instead of making its own, inside the block."""
+    own = r.batches
+    r.batches = lambda d, n, seed=0: iter(batches)
+    try:
+        yield
+    finally:
+        r.batches = own
 
 
 def _machine() -> str:
@@ -85,14 +99,9 @@ def bench_runner(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
     def suite_own_batches() -> None:
         r.learn_task(0)
 
-    own = r.batches
-
     def suite_same_batches() -> None:
-        r.batches = lambda d, n, seed=0: iter(batches)
-        try:
+        with _fixed_batches(r, batches):
             r.learn_task(0)
-        finally:
-            r.batches = own
 
     tb, ts, ratio = interleaved(bare, suite_same_batches, rounds)
     _, to, ratio_own = interleaved(bare, suite_own_batches, rounds)
@@ -328,21 +337,15 @@ def _step_cost(pet: str, steps: int, model: str) -> tuple[float, float]:
     ``steps`` steps of the runner's own loop on fixed batches, for ``pet`` at the sequence's budget."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    tmp = tempfile.mkdtemp(prefix="clsuite-bench-")
-    r = Runner(RunConfig(sequence=BENCH_SEQUENCE, model=model, pet=pet, method="seq", training={"iterations": steps},
-                         out=tmp, run_dir=tmp, progress=False))
+    r = _runner("seq", steps, model, pet=pet)
     data = r.data[r.seq.tasks[0].name]
     batches = list(r.batches(data, steps, seed=0))
     with FlopCounterMode(display=False) as counter:
         r.method.loss(r.ctx, batches[0]).backward()
     flops = counter.get_total_flops()
-    own = r.batches
-    r.batches = lambda d, n, seed=0: iter(batches)
-    try:
+    with _fixed_batches(r, batches):
         r.learn_task(0)  # warm-up
         rounds = [r.learn_task(0)[1]["train_s"] / steps for _ in range(3)]
-    finally:
-        r.batches = own
     return float(flops), statistics.median(rounds)
 
 
@@ -405,9 +408,7 @@ def bench_run(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
     """What a run costs before its first training step, alone (a new process) and in a sweep worker (a process
     that already ran one), and evaluation's share of a whole run at the shipped budget."""
     lone, worker, zero_shot = _fixed_costs(model)
-    tmp = tempfile.mkdtemp(prefix="clsuite-bench-")
-    rec = Runner(RunConfig(sequence=BENCH_SEQUENCE, model=model, pet="lora", method="seq", out=tmp, run_dir=tmp,
-                           progress=False)).run()
+    rec = _runner("seq", None, model).run()
     ev = rec["efficiency"]["zero_shot_eval_time_s"] + sum(s["eval_time_s"] for s in rec["steps"])
     total = rec["efficiency"]["zero_shot_eval_time_s"] + rec["efficiency"]["wall_time_s"]
     return "\n".join([

@@ -28,13 +28,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 import torch
 
 from suite.config.run import sequence_label
 from suite.config.sequences import load_sequence, read_yaml
+from suite.data.loading import available_cores
 from suite.engine.runner import RunConfig, Runner, check_options
 from suite.errors import SuiteError
 from suite.experiments.slurm import RunStatus, SlurmOptions, jobs_dir, statuses, submit, wait
@@ -87,7 +88,8 @@ def sweep_on_slurm(cfgs: list[RunConfig], opts: SlurmOptions, resume: bool = Fal
     """Submit the runs of ``cfgs`` as one SLURM job array (:mod:`suite.experiments.slurm`). With ``resume``, only
     runs neither done nor queued are submitted; without it, a plan with runs still queued is refused (two jobs
     would write one run). With ``block``, wait until every run is done or failed. Returns every run's status."""
-    before = {s.run_id: s.state for s in statuses(cfgs, opts, finished)}
+    done = finished_check()
+    before = {s.run_id: s.state for s in statuses(cfgs, opts, done)}
     queued = [rid for rid, state in before.items() if state in ("running", "pending")]
     if queued and not resume:
         raise PlanError(f"--executor slurm: {len(queued)} run(s) of this sweep are queued or running (e.g. "
@@ -104,8 +106,8 @@ def sweep_on_slurm(cfgs: list[RunConfig], opts: SlurmOptions, resume: bool = Fal
     else:
         log(f"sweep: nothing to submit ({len(cfgs)} runs done or queued)")
     if not block:
-        return statuses(cfgs, opts, finished)
-    return wait(cfgs, opts, finished, log, known={c.run_id(): before[c.run_id()] for c in cfgs if c not in todo})
+        return statuses(cfgs, opts, done)
+    return wait(cfgs, opts, done, log, known={c.run_id(): before[c.run_id()] for c in cfgs if c not in todo})
 
 
 def grid(base: RunConfig, methods: list[str], pets: list[str], seeds: list[int]) -> list[RunConfig]:
@@ -113,18 +115,28 @@ def grid(base: RunConfig, methods: list[str], pets: list[str], seeds: list[int])
             for m in methods for p in pets for s in seeds]
 
 
-def finished(cfg: RunConfig) -> bool:
+def finished(cfg: RunConfig, labels: dict[str, str] | None = None) -> bool:
     """Whether ``cfg``'s record is on disk, complete, and of the sequence file as it is now (its fingerprint's
     sequence label; a record older than fingerprints counts by its status): such a run is not run again by
-    ``--resume``, locally or on a cluster."""
+    ``--resume``, locally or on a cluster. ``labels`` keeps each sequence's label across calls (a plan has
+    hundreds of runs on a few sequences, and parsing a sequence file is most of the cost)."""
     path = Path(cfg.out) / f"{cfg.run_id()}.json"
     try:
         rec = load_record(path) if path.is_file() else None
-        label = sequence_label(load_sequence(cfg.sequence))
+        if rec is None or rec["status"] != "complete":
+            return False
+        labels = {} if labels is None else labels
+        if cfg.sequence not in labels:
+            labels[cfg.sequence] = sequence_label(load_sequence(cfg.sequence))
     except SuiteError:
         return False
-    stated = (rec or {}).get("fingerprint", {}).get("fields", {}).get("sequence", label)
-    return rec is not None and rec["status"] == "complete" and stated == label
+    return rec.get("fingerprint", {}).get("fields", {}).get("sequence", labels[cfg.sequence]) == labels[cfg.sequence]
+
+
+def finished_check() -> Callable[[RunConfig], bool]:
+    """:func:`finished` for one sweep or status pass: each sequence's label is computed once."""
+    labels: dict[str, str] = {}
+    return lambda cfg: finished(cfg, labels)
 
 
 def _run_one(cfg: RunConfig) -> tuple[str, float]:
@@ -142,12 +154,13 @@ def _init_worker(threads: int) -> None:
 
 def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print) -> list[Path]:
     """Run ``cfgs`` (``jobs`` at a time, cores divided between them); returns the record paths in order."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     jobs = max(1, min(int(jobs), cores))
     threads = max(1, cores // jobs)
     cfgs = [dataclasses.replace(c, threads=c.threads or threads, progress=False if jobs > 1 else c.progress,
                                 resume=c.resume or resume) for c in cfgs]
-    todo = [c for c in cfgs if not (resume and finished(c))]
+    done = finished_check()
+    todo = [c for c in cfgs if not (resume and done(c))]
     for c in todo:  # every run's method and PET options, before any run starts
         check_options(c)
     log(f"sweep: {len(cfgs)} runs, {len(cfgs) - len(todo)} already done, {jobs} at a time with {threads} thread(s) each")
@@ -195,6 +208,6 @@ def main_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["PlanError", "finished", "grid", "load_plan", "plan_executor", "summarize", "summarize_table", "sweep",
-           "sweep_on_slurm"]
+__all__ = ["PlanError", "finished", "finished_check", "grid", "load_plan", "plan_executor", "summarize",
+           "summarize_table", "sweep", "sweep_on_slurm"]
 
