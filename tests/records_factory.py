@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from suite.results import items
 from suite.results.records import recompute_aggregates
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -26,12 +27,30 @@ def make_record(base: dict, seed: int, method: str | None = None, shift: float =
     if method is not None:
         rec["method"]["name"] = method
     a = np.asarray(rec["matrix"] if matrix is None else matrix, float)
-    rec["matrix"] = np.clip(a + shift, 0, 1).tolist()
-    for step, row in zip(rec["steps"], rec["matrix"]):
-        step["accuracy"] = row
+    rows = np.clip(a + shift, 0, 1).tolist()
+    for step, row in zip(rec["steps"], rows):
+        step["accuracy"] = [_set_items(step, d, v) for d, v in enumerate(row)] if "items" in step else row
+    rec["matrix"] = [step["accuracy"] for step in rec["steps"]]
     rec["aggregates"] = recompute_aggregates(rec)
     rec["run_id"] = f"{rec['sequence']['name']}__{rec['method']['name']}__s{seed}__{shift:+.3f}"
     return rec
+
+
+def _set_items(step: dict, task: int, value: float) -> float:
+    """Make the step's item outcomes of ``task`` answer ``value`` (to the nearest item) and return the accuracy
+    they now give, so a changed record stays consistent with its items."""
+    entry = step["items"]["tasks"][task]
+    n = entry["n"]
+    if "correct" in entry:
+        k = int(round(value * n))
+        step["items"]["tasks"][task] = items.pack_correct(np.arange(n) < k)
+    else:
+        arrays = items.unpack(entry)
+        m = len(arrays["t2i_rank"])
+        hit_i, hit_t = int(round(value * n)), int(round(value * m))
+        step["items"]["tasks"][task] = items.pack_ranks(np.where(np.arange(n) < hit_i, 0, 1),
+                                                        np.where(np.arange(m) < hit_t, 0, 1), arrays["captions"])
+    return items.accuracy(step["items"]["tasks"][task])
 
 
 def write(folder: Path, recs: list[dict]) -> Path:

@@ -12,6 +12,7 @@ from suite.cli import main
 from suite.engine.runner import RunConfig, run
 from suite.leaderboard.build import MARKER, build_site
 from suite.leaderboard.submit import pack, validate_submission
+from suite.results.records import recompute_aggregates
 
 XSS = "<img src=x onerror=alert(1)>"
 REPO = Path(__file__).resolve().parents[1]
@@ -218,6 +219,9 @@ def test_an_accepted_submission_ends_on_the_board(board_records, tmp_path):
     ("empty", "holds no records"),
     ("duplicate", "appears twice"),
     ("budget", "training.lr"),
+    ("items_missing", "steps.items: every step must keep its item outcomes"),
+    ("items_wrong", "the items give accuracy"),
+    ("no_reference", "zero_shot.reference"),
 ])
 def test_validate_rejects_with_one_line_reason(board_records, tmp_path, case, needle, capsys):
     sub = _submission(board_records, tmp_path)
@@ -245,6 +249,17 @@ def test_validate_rejects_with_one_line_reason(board_records, tmp_path, case, ne
 
     def budget(s):
         s["records"][2]["training"]["lr"] = 0.5
+
+    def items_missing(s):
+        del s["records"][1]["steps"][2]["items"]
+
+    def items_wrong(s):  # a claimed accuracy the item outcomes do not give (aggregates kept consistent)
+        rec = s["records"][1]
+        rec["matrix"][2][0] = rec["steps"][2]["accuracy"][0] = min(1.0, rec["matrix"][2][0] + 0.05)
+        rec["aggregates"] = recompute_aggregates(rec)
+
+    def no_reference(s):
+        del s["records"][0]["zero_shot"]["reference"]
 
     bad = _mutate(sub, locals()[case])
     problems = validate_submission(bad)

@@ -197,6 +197,9 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", help="compute the report from the records in this folder instead of "
                    "running (e.g. results)")
     p.add_argument("--report", help="where the JSON report goes (default OUT/SEQUENCE.calibration.json)")
+    p.add_argument("--grid", help="explore candidate budgets on seq only instead, e.g. 'lr=0.002,0.005;iterations=60,120' "
+                   "(keys: iterations, lr, batch_size, weight_decay, warmup): gain, forgetting, Last, train − test "
+                   "accuracy and the time of each candidate")
 
 
 @command("calibrate", "does the sequence's budget make naive training learn and forget? zero-shot, seq, PEGP "
@@ -205,8 +208,19 @@ def _calibrate(args: argparse.Namespace) -> int:
     from suite.experiments.calibrate import calibrate
     from suite.experiments.sweep import main_log
     from suite.paths import safe_name
-    from suite.results.calibration import format_report, write_report
+    from suite.results.calibration import format_grid, format_report, write_report
 
+    if args.grid:
+        from suite.experiments.calibrate import explore
+
+        if args.source:
+            raise ConfigError("calibrate: --grid runs its candidates; it does not read --from")
+        rep = explore(args.sequence, args.pets.split(","), args.seeds, args.grid, out=args.out, jobs=args.jobs,
+                      log=main_log)
+        print(format_grid(rep))
+        default = Path(args.out) / f"{safe_name(Path(args.sequence).stem)}.grid.json"
+        print(f"report: {write_report(rep, args.report or default)}")
+        return 0
     rep = calibrate(args.sequence, args.pets.split(","), args.seeds, out=args.out,
                     jobs=args.jobs, source=args.source, log=main_log)
     print(format_report(rep))

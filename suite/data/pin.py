@@ -4,17 +4,24 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 from suite.config.sequences import SequenceError, parse_sequence, parse_yaml
 from suite.data.registry import materialize
 from suite.paths import read_text
 
-_PIN = re.compile(r"(manifest_sha256:\s*)\"?([0-9a-fA-F]*)\"?")
+_PIN = re.compile(r"(manifest_sha256:\s*)(\"[0-9a-fA-F]*\"|'[0-9a-fA-F]*'|[0-9a-fA-F]+)")
 
 
 def pin_file(path: Path) -> dict[str, str]:
-    """Materialise every task of ``path`` and replace its ``manifest_sha256`` values in file order."""
+    """Materialise every task of ``path`` and replace its ``manifest_sha256`` values in file order (a new file
+    gives each as ``manifest_sha256: ""``)."""
     text = read_text(path, "sequence file", SequenceError)
-    data = parse_yaml(text)
+    # a new file's pins are placeholders (``""``): parse it with well-formed stand-ins, since nothing is verified here
+    try:
+        data = parse_yaml(_PIN.sub(lambda m: f'{m.group(1)}"{"0" * 64}"', text))
+    except yaml.YAMLError as exc:
+        raise SequenceError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     seq = parse_sequence(data, path)
     if not seq.embedded:
         raise SequenceError(f"{path}: embedded: only embedded sequences pin manifests")

@@ -37,6 +37,17 @@ class Checkpoints:
     def save_partial(self, rec: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / "record.partial.json", rec)
 
+    def resumable(self) -> bool:
+        """Whether a checkpoint of this very configuration is there to resume from (read from the small partial
+        record beside it, so nothing heavy is loaded to decide)."""
+        if not (self.run_dir / "checkpoint.pt").is_file():
+            return False
+        try:
+            partial = json.loads((self.run_dir / "record.partial.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(partial, dict) and (partial.get("fingerprint") or {}).get("digest") == self.fingerprint["digest"]
+
     def load(self, restart: bool = False) -> dict[str, Any] | None:
         """The saved state (``record``, ``tasks_done``, ``params``, ``method``), or ``None`` when there is none
         (or, with ``restart``, when it belongs to another configuration and was discarded)."""

@@ -17,7 +17,7 @@ from suite import __version__
 from suite.config.run import RunConfig
 from suite.engine.distributed import node_count
 from suite.results import metrics
-from suite.results.records import SCHEMA_ID, step_summary
+from suite.results.records import REFERENCE, SCHEMA_ID, attach_cost, step_summary
 
 # RunConfig fields that say how a run was executed, not what it is: not kept in the record's config
 EXECUTION_FIELDS = ("out", "run_dir", "resume", "progress", "command", "threads", "restart", "workers")
@@ -62,9 +62,12 @@ def base_record(cfg: RunConfig, run) -> dict[str, Any]:
     }
 
 
-def add_zero_shot(rec: dict[str, Any], step: dict[str, Any], seconds: float) -> None:
-    rec["zero_shot"] = {"tasks": step["accuracy"], "controls": step["control_accuracy"]}
+def add_zero_shot(rec: dict[str, Any], step: dict[str, Any], seconds: float, attached: dict[str, Any] | None) -> None:
+    """The reference row (the pretrained model, no PET attached) and, where a PET was attached, what attaching
+    alone cost: :func:`suite.results.records.attach_cost`."""
+    rec["zero_shot"] = {"reference": REFERENCE, "tasks": step["accuracy"], "controls": step["control_accuracy"]}
     rec["zero_shot_step"] = step
+    rec["attach_cost"] = attach_cost(step, attached) if attached is not None else None
     rec["efficiency"]["zero_shot_eval_time_s"] = seconds
 
 

@@ -60,8 +60,8 @@ class Runner:
         torch.manual_seed(cfg.seed)
         self.backbone = create_model_and_transforms(cfg.model, device=self.device)
         self.weights = weights_digest(self.backbone)  # before any PET or method touches it
-        self.pet = attach_pet(self.backbone, cfg.pet, **cfg.pet_options).to(self.device) if pet_config else None
-        self.train = TrainConfig.from_dict({**self.seq.default_training(cfg.pet if self.pet is not None else None),
+        self.pet_config = pet_config
+        self.train = TrainConfig.from_dict({**self.seq.default_training(cfg.pet if pet_config else None),
                                             **cfg.training}, f"{cfg.sequence}: run")
         size = self.backbone.image_size if self.seq.embedded else None
         self.data: dict[str, TaskData] = {t.name: materialize(self.seq, t, size)
@@ -71,6 +71,26 @@ class Runner:
         workers = default_workers() if cfg.workers is None else cfg.workers
         self.evaluator = Evaluator(self.backbone, cfg.eval_batch_size, cfg.max_eval, autocast, workers=workers)
         self.step_evaluator = StepEvaluator(self.evaluator, self.seq, self.data, cfg.seed, cfg.progress and not self.rank)
+        self.run_dir = Path(cfg.run_dir) / cfg.run_id()
+        self._fingerprint: dict[str, Any] | None = None
+        # The reference of everything "relative to zero-shot" is the pretrained model with no PET attached, so it is
+        # measured before the PET goes in (and the model just after attaching, for the attach cost); a run that
+        # resumes has both in its checkpointed record already.
+        self.reference: tuple[dict[str, Any], float] | None = None
+        self.attached: dict[str, Any] | None = None
+        fresh = not (cfg.resume and self.checkpoints.resumable())
+        if fresh:
+            rng = torch.get_rng_state()
+            if pet_config:  # a PET that does not fit this backbone is refused before any evaluation
+                attach_pet(self.backbone, cfg.pet, **cfg.pet_options).detach_from_model()
+                torch.set_rng_state(rng)
+            t0 = time.perf_counter()
+            self.reference = self.evaluate(-1, None), time.perf_counter() - t0
+            torch.set_rng_state(rng)  # the PET starts from the same random state as without the evaluations
+        self.pet = attach_pet(self.backbone, cfg.pet, **cfg.pet_options).to(self.device) if pet_config else None
+        self.evaluator.invalidate_text()
+        if fresh and self.pet is not None:
+            self.attached = self.evaluate(-1, None)
         self.batches = Batches(self.backbone, self.seq.track, self.train.batch_size, workers, self.rank, self.world)
         self.objective = make_objective(self.seq.track, self.backbone, self.evaluator, lambda: self.text_trains,
                                         autocast, self.world)
@@ -79,8 +99,6 @@ class Runner:
                               batch_size=int(self.train.batch_size), batches=self._method_batches)
         self.method.setup(self.ctx)
         self.params = self.method.trainable(self.ctx) if self.method.trains else []
-        self.run_dir = Path(cfg.run_dir) / cfg.run_id()
-        self._fingerprint: dict[str, Any] | None = None
 
     @property
     def text_trains(self) -> bool:
@@ -99,9 +117,9 @@ class Runner:
         if self._fingerprint is None:
             manifests = hashlib.sha256(json.dumps({k: v.manifest_sha256 for k, v in self.data.items()},
                                                   sort_keys=True).encode()).hexdigest()[:16]
-            pet = self.pet is not None
+            pet = self.pet_config is not None
             identity = RunIdentity(self.seq.name, self.cfg.model, self.cfg.pet if pet else None,
-                                   self.pet.config.to_dict() if pet else {}, self.method.name, self.method.options,
+                                   self.pet_config.to_dict() if pet else {}, self.method.name, self.method.options,
                                    self.train.to_dict(), self.cfg.amp, self.cfg.max_eval, self.cfg.seed)
             self._fingerprint = identity.fingerprint(sequence_label(self.seq), manifests, self.weights)
         return self._fingerprint
@@ -125,9 +143,10 @@ class Runner:
             rec, start = self._restore(state)
             self._say(f"resuming {cfg.run_id()} after task {start}/{len(self.seq.tasks)}")
         else:
+            if self.reference is None:  # the checkpoint judged resumable was discarded (--restart) or vanished
+                raise CheckpointError(f"{self.run_dir}: the checkpoint to resume from is gone; run again without --resume")
             rec, start = base_record(cfg, self), 0
-            t0 = time.perf_counter()
-            add_zero_shot(rec, self.evaluate(-1, None), time.perf_counter() - t0)
+            add_zero_shot(rec, *self.reference, self.attached)
         for t in range(start, len(self.seq.tasks)):
             self._task(rec, t, ckpt)
         validate_record(rec, cfg.run_id())
@@ -160,6 +179,7 @@ class Runner:
             self.evaluator.invalidate_text()
         t1 = time.perf_counter()
         step = self.evaluate(t, rec["zero_shot"])
+        step["train_accuracy"] = self.step_evaluator.train_accuracy(t)
         step.update(train)
         step["train_time_s"], step["eval_time_s"] = train_time, time.perf_counter() - t1
         step["wall_time_s"] = train_time + step["eval_time_s"]

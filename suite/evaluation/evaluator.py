@@ -16,7 +16,7 @@ import torch.utils.checkpoint
 from suite.data.base import Split, TaskData
 from suite.data.loading import DecodedImages, as_model_batch, batch_images
 from suite.evaluation.hallucination import hijacking, pope_step
-from suite.evaluation.retrieval import confident_mismatch_rate, recall_at_k
+from suite.evaluation.retrieval import confident_mismatch_rate, rank_of_best_positive, recall_at_k
 
 EVAL_SAMPLE_SEED = 0  # the --max-eval sample is the same for every step, method and seed
 
@@ -156,11 +156,11 @@ class Evaluator:
                 "correct": (probs.argmax(1) == y) if len(y) else np.zeros(0, bool)}
 
     def classify_control(self, img: torch.Tensor, labels: np.ndarray, classnames: list[str], templates: list[str],
-                         candidates: tuple[tuple[str, ...], ...] = ()) -> float:
-        """Accuracy on a control set (see :func:`control_accuracy`)."""
+                         candidates: tuple[tuple[str, ...], ...] = ()) -> np.ndarray:
+        """Per image of a control set, whether it was answered right (see :func:`control_correct`)."""
         names = list(dict.fromkeys(list(classnames) + [n for g in candidates for n in g]))
         probs = self.classify(img, labels, names, [templates] * len(names))["probs"]
-        return control_accuracy(probs, np.asarray(labels)[: len(img)], classnames, names, candidates)
+        return control_correct(probs, np.asarray(labels)[: len(img)], classnames, names, candidates)
 
     def eval_labels(self, split: Split) -> np.ndarray:
         return np.asarray(split.labels)[self.eval_indices(split)]
@@ -172,7 +172,9 @@ class Evaluator:
         owner = np.repeat(np.arange(len(sets)), [len(s) for s in sets])
         positives = owner[None, :] == np.arange(len(sets))[:, None]
         sim = (img @ self.text_features(caps).T).cpu().numpy()
-        out = recall_at_k(sim, positives=positives)
+        out: dict[str, Any] = recall_at_k(sim, positives=positives)
+        out["ranks"] = (rank_of_best_positive(sim, positives), rank_of_best_positive(sim.T, positives.T),
+                        [len(s) for s in sets])
         out.update(confident_mismatch_rate(sim, delta, positives=positives))
         out["r1_mean"] = (out["i2t_r1"] + out["t2i_r1"]) / 2
         return out
@@ -180,11 +182,18 @@ class Evaluator:
 
 def control_accuracy(scores: np.ndarray, labels: np.ndarray, classnames: list[str], names: list[str],
                      candidates: tuple[tuple[str, ...], ...] = ()) -> float:
-    """Accuracy of ``scores`` (images x ``names``) on images of ``classnames[labels]``. With ``candidates`` each
-    image competes only with the group holding its class, so an attribute a whole group shares (a colour, say)
-    cannot answer on its own; without, with every name."""
+    """Accuracy of ``scores`` (images x ``names``) on images of ``classnames[labels]`` (:func:`control_correct`)."""
+    correct = control_correct(scores, labels, classnames, names, candidates)
+    return float(correct.mean()) if len(correct) else 0.0
+
+
+def control_correct(scores: np.ndarray, labels: np.ndarray, classnames: list[str], names: list[str],
+                    candidates: tuple[tuple[str, ...], ...] = ()) -> np.ndarray:
+    """Per image of ``classnames[labels]``, whether ``scores`` (images x ``names``) rank its class first. With
+    ``candidates`` each image competes only with the group holding its class, so an attribute a whole group shares
+    (a colour, say) cannot answer on its own; without, with every name."""
     if not len(labels):
-        return 0.0
+        return np.zeros(0, bool)
     allowed = np.ones((len(classnames), len(names)), bool)
     for i, c in enumerate(classnames):
         group = next((g for g in candidates if c in g), None)
@@ -192,7 +201,7 @@ def control_accuracy(scores: np.ndarray, labels: np.ndarray, classnames: list[st
             allowed[i] = [n in group for n in names]
     truth = np.array([names.index(classnames[int(y)]) for y in labels])
     masked = np.where(allowed[np.asarray(labels, int)], scores, -np.inf)
-    return float((masked.argmax(1) == truth).mean())
+    return masked.argmax(1) == truth
 
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> list[int]:
@@ -272,4 +281,4 @@ class ConceptProbe:
         return out
 
 
-__all__ = ["Evaluator", "ConceptProbe", "control_accuracy", "hijacking", "stratified_sample"]
+__all__ = ["Evaluator", "ConceptProbe", "control_accuracy", "control_correct", "hijacking", "stratified_sample"]

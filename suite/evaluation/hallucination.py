@@ -116,11 +116,41 @@ def concept_auroc(scores: np.ndarray, present: np.ndarray) -> float | None:
     return float(np.mean(aucs)) if aucs else None
 
 
+def concept_auroc_interval(scores: np.ndarray, present: np.ndarray, seed: int = 0,
+                           resamples: int = 1000) -> list[float] | None:
+    """The 95 % bootstrap interval of :func:`concept_auroc` over the scored images (drawn with replacement,
+    seeded): how far the AUROC would move on another draw of probe images. Pairwise, so ties count one half,
+    as the rank formula does."""
+    scores, present = np.asarray(scores, np.float64), np.asarray(present, bool)
+    n = len(scores)
+    if n == 0:
+        return None
+    w = np.random.default_rng([seed, 7]).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    aucs = []
+    for c in range(scores.shape[1]):
+        y, s = present[:, c], scores[:, c]
+        if not y.any() or y.all():
+            continue
+        sp, sn = s[y], s[~y]
+        wins = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
+        wp, wn = w[:, y], w[:, ~y]
+        den = wp.sum(1) * wn.sum(1)
+        num = np.einsum("bp,pn,bn->b", wp, wins, wn)
+        aucs.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
+    if not aucs:
+        return None
+    with np.errstate(invalid="ignore"):
+        macro = np.nanmean(np.stack(aucs), 0)
+    lo, hi = np.percentile(macro[~np.isnan(macro)], [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def pope_step(cal_scores: np.ndarray, cal_present: np.ndarray, scores: np.ndarray, present: np.ndarray,
               concepts: list[str], seed: int = 0) -> dict:
     """One step's CLIP-POPE: thresholds fitted on the calibration half, questions answered on the scored half."""
     out: dict = dict(pope(scores, present, calibrate_thresholds(cal_scores, cal_present), concepts, seed))
     out["auroc"] = concept_auroc(scores, present)
+    out["auroc_interval"] = concept_auroc_interval(scores, present, seed)
     return out
 
 

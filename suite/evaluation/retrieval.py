@@ -19,7 +19,7 @@ def _positives(sim: np.ndarray, positives: np.ndarray | None) -> np.ndarray:
     return pos
 
 
-def _rank_of_best_positive(s: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def rank_of_best_positive(s: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Per query (row): how many non-positive items score above its best positive (0 = a positive comes first)."""
     best_pos = np.where(pos, s, -np.inf).max(1, keepdims=True)
     return (np.where(pos, -np.inf, s) > best_pos).sum(1)
@@ -31,7 +31,7 @@ def recall_at_k(sim: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), positives: np
     pos = _positives(sim, positives)
     out = {}
     for name, s, p in (("i2t", sim, pos), ("t2i", sim.T, pos.T)):
-        rank = _rank_of_best_positive(s, p)
+        rank = rank_of_best_positive(s, p)
         for k in ks:
             out[f"{name}_r{k}"] = float((rank < k).mean())
     return out
@@ -49,4 +49,4 @@ def confident_mismatch_rate(sim: np.ndarray, delta: float = 0.05, positives: np.
     return out
 
 
-__all__ = ["recall_at_k", "confident_mismatch_rate"]
+__all__ = ["rank_of_best_positive", "recall_at_k", "confident_mismatch_rate"]

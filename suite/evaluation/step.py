@@ -9,10 +9,13 @@ import torch
 from tqdm import tqdm
 
 from suite.config.sequences import TaskSequence
-from suite.data.base import TaskData
+from suite.data.base import Split, TaskData
 from suite.evaluation.calibration import ece_with_interval
-from suite.evaluation.evaluator import ConceptProbe, Evaluator, hijacking
+from suite.evaluation.evaluator import ConceptProbe, Evaluator, hijacking, stratified_sample
 from suite.evaluation.hallucination import name_words
+from suite.results.items import pack_correct, pack_ranks
+
+TRAIN_SAMPLE = 512  # training images scored after each task (train vs test accuracy)
 
 
 def class_templates(data: dict[str, TaskData], tasks) -> dict[str, tuple[str, ...]]:
@@ -37,15 +40,18 @@ class StepEvaluator:
     def __call__(self, t: int, zero_shot: dict[str, Any] | None) -> dict[str, Any]:
         """The measures after step ``t``; ``zero_shot`` (the pretrained model's) gives retention."""
         feats: dict[str, torch.Tensor] = {}
-        acc, confidence, correct, retrieval = self._tasks(t, feats)
-        controls = {}
+        acc, confidence, correct, retrieval, task_items = self._tasks(t, feats)
+        controls, control_items = {}, {}
         for c in self.seq.control_sets:
             data = self.data[c.name]
             img = feats[c.name] = self.evaluator.image_features(data.test)
-            controls[c.name] = self.evaluator.classify_control(img, self.evaluator.eval_labels(data.test),
-                                                               data.classnames, data.templates, c.candidates)
+            right = self.evaluator.classify_control(img, self.evaluator.eval_labels(data.test),
+                                                    data.classnames, data.templates, c.candidates)
+            controls[c.name] = float(right.mean()) if len(right) else 0.0
+            control_items[c.name] = pack_correct(right)
         step: dict[str, Any] = {"task": t, "name": self.seq.tasks[t].name if t >= 0 else "pretrained",
-                                "accuracy": acc, "control_accuracy": controls}
+                                "accuracy": acc, "control_accuracy": controls,
+                                "items": {"tasks": task_items, "controls": control_items}}
         if confidence:  # pooled over every task's test images of this step, equal-mass bins, bootstrap interval
             step["ece"] = ece_with_interval(np.concatenate(confidence), np.concatenate(correct), seed=self.seed)
         if retrieval:
@@ -57,29 +63,49 @@ class StepEvaluator:
             step["hallucination"] = hall
         return step
 
-    def _tasks(self, t: int, feats: dict[str, torch.Tensor]) -> tuple[list, list, list, dict]:
-
-        ev, seq = self.evaluator, self.seq
-        acc, confidence, correct, retrieval = [], [], [], {}
-        label = "zero-shot" if t < 0 else f"after {t + 1}/{len(seq.tasks)}"
-        for task in tqdm(seq.tasks, desc=f"eval {label}", leave=False, disable=not self.progress):
-            data = self.data[task.name]
-            img = feats[task.name] = ev.image_features(data.test)
-            if seq.track == "cross-modal":
-                r = retrieval[task.name] = ev.retrieval(img, data.test)
-                acc.append(r["r1_mean"])
-                continue
-            labels = ev.eval_labels(data.test)
-            if seq.protocol == "task-id":
-                res = ev.classify(img, labels, data.classnames, [data.templates] * len(data.classnames))
+    def _tasks(self, t: int, feats: dict[str, torch.Tensor]) -> tuple[list, list, list, dict, list]:
+        """Per task: accuracy, confidences and correctness (classification), retrieval measures, packed items."""
+        acc, confidence, correct, retrieval, items = [], [], [], {}, []
+        label = "zero-shot" if t < 0 else f"after {t + 1}/{len(self.seq.tasks)}"
+        for task in tqdm(self.seq.tasks, desc=f"eval {label}", leave=False, disable=not self.progress):
+            split = self.data[task.name].test
+            img = feats[task.name] = self.evaluator.image_features(split)
+            res = self._score(task.name, split, img)
+            if "retrieval" in res:
+                items.append(pack_ranks(*res["retrieval"].pop("ranks")))
+                retrieval[task.name] = res["retrieval"]
             else:
-                names = [c for c, _ in self.head]
-                offset_labels = np.array([names.index(data.classnames[int(l)]) for l in labels])
-                res = ev.classify(img, offset_labels, names, [list(tp) for _, tp in self.head])
+                confidence.append(res["confidence"])
+                correct.append(res["correct"])
+                items.append(pack_correct(res["correct"]))
             acc.append(res["accuracy"])
-            confidence.append(res["confidence"])
-            correct.append(res["correct"])
-        return acc, confidence, correct, retrieval
+        return acc, confidence, correct, retrieval, items
+
+    def _score(self, task: str, split: Split, img: torch.Tensor) -> dict[str, Any]:
+        """A task's images ``img`` of ``split`` scored as the protocol says: retrieval, or classification among
+        the task's own classes (task-id) or every class of the sequence (task-agnostic)."""
+        ev, data = self.evaluator, self.data[task]
+        if self.seq.track == "cross-modal":
+            r = ev.retrieval(img, split)
+            return {"accuracy": r["r1_mean"], "retrieval": r}
+        labels = ev.eval_labels(split)
+        if self.seq.protocol == "task-id":
+            return ev.classify(img, labels, data.classnames, [data.templates] * len(data.classnames))
+        names = [c for c, _ in self.head]
+        offset_labels = np.array([names.index(data.classnames[int(l)]) for l in labels])
+        return ev.classify(img, offset_labels, names, [list(tp) for _, tp in self.head])
+
+    def train_accuracy(self, t: int) -> float:
+        """Accuracy on (a fixed sample of at most :data:`TRAIN_SAMPLE`) the training images of task ``t``, scored
+        as its test images are: beside the test accuracy, it tells learning from memorising. Not resampled or
+        recorded item by item: it is a diagnostic of the budget, not a result."""
+        task = self.seq.tasks[t].name
+        split = self.data[task].train
+        # retrieval ranks among the gallery, so its train sample is the size of the test set (a like-for-like R@1)
+        size = min(TRAIN_SAMPLE, len(self.data[task].test)) if self.seq.track == "cross-modal" else TRAIN_SAMPLE
+        if len(split) > size:
+            split = split.subset(stratified_sample(split.labels, size, seed=0))
+        return float(self._score(task, split, self.evaluator.image_features(split))["accuracy"])
 
     def _hallucination(self, t: int, feats: dict[str, torch.Tensor], retrieval: dict) -> dict[str, Any]:
         hall: dict[str, Any] = {}

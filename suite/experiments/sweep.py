@@ -182,25 +182,28 @@ def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print)
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """Mean and 95 % half-width (0 for one seed) per configuration, aggregates recomputed from the matrices."""
+    """Per configuration and headline metric: mean, 95 % half-width over seeds (0 for one seed), and the 95 %
+    interval over seeds and test items (``None`` where records keep no items); aggregates recomputed."""
     rows = []
     for g in group_records(records):
         row = {"sequence": g.sequence, "method": g.method, "pet": g.pet, "seeds": g.seeds}
         for k in HEADLINE:
             s = g.stat(k)
-            row[k] = None if s is None else (s.mean, s.ci or 0.0)
+            row[k] = None if s is None else (s.mean, s.ci or 0.0, s.items)
         rows.append(row)
     return rows
 
 
 def summarize_table(paths: list[str]) -> str:
     rows = summarize(load_records(paths))
-    head = f"{'sequence':26s} {'method':9s} {'pet':12s} {'n':>2s} " + " ".join(f"{k:>14s}" for k in HEADLINE)
+    head = f"{'sequence':26s} {'method':9s} {'pet':12s} {'n':>2s} " + " ".join(f"{k:>24s}" for k in HEADLINE)
     out = [head]
     for r in rows:
-        cells = [("n/a" if r[k] is None else f"{100 * r[k][0]:.1f}±{100 * r[k][1]:.1f}") for k in HEADLINE]
+        cells = ["n/a" if r[k] is None else f"{100 * r[k][0]:.1f}±{100 * r[k][1]:.1f}"
+                 + ("" if r[k][2] is None else f" [{100 * r[k][2][0]:.1f},{100 * r[k][2][1]:.1f}]") for k in HEADLINE]
         out.append(f"{r['sequence']:26s} {r['method']:9s} {r['pet']:12s} {len(r['seeds']):2d} "
-                   + " ".join(f"{c:>14s}" for c in cells))
+                   + " ".join(f"{c:>24s}" for c in cells))
+    out.append("(percent; ± 95 % CI over seeds; [ ] 95 % interval over seeds and test items)")
     return "\n".join(out)
 
 

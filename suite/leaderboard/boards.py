@@ -25,7 +25,7 @@ from suite.errors import SuiteError
 from suite.paths import data_dir
 from suite.results.analysis import Group, group_records
 from suite.results.metrics import METRICS
-from suite.results.records import RecordError, recompute_aggregates, record_digest, validate_record
+from suite.results.records import REFERENCE, RecordError, has_items, recompute_aggregates, record_digest, validate_record
 
 TOLERANCE = 1e-9
 VERIFIED_FILE = "verified.yaml"
@@ -86,6 +86,12 @@ def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | N
     except SequenceError:
         raise RecordError(f"{where}: sequence.version: {rec['sequence']['version']} is not a version this suite keeps "
                           f"(the current one, or one in tasks/archive/)") from None
+    if rec["zero_shot"].get("reference") != REFERENCE:
+        raise RecordError(f"{where}: zero_shot.reference: must be {REFERENCE!r} (the pretrained model without a PET); "
+                          f"records made before the reference was fixed cannot be ranked — rerun them")
+    if not has_items(rec):
+        raise RecordError(f"{where}: steps.items: every step must keep its item outcomes (boards recompute accuracies "
+                          f"and intervals from them) — rerun with this suite")
     t = len(seq.tasks)
     if list(rec["sequence"]["tasks"]) != [x.name for x in seq.tasks]:
         raise RecordError(f"{where}: sequence.tasks: do not match {seq_name} v{seq.version}")

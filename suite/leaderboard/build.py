@@ -22,7 +22,7 @@ from suite.config.sequences import SequenceError
 from suite.leaderboard.boards import BoardError, Triage, boards_dir, load_boards, load_verifications, triage
 from suite.leaderboard.plots import curves_figure, entry_figures, save_figure, tradeoff_figure
 from suite.paths import inside, repo_root, safe_name
-from suite.results.analysis import Group, Stat, format_value, relabel
+from suite.results.analysis import Group, Stat, format_interval, format_value, relabel
 from suite.results.calibration import control_rows, load_committed_report, report_rows, targets_line
 from suite.results.metrics import METRICS
 from suite.results.records import read_records
@@ -117,7 +117,7 @@ def _env() -> Environment:
 def _cell(name: str, s: Stat | None) -> dict:
     if s is None:
         return {"text": "–", "sort": ""}
-    return {"text": format_value(name, s.mean, s.ci), "sort": f"{s.mean:.10g}"}
+    return {"text": format_value(name, s.mean, s.ci) + format_interval(name, s.items), "sort": f"{s.mean:.10g}"}
 
 
 def rank_entries(groups: list[Group], rank_by: str) -> list[dict]:

@@ -1,9 +1,12 @@
-"""Records grouped into configurations, with uncertainty: mean ± 95 % CI over seeds, differences paired by seed,
-and per-step curves. Pure numpy/scipy, shared by ``clsuite compare``, ``clsuite plot`` and the leaderboard.
+"""Records grouped into configurations, with uncertainty: mean ± 95 % CI over seeds, the interval that also
+resamples test items, differences paired by seed (and item), and per-step curves. Pure numpy/scipy, shared by
+``clsuite compare``, ``clsuite plot`` and the leaderboard.
 
-A *group* is every seed of one (sequence, method, PET, options) — :func:`suite.results.records.group_key`. Intervals are
-Student-t intervals of the mean over seeds; with one seed there is no interval (``ci is None``), and a difference
-of two groups is computed on the seeds they share, so seed-to-seed variation common to both cancels.
+A *group* is every seed of one (sequence, method, PET, options) — :func:`suite.results.records.group_key`. Two
+intervals are given: the Student-t interval of the mean over seeds (``ci``; with one seed there is none), and,
+where the records keep their item outcomes, the two-level bootstrap over seeds and test items (``items``,
+:mod:`suite.results.uncertainty`), which is the one that decides ties. A difference of two groups is computed on
+the seeds they share, so seed-to-seed variation common to both cancels, and on the same item draws.
 """
 from __future__ import annotations
 
@@ -17,24 +20,28 @@ import numpy as np
 
 from suite.errors import ConfigError
 from suite.results.metrics import COMPARE_METRICS, METRICS, metric
-from suite.results.records import group_key, metric_value, recompute_aggregates, step_summary
+from suite.results.records import group_key, has_items, metric_value, recompute_aggregates, step_summary
+from suite.results.uncertainty import ITEM_METRICS, ItemTable, Resampled, final_hits, json_key, mcnemar, paired_interval
 
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean over ``n`` seeds and the half-width of its 95 % interval (``None`` for one seed)."""
+    """Mean over ``n`` seeds, the half-width of its 95 % interval over seeds (``None`` for one seed), and the
+    95 % interval over seeds and test items (``None`` where items were not kept). ``low``/``high`` are the bounds
+    that decide ties: the item interval where there is one."""
 
     mean: float
     ci: float | None
     n: int
+    items: tuple[float, float] | None = None
 
     @property
     def low(self) -> float:
-        return self.mean - (self.ci or 0.0)
+        return self.items[0] if self.items else self.mean - (self.ci or 0.0)
 
     @property
     def high(self) -> float:
-        return self.mean + (self.ci or 0.0)
+        return self.items[1] if self.items else self.mean + (self.ci or 0.0)
 
     def overlaps(self, other: "Stat") -> bool:
         return self.low <= other.high and other.low <= self.high
@@ -82,6 +89,15 @@ class Group:
     def seeds(self) -> list[int]:
         return [r["seed"] for r in self.records]
 
+    _resampled: Any = field(default=None, repr=False)
+
+    def resampled(self) -> Resampled | None:
+        """The group's items resampled once (``None`` where a record lacks them)."""
+        if self._resampled is None:
+            table = ItemTable.of(self.records)
+            self._resampled = Resampled(table) if table is not None else False
+        return self._resampled or None
+
     def _agg(self, rec: dict) -> dict:
         if id(rec) not in self._aggregates:
             self._aggregates[id(rec)] = recompute_aggregates(rec)
@@ -92,7 +108,24 @@ class Group:
         return {r["seed"]: metric_value(r, name, self._agg(r)) for r in self.records}
 
     def stat(self, name: str) -> Stat | None:
-        return stat(self.values(name).values())
+        st = stat(self.values(name).values())
+        if st is not None and name == "pope_auroc" and (hw := self.auroc_half_width()) is not None:
+            hw = max(hw, st.ci or 0.0)  # the probe's own test-set noise, or the seeds' where larger
+            return Stat(st.mean, st.ci, st.n, (st.mean - hw, st.mean + hw))
+        if st is None or name not in ITEM_METRICS:
+            return st
+        res = self.resampled()
+        interval = res.interval(name) if res is not None else None
+        return Stat(st.mean, st.ci, st.n, interval) if interval else st
+
+    def auroc_half_width(self) -> float | None:
+        """The mean over seeds of each record's POPE AUROC interval half-width (test-set noise of the probe)."""
+        widths = []
+        for r in self.records:
+            pope = (r["steps"][-1].get("hallucination", {}) if r["steps"] else {}).get("pope", {})
+            if pope.get("auroc_interval"):
+                widths.append((pope["auroc_interval"][1] - pope["auroc_interval"][0]) / 2)
+        return float(np.mean(widths)) if widths else None
 
 
 def group_records(records: Iterable[dict]) -> list[Group]:
@@ -148,7 +181,10 @@ def find_group(groups: list[Group], label: str) -> Group:
 
 @dataclass(frozen=True)
 class Difference:
-    """``a − b`` of one metric over the seeds both groups have; ``tie`` when the interval contains 0."""
+    """``a − b`` of one metric over the seeds both groups have: the interval over seeds (``ci``) and the paired
+    interval over seeds and test items (``items``). ``tie`` when the deciding interval contains 0 — the item
+    interval where there is one; for POPE AUROC also when the difference is inside the probe's own interval
+    (``noise``, the half-width of a record's AUROC bootstrap interval)."""
 
     a: str
     b: str
@@ -156,26 +192,52 @@ class Difference:
     mean: float
     ci: float | None
     seeds: tuple[int, ...]
+    items: tuple[float, float] | None = None
+    noise: float | None = None
 
     @property
     def tie(self) -> bool | None:
+        if self.noise is not None and abs(self.mean) <= self.noise:
+            return True
+        if self.items is not None:
+            return self.items[0] <= 0.0 <= self.items[1]
         if self.ci is None:
             return None
         return self.mean - self.ci <= 0.0 <= self.mean + self.ci
 
     def as_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "metric": self.metric, "mean": self.mean, "ci": self.ci,
+                "items": list(self.items) if self.items else None, "noise": self.noise,
                 "n": len(self.seeds), "seeds": list(self.seeds), "tie": self.tie}
 
 
 def paired_difference(a: Group, b: Group, name: str) -> Difference | None:
-    """The per-seed difference ``a − b`` on the shared seeds, with its 95 % interval; ``None`` if none shared."""
+    """The per-seed difference ``a − b`` on the shared seeds, with its intervals; ``None`` if no seed is shared."""
     va, vb = a.values(name), b.values(name)
     seeds = tuple(sorted(s for s in va if s in vb and va[s] is not None and vb[s] is not None))
     if not seeds:
         return None
     d = [va[s] - vb[s] for s in seeds]
-    return Difference(a.label, b.label, name, float(np.mean(d)), t_half_width(d), seeds)
+    items, noise = None, None
+    if name in ITEM_METRICS:
+        ra, rb = a.resampled(), b.resampled()
+        items = paired_interval(ra, rb, name) if ra is not None and rb is not None else None
+    elif name == "pope_auroc":
+        widths = [w for w in (a.auroc_half_width(), b.auroc_half_width()) if w is not None]
+        noise = max(widths) if widths else None
+    return Difference(a.label, b.label, name, float(np.mean(d)), t_half_width(d), seeds, items, noise)
+
+
+def item_tests(a: Group, b: Group) -> list[dict[str, Any]]:
+    """Per shared seed, McNemar's exact test on the final step's test outcomes of ``a`` against ``b``."""
+    out = []
+    by_seed = {r["seed"]: r for r in b.records}
+    for r in a.records:
+        other = by_seed.get(r["seed"])
+        if other is None or not (has_items(r) and has_items(other)) or json_key(r) != json_key(other):
+            continue
+        out.append({"seed": r["seed"], **mcnemar(final_hits(r), final_hits(other))})
+    return out
 
 
 # ------------------------------------------------------------------------------------------- curves
@@ -224,20 +286,29 @@ def compare(records: list[dict], metrics_: tuple[str, ...] = COMPARE_METRICS,
     groups = group_records(records)
     rows = [{"group": g.label, "sequence": g.sequence, "method": g.method, "pet": g.pet, "seeds": g.seeds,
              **{name: g.stat(name) for name in metrics_}} for g in groups]
-    diffs = []
+    diffs, tests = [], []
     for a_label, b_label in pairs:
         a, b = find_group(groups, a_label), find_group(groups, b_label)
         for name in metrics_:
             d = paired_difference(a, b, name)
             if d is not None:
                 diffs.append(d)
-    return {"metrics": list(metrics_), "rows": rows, "differences": diffs}
+        tests.append({"a": a.label, "b": b.label, "seeds": item_tests(a, b)})
+    return {"metrics": list(metrics_), "rows": rows, "differences": diffs, "item_tests": tests}
 
 
 def _cell(name: str, s: Stat | None, signed: bool = False) -> str:
     if s is None:
         return "n/a"
-    return format_value(name, s.mean, s.ci, signed)
+    return format_value(name, s.mean, s.ci, signed) + format_interval(name, s.items)
+
+
+def format_interval(name: str, interval: tuple[float, float] | None) -> str:
+    """`` [low, high]`` — the interval over seeds and test items — in the metric's unit; empty without one."""
+    if interval is None:
+        return ""
+    lo, hi = (format_value(name, v).split(" ")[0] for v in interval)
+    return f" [{lo}, {hi}]"
 
 
 def format_value(name: str, mean: float, ci: float | None = None, signed: bool = False) -> str:
@@ -259,29 +330,35 @@ def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
     names = result["metrics"]
     if fmt == "json":
         def enc(s: Stat | None):
-            return None if s is None else {"mean": s.mean, "ci": s.ci, "n": s.n}
+            return None if s is None else {"mean": s.mean, "ci": s.ci, "n": s.n,
+                                           "items": list(s.items) if s.items else None}
         return json.dumps({"metrics": names,
                            "rows": [{**{k: v for k, v in r.items() if k not in names}, **{n: enc(r[n]) for n in names}}
                                     for r in result["rows"]],
-                           "differences": [d.as_dict() for d in result["differences"]]}, indent=1)
+                           "differences": [d.as_dict() for d in result["differences"]],
+                           "item_tests": result.get("item_tests", [])}, indent=1)
     head = ["group", "n"] + [METRICS[n].label + ("" if METRICS[n].higher_is_better else " ↓") for n in names]
     body = [[r["group"], str(len(r["seeds"]))] + [_cell(n, r[n]) for n in names] for r in result["rows"]]
     diff_head = ["a − b", "metric", "difference", "seeds", "verdict"]
-    diff_body = [[f"{d.a} − {d.b}", METRICS[d.metric].label, format_value(d.metric, d.mean, d.ci, signed=True),
+    diff_body = [[f"{d.a} − {d.b}", METRICS[d.metric].label,
+                  format_value(d.metric, d.mean, d.ci, signed=True) + format_interval(d.metric, d.items),
                   str(len(d.seeds)), _verdict(d)] for d in result["differences"]]
     if fmt == "csv":
 
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["group", "sequence", "method", "pet", "seeds"] + [c for n in names for c in (n, f"{n}_ci")])
+        w.writerow(["group", "sequence", "method", "pet", "seeds"]
+                   + [c for n in names for c in (n, f"{n}_ci", f"{n}_items_low", f"{n}_items_high")])
         for r in result["rows"]:
             w.writerow([r["group"], r["sequence"], r["method"], r["pet"], " ".join(map(str, r["seeds"]))]
-                       + [c for n in names for c in ((r[n].mean, r[n].ci) if r[n] else ("", ""))])
+                       + [c for n in names for c in ((r[n].mean, r[n].ci, *(r[n].items or ("", ""))) if r[n]
+                                                     else ("", "", "", ""))])
         if result["differences"]:
             w.writerow([])
-            w.writerow(["a", "b", "metric", "difference", "ci", "seeds", "tie"])
+            w.writerow(["a", "b", "metric", "difference", "ci", "items_low", "items_high", "seeds", "tie"])
             for d in result["differences"]:
-                w.writerow([d.a, d.b, d.metric, d.mean, d.ci, " ".join(map(str, d.seeds)), d.tie])
+                w.writerow([d.a, d.b, d.metric, d.mean, d.ci, *(d.items or ("", "")), " ".join(map(str, d.seeds)),
+                            d.tie])
         return buf.getvalue()
     if fmt == "md":
         def md(h, rows):
@@ -290,14 +367,31 @@ def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
         out = md(head, body)
         if diff_body:
             out += [""] + md(diff_head, diff_body)
+        out += _item_test_lines(result)
         return "\n".join(out)
     if fmt != "text":
         raise ConfigError(f"unknown format {fmt!r}; use text, md, csv or json")
     out = _columns(head, body)
     if diff_body:
-        out += ["", "paired by seed (a − b, 95 % CI over the shared seeds):"] + _columns(diff_head, diff_body)
-    out.append("(percent points for accuracies and rates; ↓ lower is better)")
+        out += ["", "paired by seed (a − b, ± 95 % CI over the shared seeds; [ ] the paired 95 % interval over "
+                "seeds and test items, which decides the verdict):"] + _columns(diff_head, diff_body)
+    out += _item_test_lines(result)
+    out.append("(percent points for accuracies and rates; ± 95 % CI over seeds; [ ] 95 % interval over seeds and "
+               "test items, two-level bootstrap; ↓ lower is better)")
     return "\n".join(out)
+
+
+def _item_test_lines(result: dict[str, Any]) -> list[str]:
+    """McNemar's test per seed on the final step's test items, for each pair."""
+    lines = []
+    for t in result.get("item_tests", []):
+        if not t["seeds"]:
+            lines += ["", f"McNemar {t['a']} vs {t['b']}: no shared seed keeps item outcomes"]
+            continue
+        lines += ["", f"McNemar per seed, final step, every task's test items ({t['a']} vs {t['b']}; "
+                  "items only a / only b answered right, exact two-sided p):"]
+        lines += [f"  seed {x['seed']}: {x['a_only']} / {x['b_only']}, p = {x['p']:.3g}" for x in t["seeds"]]
+    return lines
 
 
 def _verdict(d: Difference) -> str:

@@ -82,6 +82,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("trainable_parameters", "Trainable params", False, unit="count", source="efficiency"),
     Metric("basis_bytes", "Basis memory", False, unit="bytes", source="efficiency"),
     Metric("wall_time_s", "Wall time", False, unit="seconds", source="efficiency"),
+    Metric("attach_cost", "Attach cost", False, source="attach_cost"),
 )}
 
 
@@ -116,71 +117,73 @@ def as_matrix(rows: Any) -> np.ndarray:
     return a
 
 
-def transfer(a: np.ndarray) -> float | None:
-    t = a.shape[0]
+# Each metric reads the last two axes as the matrix (steps x tasks), so a stack of matrices (the bootstrap's
+# resamples x seeds, :mod:`suite.results.uncertainty`) goes through the same definition as one record's.
+def transfer(a: np.ndarray) -> np.ndarray | None:
+    t = a.shape[-1]
     if t < 2:
         return None
-    return float(np.mean([a[:d, d].mean() for d in range(1, t)]))
+    return np.mean([a[..., :d, d].mean(-1) for d in range(1, t)], axis=0)
 
 
-def avg(a: np.ndarray) -> float:
-    return float(a.mean())
+def avg(a: np.ndarray) -> np.ndarray:
+    return a.mean(axis=(-2, -1))
 
 
-def last(a: np.ndarray) -> float:
-    return float(a[-1].mean())
+def last(a: np.ndarray) -> np.ndarray:
+    return a[..., -1, :].mean(-1)
 
 
-def bwt(a: np.ndarray) -> float | None:
-    t = a.shape[0]
+def bwt(a: np.ndarray) -> np.ndarray | None:
+    t = a.shape[-1]
     if t < 2:
         return None
-    return float(np.mean([a[-1, d] - a[d, d] for d in range(t - 1)]))
+    return np.mean([a[..., -1, d] - a[..., d, d] for d in range(t - 1)], axis=0)
 
 
-def forgetting(a: np.ndarray) -> float | None:
-    t = a.shape[0]
+def forgetting(a: np.ndarray) -> np.ndarray | None:
+    t = a.shape[-1]
     if t < 2:
         return None
-    return float(np.mean([a[d:t - 1, d].max() - a[-1, d] for d in range(t - 1)]))
+    return np.mean([a[..., d:t - 1, d].max(-1) - a[..., -1, d] for d in range(t - 1)], axis=0)
 
 
-def fwt(a: np.ndarray, zero_shot: Sequence[float] | None) -> float | None:
-    t = a.shape[0]
+def _zero_shot(a: np.ndarray, zero_shot: Any) -> np.ndarray:
+    z = np.asarray(zero_shot, dtype=np.float64)
+    if z.shape[-1:] != (a.shape[-1],):
+        raise MatrixError(f"zero-shot vector must have {a.shape[-1]} entries, got {z.shape}")
+    return z
+
+
+def fwt(a: np.ndarray, zero_shot: Any) -> np.ndarray | None:
+    t = a.shape[-1]
     if t < 2 or zero_shot is None:
         return None
-    z = np.asarray(zero_shot, dtype=np.float64)
-    if z.shape != (t,):
-        raise MatrixError(f"zero-shot vector must have {t} entries, got {z.shape}")
-    return float(np.mean([a[d - 1, d] - z[d] for d in range(1, t)]))
+    z = _zero_shot(a, zero_shot)
+    return np.mean([a[..., d - 1, d] - z[..., d] for d in range(1, t)], axis=0)
 
 
-def avg_incremental(a: np.ndarray) -> float:
-    return float(np.mean([a[t, : t + 1].mean() for t in range(a.shape[0])]))
+def avg_incremental(a: np.ndarray) -> np.ndarray:
+    return np.mean([a[..., t, : t + 1].mean(-1) for t in range(a.shape[-1])], axis=0)
 
 
-def plasticity(a: np.ndarray, zero_shot: Sequence[float] | None) -> float | None:
+def plasticity(a: np.ndarray, zero_shot: Any) -> np.ndarray | None:
     if zero_shot is None:
         return None
-    z = np.asarray(zero_shot, dtype=np.float64)
-    if z.shape != (a.shape[0],):
-        raise MatrixError(f"zero-shot vector must have {a.shape[0]} entries, got {z.shape}")
-    return float(np.mean(np.diag(a) - z))
+    z = _zero_shot(a, zero_shot)
+    return (np.diagonal(a, axis1=-2, axis2=-1) - z).mean(-1)
+
+
+def batch_aggregate(a: np.ndarray, zero_shot: Any = None) -> dict[str, np.ndarray | None]:
+    """Every aggregate of a stack of matrices ``(..., T, T)`` (zero-shot ``(..., T)``), keyed by :data:`METRIC_NAMES`."""
+    return {"transfer": transfer(a), "avg": avg(a), "last": last(a), "bwt": bwt(a), "forgetting": forgetting(a),
+            "fwt": fwt(a, zero_shot), "avg_incremental": avg_incremental(a), "plasticity": plasticity(a, zero_shot)}
 
 
 def aggregate(rows: Any, zero_shot: Sequence[float] | None = None) -> dict[str, float | None]:
     """Every aggregate of one accuracy matrix, keyed by :data:`METRIC_NAMES`."""
     a = as_matrix(rows)
-    return {
-        "transfer": transfer(a),
-        "avg": avg(a),
-        "last": last(a),
-        "bwt": bwt(a),
-        "forgetting": forgetting(a),
-        "fwt": fwt(a, zero_shot),
-        "avg_incremental": avg_incremental(a),
-        "plasticity": plasticity(a, zero_shot),
-    }
+    return {k: None if v is None else float(v) for k, v in batch_aggregate(a, zero_shot).items()}
 
 
 def load_matrix(path: str | Path) -> np.ndarray:

@@ -16,9 +16,13 @@ import jsonschema
 from suite.config.run import RunIdentity
 from suite.errors import SuiteError
 from suite.paths import read_json, write_atomic
-from suite.results import metrics
+from suite.results import items, metrics
 
 SCHEMA_ID = "clsuite/record/v1"
+# What every number "relative to zero-shot" (plasticity gain, FWT, retention) is measured against: the pretrained
+# model with no PET attached. Records without ``zero_shot.reference`` were made against the model just after the
+# PET was attached (before this was fixed); boards refuse them.
+REFERENCE = "pretrained"
 
 
 class RecordError(SuiteError):
@@ -57,16 +61,41 @@ def validate_record(rec: dict, source: str = "<record>") -> None:
         raise RecordError(f"{source}: matrix: expected {t} x {t} for {t} tasks, got {len(m)} rows")
     if len(rec["zero_shot"]["tasks"]) != t:
         raise RecordError(f"{source}: zero_shot.tasks: expected {t} values")
+    steps = [("zero_shot_step", rec["zero_shot_step"])] if "zero_shot_step" in rec else []
+    for where, step in steps + [(f"steps[{i}]", s) for i, s in enumerate(rec["steps"])]:
+        why = items.check_step(step, where)
+        if why:
+            raise RecordError(f"{source}: {why}")
+
+
+def has_items(rec: dict) -> bool:
+    """Whether every evaluated step of a record keeps its item-level outcomes."""
+    return all("items" in s for s in [rec.get("zero_shot_step", {})] + rec["steps"])
+
+
+def attach_cost(pretrained: dict[str, Any], attached: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy lost by attaching a PET before any training (pretrained − attached), per task and per control;
+    0 for forms that start as the identity (LoRA, adapter), the price of random prompts for the others."""
+    return {"tasks": [p - a for p, a in zip(pretrained["accuracy"], attached["accuracy"])],
+            "controls": {k: v - attached["control_accuracy"][k] for k, v in pretrained["control_accuracy"].items()}}
 
 
 def recompute_aggregates(rec: dict) -> dict[str, float | None]:
     return metrics.aggregate(rec["matrix"], rec["zero_shot"]["tasks"])
 
 
+def mean_attach_cost(rec: dict) -> float | None:
+    """The attach cost averaged over a record's tasks (``None`` where no PET was attached or it was not measured)."""
+    cost = rec.get("attach_cost")
+    return float(sum(cost["tasks"]) / len(cost["tasks"])) if cost and cost["tasks"] else None
+
+
 def metric_value(rec: dict, name: str, aggregates: dict[str, float | None] | None = None) -> float | None:
     """A record's value of a registered metric (:data:`suite.results.metrics.METRICS`). Aggregates are recomputed from
     the matrix (pass ``aggregates`` to reuse a recomputation), never read from what the record claims."""
     m = metrics.metric(name)
+    if name == "attach_cost":
+        return mean_attach_cost(rec)
     if m.source == "aggregate":
         return (aggregates if aggregates is not None else recompute_aggregates(rec)).get(name)
     value = rec.get(m.source, {}).get(name)
@@ -201,6 +230,8 @@ def record_differences(a: Any, b: Any, tolerance: Tolerance = Tolerance(), path:
                        accuracy_valued: bool = False) -> list[str]:
     """Where two records (timings stripped) differ beyond ``tolerance``: one ``path: a != b`` line per place."""
     if isinstance(a, dict) and isinstance(b, dict):
+        if "n" in a and ("correct" in a or "i2t_rank" in a) and set(a) == set(b):
+            return _item_differences(a, b, tolerance, path)
         if set(a) != set(b):
             return [f"{path or '(top level)'}: keys differ: {sorted(set(a) ^ set(b))[:5]}"]
         return [d for k in sorted(a) for d in record_differences(a[k], b[k], tolerance, f"{path}.{k}" if path else k,
@@ -215,6 +246,22 @@ def record_differences(a: Any, b: Any, tolerance: Tolerance = Tolerance(), path:
     if floats and math.isfinite(a) and math.isfinite(b):
         return [] if tolerance.allows(float(a), float(b), accuracy_valued) else [f"{path}: {a!r} != {b!r}"]
     return [] if a == b or (floats and str(a) == str(b)) else [f"{path}: {a!r} != {b!r}"]
+
+
+def _item_differences(a: dict, b: dict, tolerance: Tolerance, path: str) -> list[str]:
+    """Two packed item outcomes (:mod:`suite.results.items`) agree when they hold as many items and differ on at
+    most ``tolerance.accuracy`` of them (a whole test answer may flip across CPUs, as accuracies may)."""
+    if a["n"] != b["n"]:
+        return [f"{path}.n: {a['n']} != {b['n']}"]
+    try:
+        ha, hb = items.hits(a), items.hits(b)
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"{path}: unreadable item outcomes ({exc})"]
+    if ha.shape != hb.shape:
+        return [f"{path}: {ha.shape[0]} outcomes != {hb.shape[0]}"]
+    flipped = int((ha != hb).sum())
+    allowed = tolerance.accuracy * max(1, a["n"]) + 1e-9
+    return [] if flipped <= allowed else [f"{path}: {flipped} of {a['n']} item outcomes differ"]
 
 
 def summary_table(rec: dict[str, Any]) -> str:
