@@ -82,9 +82,12 @@ class TaskSequence:
     pet_training: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-PET changes to ``training``
     path: str = ""
 
-    def default_training(self, pet: str | None = None) -> dict[str, Any]:
-        """The effective training settings of a run with ``pet`` that overrides nothing (the board's budget)."""
-        return {**TRAINING_DEFAULTS, **self.training, **self.pet_training.get(pet or "", {})}
+    def default_training(self, pet: str | None = None, method: str | None = None) -> dict[str, Any]:
+        """The effective training settings of a run that overrides nothing (the board's budget): ``training``
+        changed by ``pet_training`` of the run's PET kind — or, for a method that trains without a PET (full
+        fine-tuning, L2P's prompt pool, GPM on full weights), of the method's name."""
+        key = pet if pet else (method or "")
+        return {**TRAINING_DEFAULTS, **self.training, **self.pet_training.get(key, {})}
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks + self.control_sets:

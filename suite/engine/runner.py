@@ -61,7 +61,7 @@ class Runner:
         self.backbone = create_model_and_transforms(cfg.model, device=self.device)
         self.weights = weights_digest(self.backbone)  # before any PET or method touches it
         self.pet_config = pet_config
-        self.train = TrainConfig.from_dict({**self.seq.default_training(cfg.pet if pet_config else None),
+        self.train = TrainConfig.from_dict({**self.seq.default_training(cfg.pet if pet_config else None, self.method.name),
                                             **cfg.training}, f"{cfg.sequence}: run")
         size = self.backbone.image_size if self.seq.embedded else None
         self.data: dict[str, TaskData] = {t.name: materialize(self.seq, t, size)

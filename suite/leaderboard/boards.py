@@ -128,7 +128,7 @@ def off_budget(rec: dict, board: dict) -> str | None:
         return None
     if rec["sequence"]["version"] != seq.version:
         return f"sequence.version: v{rec['sequence']['version']}, but the board ranks v{seq.version}"
-    expected = seq.default_training((rec.get("pet") or {}).get("kind"))
+    expected = seq.default_training((rec.get("pet") or {}).get("kind"), (rec.get("method") or {}).get("name"))
     got = rec.get("training") or {}
     diff = [k for k in expected if got.get(k) != expected[k]]
     if diff:
