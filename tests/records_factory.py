@@ -40,16 +40,14 @@ def _set_items(step: dict, task: int, value: float) -> float:
     """Make the step's item outcomes of ``task`` answer ``value`` (to the nearest item) and return the accuracy
     they now give, so a changed record stays consistent with its items."""
     entry = step["items"]["tasks"][task]
-    n = entry["n"]
-    if "correct" in entry:
-        k = int(round(value * n))
-        step["items"]["tasks"][task] = items.pack_correct(np.arange(n) < k)
+    arrays = items.unpack(entry)
+    if "correct" in arrays:
+        n = len(arrays["correct"])
+        step["items"]["tasks"][task] = items.pack_correct(np.arange(n) < int(round(value * n)))
     else:
-        arrays = items.unpack(entry)
-        m = len(arrays["t2i_rank"])
-        hit_i, hit_t = int(round(value * n)), int(round(value * m))
-        step["items"]["tasks"][task] = items.pack_ranks(np.where(np.arange(n) < hit_i, 0, 1),
-                                                        np.where(np.arange(m) < hit_t, 0, 1), arrays["captions"])
+        n, m = len(arrays["i2t"]), len(arrays["t2i"])
+        step["items"]["tasks"][task] = items.pack_hits(np.arange(n) < int(round(value * n)),
+                                                       np.arange(m) < int(round(value * m)), arrays["captions"])
     return items.accuracy(step["items"]["tasks"][task])
 
 

@@ -13,7 +13,7 @@ from suite.data.base import Split, TaskData
 from suite.evaluation.calibration import ece_with_interval
 from suite.evaluation.evaluator import ConceptProbe, Evaluator, hijacking, stratified_sample
 from suite.evaluation.hallucination import name_words
-from suite.results.items import pack_correct, pack_ranks
+from suite.results.items import pack_correct, pack_hits
 
 TRAIN_SAMPLE = 512  # training images scored after each task (train vs test accuracy)
 
@@ -72,7 +72,8 @@ class StepEvaluator:
             img = feats[task.name] = self.evaluator.image_features(split)
             res = self._score(task.name, split, img)
             if "retrieval" in res:
-                items.append(pack_ranks(*res["retrieval"].pop("ranks")))
+                i2t_rank, t2i_rank, captions = res["retrieval"].pop("ranks")
+                items.append(pack_hits(i2t_rank == 0, t2i_rank == 0, captions))
                 retrieval[task.name] = res["retrieval"]
             else:
                 confidence.append(res["confidence"])

@@ -1,12 +1,13 @@
 """Item-level outcomes: for every evaluated step, which test and control images were answered correctly.
 
 They make every accuracy of a record recomputable and let intervals resample the test set, not only seeds
-(:mod:`suite.results.uncertainty`). Packed compactly, in the order the split lists its images:
+(:mod:`suite.results.uncertainty`). Each item set (a task's or a control's test images, in the order the split
+lists them) is one compact string, base64 of one bit per item (little-endian within bytes):
 
-- classification: ``{"n": N, "correct": <base64 of N bits, little-endian within bytes>}``;
-- retrieval: ``{"n": N, "i2t_rank": <base64 uint8 per image>, "t2i_rank": <base64 uint8 per caption>,
-  "captions": <base64 uint8 per image: its number of captions>}``; a rank is how many wrong items scored above
-  the query's best positive (0 = recalled at 1), capped at 255.
+- classification: ``"c:N:<bits>"`` — whether each of the N images was answered right;
+- retrieval: ``"r:N:M:<i2t bits>:<t2i bits>[:<caption counts>]"`` — for each of the N images whether a caption of
+  its own came first (image→text R@1), for each of the M captions (image by image) whether its image came first
+  (text→image R@1); the uint8 caption count per image is given only where images do not all have M/N captions.
 
 An item's *score* is what the bootstrap resamples: its correctness (0/1) for classification; for retrieval the
 image's share of the mean of image→text and text→image R@1, scaled so the mean of the scores is that accuracy.
@@ -14,11 +15,10 @@ image's share of the mean of image→text and text→image R@1, scaled so the me
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any
 
 import numpy as np
-
-RANK_CAP = 255
 
 
 def _b64(raw: bytes) -> str:
@@ -29,59 +29,91 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
-def pack_correct(correct: Any) -> dict[str, Any]:
+def _bits(values: Any) -> str:
+    return _b64(np.packbits(np.asarray(values, dtype=bool).ravel(), bitorder="little").tobytes())
+
+
+def _unbits(text: str, n: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(_unb64(text), np.uint8), bitorder="little")
+    if len(bits) != (n + 7) // 8 * 8 or bits[n:].any():
+        raise ValueError(f"{len(bits)} packed bits do not hold {n} items")
+    return bits[:n].astype(bool)
+
+
+def pack_correct(correct: Any) -> str:
     bits = np.asarray(correct, dtype=bool).ravel()
-    return {"n": int(len(bits)), "correct": _b64(np.packbits(bits, bitorder="little").tobytes())}
+    return f"c:{len(bits)}:{_bits(bits)}"
 
 
-def pack_ranks(i2t_rank: Any, t2i_rank: Any, captions: Any) -> dict[str, Any]:
-    cap = lambda r: np.minimum(np.asarray(r, dtype=np.int64), RANK_CAP).astype(np.uint8).tobytes()  # noqa: E731
-    counts = np.asarray(captions, dtype=np.int64)
-    if counts.size and (counts.min() < 1 or counts.max() > RANK_CAP):
-        raise ValueError(f"captions per image must be 1..{RANK_CAP}")
-    return {"n": int(len(counts)), "i2t_rank": _b64(cap(i2t_rank)), "t2i_rank": _b64(cap(t2i_rank)),
-            "captions": _b64(counts.astype(np.uint8).tobytes())}
+def pack_hits(i2t_hit: Any, t2i_hit: Any, captions: Any) -> str:
+    """Retrieval outcomes: per image whether it was recalled at 1, per caption (image by image) likewise."""
+    i2t, t2i = np.asarray(i2t_hit, bool).ravel(), np.asarray(t2i_hit, bool).ravel()
+    counts = np.asarray(captions, dtype=np.int64).ravel()
+    n, m = len(i2t), len(t2i)
+    if len(counts) != n or counts.sum() != m or (n and (counts.min() < 1 or counts.max() > 255)):
+        raise ValueError("caption counts must give 1..255 captions to each image and sum to the captions")
+    text = f"r:{n}:{m}:{_bits(i2t)}:{_bits(t2i)}"
+    if n and not (counts == m // n).all():
+        text += ":" + _b64(counts.astype(np.uint8).tobytes())
+    return text
 
 
-def unpack(entry: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The arrays of one packed entry; raises ``ValueError`` when they do not fit its ``n``."""
-    n = int(entry["n"])
-    if "correct" in entry:
-        bits = np.unpackbits(np.frombuffer(_unb64(entry["correct"]), np.uint8), bitorder="little")
-        if len(bits) != (n + 7) // 8 * 8 or bits[n:].any():
-            raise ValueError(f"{len(bits)} packed bits do not hold {n} items")
-        return {"correct": bits[:n].astype(bool)}
-    out = {k: np.frombuffer(_unb64(entry[k]), np.uint8).astype(np.int64) for k in ("i2t_rank", "t2i_rank", "captions")}
-    if len(out["i2t_rank"]) != n or len(out["captions"]) != n or len(out["t2i_rank"]) != int(out["captions"].sum()):
-        raise ValueError(f"ranks do not fit {n} images and their captions")
-    return out
+def unpack(entry: str) -> dict[str, np.ndarray]:
+    """The arrays of one packed item set; raises ``ValueError`` when it is malformed or does not fit its sizes."""
+    if not isinstance(entry, str):
+        raise ValueError("an item set is a string")
+    parts = entry.split(":")
+    try:
+        if parts[0] == "c" and len(parts) == 3:
+            return {"correct": _unbits(parts[2], int(parts[1]))}
+        if parts[0] == "r" and len(parts) in (5, 6):
+            n, m = int(parts[1]), int(parts[2])
+            if len(parts) == 6:
+                counts = np.frombuffer(_unb64(parts[5]), np.uint8).astype(np.int64)
+            elif n and m % n == 0:
+                counts = np.full(n, m // n, np.int64)
+            else:
+                raise ValueError(f"{m} captions do not divide among {n} images; counts are missing")
+            if len(counts) != n or counts.sum() != m:
+                raise ValueError(f"caption counts do not fit {n} images and {m} captions")
+            return {"i2t": _unbits(parts[3], n), "t2i": _unbits(parts[4], m), "captions": counts}
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(str(exc) or "not base64") from None
+    raise ValueError(f"unknown item set form {entry[:12]!r}")
 
 
-def accuracy(entry: dict[str, Any]) -> float:
-    """The accuracy an entry implies: the share correct, or the mean of image→text and text→image R@1."""
+def size(entry: str) -> int:
+    """How many items (images) the set holds."""
+    return int(entry.split(":")[1])
+
+
+def accuracy(entry: str) -> float:
+    """The accuracy an item set implies: the share correct, or the mean of image→text and text→image R@1."""
     arrays = unpack(entry)
     if "correct" in arrays:
         return float(arrays["correct"].mean()) if len(arrays["correct"]) else 0.0
-    return float(((arrays["i2t_rank"] == 0).mean() + (arrays["t2i_rank"] == 0).mean()) / 2)
+    if not len(arrays["i2t"]):
+        return 0.0
+    return float((arrays["i2t"].mean() + arrays["t2i"].mean()) / 2)
 
 
-def scores(entry: dict[str, Any]) -> np.ndarray:
+def scores(entry: str) -> np.ndarray:
     """Per item, a score whose mean is :func:`accuracy` (what a bootstrap over items resamples)."""
     arrays = unpack(entry)
     if "correct" in arrays:
         return arrays["correct"].astype(np.float64)
-    n, m = len(arrays["i2t_rank"]), len(arrays["t2i_rank"])
+    n, m = len(arrays["i2t"]), len(arrays["t2i"])
     owner = np.repeat(np.arange(n), arrays["captions"])
-    caption_hits = np.bincount(owner, weights=(arrays["t2i_rank"] == 0).astype(np.float64), minlength=n)
-    return (arrays["i2t_rank"] == 0) / 2 + n * caption_hits / (2 * m)
+    caption_hits = np.bincount(owner, weights=arrays["t2i"].astype(np.float64), minlength=n)
+    return arrays["i2t"] / 2 + n * caption_hits / (2 * m)
 
 
-def hits(entry: dict[str, Any]) -> np.ndarray:
+def hits(entry: str) -> np.ndarray:
     """Per query, whether it was answered right at 1 (what McNemar's test pairs): images, then captions."""
     arrays = unpack(entry)
     if "correct" in arrays:
         return arrays["correct"]
-    return np.concatenate([arrays["i2t_rank"] == 0, arrays["t2i_rank"] == 0])
+    return np.concatenate([arrays["i2t"], arrays["t2i"]])
 
 
 def check_step(step: dict[str, Any], where: str) -> str | None:
@@ -107,4 +139,4 @@ def check_step(step: dict[str, Any], where: str) -> str | None:
     return None
 
 
-__all__ = ["RANK_CAP", "accuracy", "check_step", "hits", "pack_correct", "pack_ranks", "scores", "unpack"]
+__all__ = ["accuracy", "check_step", "hits", "pack_correct", "pack_hits", "scores", "size", "unpack"]

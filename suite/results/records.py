@@ -230,12 +230,11 @@ def record_differences(a: Any, b: Any, tolerance: Tolerance = Tolerance(), path:
                        accuracy_valued: bool = False) -> list[str]:
     """Where two records (timings stripped) differ beyond ``tolerance``: one ``path: a != b`` line per place."""
     if isinstance(a, dict) and isinstance(b, dict):
-        if "n" in a and ("correct" in a or "i2t_rank" in a) and set(a) == set(b):
-            return _item_differences(a, b, tolerance, path)
         if set(a) != set(b):
             return [f"{path or '(top level)'}: keys differ: {sorted(set(a) ^ set(b))[:5]}"]
-        return [d for k in sorted(a) for d in record_differences(a[k], b[k], tolerance, f"{path}.{k}" if path else k,
-                                                                   accuracy_valued or k in ACCURACY_KEYS)]
+        return [d for k in sorted(a) for d in (
+            _items_differences(a[k], b[k], tolerance, f"{path}.{k}") if k == "items" else
+            record_differences(a[k], b[k], tolerance, f"{path}.{k}" if path else k, accuracy_valued or k in ACCURACY_KEYS))]
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{path}: {len(a)} items != {len(b)}"]
@@ -248,20 +247,27 @@ def record_differences(a: Any, b: Any, tolerance: Tolerance = Tolerance(), path:
     return [] if a == b or (floats and str(a) == str(b)) else [f"{path}: {a!r} != {b!r}"]
 
 
-def _item_differences(a: dict, b: dict, tolerance: Tolerance, path: str) -> list[str]:
-    """Two packed item outcomes (:mod:`suite.results.items`) agree when they hold as many items and differ on at
-    most ``tolerance.accuracy`` of them (a whole test answer may flip across CPUs, as accuracies may)."""
-    if a["n"] != b["n"]:
-        return [f"{path}.n: {a['n']} != {b['n']}"]
-    try:
-        ha, hb = items.hits(a), items.hits(b)
-    except (KeyError, TypeError, ValueError) as exc:
-        return [f"{path}: unreadable item outcomes ({exc})"]
-    if ha.shape != hb.shape:
-        return [f"{path}: {ha.shape[0]} outcomes != {hb.shape[0]}"]
-    flipped = int((ha != hb).sum())
-    allowed = tolerance.accuracy * max(1, a["n"]) + 1e-9
-    return [] if flipped <= allowed else [f"{path}: {flipped} of {a['n']} item outcomes differ"]
+def _items_differences(a: Any, b: Any, tolerance: Tolerance, path: str) -> list[str]:
+    """Two steps' packed item outcomes (:mod:`suite.results.items`) agree when their sets hold as many items and
+    differ on at most ``tolerance.accuracy`` of them (a whole test answer may flip across CPUs, as accuracies may)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)) or set(a) != set(b):
+        return [f"{path}: item sets differ"]
+    pairs = [(f"{path}.tasks[{i}]", x, y) for i, (x, y) in enumerate(zip(a.get("tasks", []), b.get("tasks", [])))]
+    if len(a.get("tasks", [])) != len(b.get("tasks", [])) or set(a.get("controls", {})) != set(b.get("controls", {})):
+        return [f"{path}: item sets differ"]
+    pairs += [(f"{path}.controls.{k}", v, b["controls"][k]) for k, v in a.get("controls", {}).items()]
+    out = []
+    for where, x, y in pairs:
+        try:
+            hx, hy = items.hits(x), items.hits(y)
+        except ValueError as exc:
+            out.append(f"{where}: unreadable item outcomes ({exc})")
+            continue
+        if hx.shape != hy.shape:
+            out.append(f"{where}: {hx.shape[0]} outcomes != {hy.shape[0]}")
+        elif (flipped := int((hx != hy).sum())) > tolerance.accuracy * max(1, items.size(x)) + 1e-9:
+            out.append(f"{where}: {flipped} of {items.size(x)} item outcomes differ")
+    return out
 
 
 def summary_table(rec: dict[str, Any]) -> str:
