@@ -76,11 +76,12 @@ def test_paired_difference_and_interval_by_hand():
     b = [make_record(base, s, "seq", 0.0) for s in (0, 1, 2)] + [make_record(base, 7, "seq", 0.3)]  # seed 7 unpaired
     groups = {g.method: g for g in group_records(a + b)}
     d = paired_difference(groups["pegp"], groups["seq"], "last")
-    diffs = [np.mean(np.clip(np.asarray(base["matrix"][-1]) + x, 0, 1)) - np.mean(base["matrix"][-1]) for x in (0.02, 0.0, 0.04)]
+    diffs = [np.mean(x["matrix"][-1]) - np.mean(y["matrix"][-1]) for x, y in zip(a, b)]  # items round to whole images
     assert d.seeds == (0, 1, 2)
     assert d.mean == pytest.approx(np.mean(diffs))
     assert d.ci == pytest.approx(stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / np.sqrt(3))
-    assert d.tie is (d.mean - d.ci <= 0 <= d.mean + d.ci)
+    assert d.items is not None and d.items[0] <= d.mean <= d.items[1]  # the paired interval over seeds and items
+    assert d.tie is (d.items[0] <= 0 <= d.items[1])
 
 
 def test_compare_cli_prints_groups_and_paired_difference(tmp_path, capsys):
@@ -91,6 +92,7 @@ def test_compare_cli_prints_groups_and_paired_difference(tmp_path, capsys):
     assert main(["compare", str(folder), "--pair", "pegp/lora:seq/lora"]) == 0
     out = capsys.readouterr().out
     assert "pegp/lora − seq/lora" in out and "paired by seed" in out and "a better" in out
+    assert "seeds and test items" in out and "McNemar per seed" in out and "seed 2: " in out
     assert main(["compare", "--results", str(folder), "--sequence", "world-class-incremental",
                  "--pair", "pegp:seq", "--format", "json", "--metrics", "last"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -107,7 +109,15 @@ def test_compare_formats_and_bad_pair(three_records, capsys):
     csv_text = format_compare(res, "csv")
     assert csv_text.splitlines()[0].startswith("group,sequence,method,pet,seeds,last,last_ci")
     text = format_compare(res, "text")
-    assert "one seed: no interval" in text and "± " in text and "-0.0" not in text
+    assert "± " in text and "-0.0" not in text
+    # one shared seed: no interval over seeds, but the test items still give one, and it decides
+    (d,) = [x for x in res["differences"] if x.metric == "last"]
+    assert d.ci is None and d.items is not None and d.tie is (d.items[0] <= 0 <= d.items[1])
+    bare = [json.loads(json.dumps(r)) for r in three_records]
+    for r in bare:  # records without item outcomes (as before version 3): nothing to decide a one-seed pair
+        for step in [r["zero_shot_step"]] + r["steps"]:
+            step.pop("items")
+    assert "one seed: no interval" in format_compare(compare(bare, ("last",), [("pegp", "seq")]), "text")
     with pytest.raises(ValueError, match="matches no group"):
         compare(three_records, ("last",), [("lwf", "seq")])
 

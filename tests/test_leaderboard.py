@@ -16,17 +16,18 @@ from suite.results.records import recompute_aggregates
 
 XSS = "<img src=x onerror=alert(1)>"
 REPO = Path(__file__).resolve().parents[1]
+SEEDS = (0, 1, 2, 3, 4)  # the boards' min_seeds
 
 
 @pytest.fixture(scope="module")
 def board_records(tmp_path_factory):
-    """On-budget records of world-class-incremental: seq and pegp with three seeds each, zeroshot with one, and an
+    """On-budget records of world-class-incremental: seq and pegp with five seeds each, zeroshot with one, and an
     outside method whose name and options try to inject markup."""
     base = reference()
-    recs = [make_record(base, s, "seq", -0.01 * s) for s in (0, 1, 2)]
-    recs += [make_record(base, s, "pegp", 0.04 + 0.01 * s) for s in (0, 1, 2)]
+    recs = [make_record(base, s, "seq", -0.01 * s) for s in SEEDS]
+    recs += [make_record(base, s, "pegp", 0.04 + 0.01 * s) for s in SEEDS]
     recs.append(make_record(reference(method="zeroshot", pet="none"), 0))  # one seed: not ranked
-    for seed in (0, 1, 2):
+    for seed in SEEDS:
         xss = make_record(base, seed, XSS, 0.02)
         xss["method"]["options"] = {"note": "</code><script>alert(2)</script>"}
         xss["summary"].pop("zero_shot_retention")  # an entry with a missing value
@@ -55,10 +56,10 @@ def test_site_has_boards_entries_figures_and_escapes(board_records, tmp_path):
 
 
 def test_board_shows_intervals_ties_and_refuses_to_rank_too_few_seeds(board_records, tmp_path):
-    assert yaml.safe_load((REPO / "leaderboards" / "class-incremental.yaml").read_text())["min_seeds"] == 3
+    assert yaml.safe_load((REPO / "leaderboards" / "class-incremental.yaml").read_text())["min_seeds"] == len(SEEDS)
     build_site(board_records, tmp_path / "site")
     board = (tmp_path / "site" / "class-incremental.html").read_text()
-    ranked, _, unranked = board.partition("Not ranked: fewer than 3 seed(s).")
+    ranked, _, unranked = board.partition(f"Not ranked: fewer than {len(SEEDS)} seed(s).")
     assert "pegp" in ranked and "seq" in ranked and " ± " in ranked
     assert "zeroshot" in unranked and "zeroshot" not in ranked.split("<table", 1)[1]
 
@@ -199,7 +200,7 @@ def test_an_accepted_submission_ends_on_the_board(board_records, tmp_path):
             shutil.copy(p, results / p.name)
     sub = _submission(board_records, tmp_path)
     assert main(["accept", str(sub), "--results", str(results)]) == 0
-    assert len([p for p in results.glob("*.json") if json.loads(p.read_text())["method"]["name"] == "pegp"]) == 3
+    assert len([p for p in results.glob("*.json") if json.loads(p.read_text())["method"]["name"] == "pegp"]) == len(SEEDS)
     assert main(["accept", str(sub), "--results", str(results)]) == 0  # the same records again: no change
     build_site(results, tmp_path / "site")
     page = (tmp_path / "site" / "class-incremental.html").read_text()
@@ -274,11 +275,11 @@ def test_validate_rejects_too_few_seeds(board_records, tmp_path, monkeypatch):
     shutil.copytree(REPO / "leaderboards", boards, ignore=shutil.ignore_patterns("site"))
     ci = boards / "class-incremental.yaml"
     data = yaml.safe_load(ci.read_text())
-    data["min_seeds"] = 4
+    data["min_seeds"] = len(SEEDS) + 1
     ci.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("CLSUITE_BOARDS_DIR", str(boards))
     problems = validate_submission(_submission(board_records, tmp_path))
-    assert any("has 3 seed(s); the board needs 4" in p for p in problems)
+    assert any(f"has {len(SEEDS)} seed(s); the board needs {len(SEEDS) + 1}" in p for p in problems)
 
 
 def test_reproduce_writes_the_verification_file_not_the_record(seq_file, tmp_path):

@@ -1,4 +1,5 @@
 """Measures that mean what they say: the POPE probe, --max-eval samples, hijacking's definition, pooled ECE."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from conftest import run_config, small_sequence
 from suite.config.sequences import load_sequence
 from suite.data import materialize_sequence
 from suite.engine.runner import run
+from suite.errors import ConfigError
 from suite.evaluation.evaluator import ConceptProbe, Evaluator, stratified_sample
 
 _cfg = run_config
@@ -116,3 +118,25 @@ def test_per_pet_training_is_the_budget_and_is_recorded(seq_file, tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(SequenceError, match=r"pet_training\.prefix\.lr"):
         load_sequence_file(path)
+
+
+def test_calibrate_grid_explores_budgets_on_seq_only(seq_file, tmp_path):
+    """``clsuite calibrate --grid``: every candidate per PET, seq only, with train − test accuracy and timing."""
+    from suite.experiments.calibrate import explore, parse_grid
+    from suite.results.calibration import format_grid
+
+    assert parse_grid("lr=0.01,0.02; iterations=2") == [{"lr": 0.01, "iterations": 2}, {"lr": 0.02, "iterations": 2}]
+    for bad in ("", "lr", "momentum=0.9", "lr=fast", "lr="):
+        with pytest.raises(ConfigError, match="--grid"):
+            parse_grid(bad)
+    seq = seq_file()
+    rep = explore(seq, ["lora"], [0], "lr=0.01,0.05;iterations=2", out=str(tmp_path / "grid"), log=lambda m: None,
+                  base=run_config(seq, tmp_path))
+    assert [r["candidate"] for r in rep["rows"]] == [{"lr": 0.01, "iterations": 2}, {"lr": 0.05, "iterations": 2}]
+    for row in rep["rows"]:
+        assert row["training"]["lr"] == row["candidate"]["lr"] and row["training"]["iterations"] == 2
+        assert row["train_minus_test"]["n"] == 1 and row["run_wall_time_s"] > 0
+        assert row["plan_estimate_s"] == pytest.approx(row["run_wall_time_s"] * 5)
+    methods = {json.loads(p.read_text())["method"]["name"] for p in (tmp_path / "grid").glob("*.json")}
+    assert methods == {"seq", "zeroshot"}  # no PEGP: designs are chosen on seq and zero-shot alone
+    assert "lr=0.05" in format_grid(rep)

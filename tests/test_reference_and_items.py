@@ -110,7 +110,7 @@ def test_two_level_bootstrap_widths_order_as_the_variances_do():
         return hi - lo
 
     assert width(items_only, "seeds") == pytest.approx(0.0, abs=1e-12)  # seeds agree: resampling them alone cannot move the mean
-    assert width(seeds_only, "items") == pytest.approx(0.0, abs=1e-12)  # items agree within a seed: resampling them alone cannot either
+    assert width(seeds_only, "items") == pytest.approx(0.0, abs=1e-12)  # items agree within a seed
     assert width(items_only) > 0.02 and width(seeds_only) > 0.02
     assert width(both) > width(both, "seeds") and width(both) > width(both, "items")
     # item noise on 400 items: half-width near 1.96 * sqrt(p(1-p)/n) = 4.9 points

@@ -398,6 +398,8 @@ def _verdict(d: Difference) -> str:
     if d.tie is None:
         return "one seed: no interval"
     if d.tie:
+        if d.noise is not None and abs(d.mean) <= d.noise:
+            return "tie (inside the probe's own interval)"
         return "tie (interval contains 0)"
     better = (d.mean > 0) == METRICS[d.metric].higher_is_better
     return f"{'a' if better else 'b'} better"

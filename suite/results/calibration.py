@@ -192,11 +192,18 @@ def _pm(x: dict | None, scale: float = 100.0) -> str:
     if x is None:
         return "n/a"
     ci = "" if x["ci"] is None else f" ± {scale * x['ci']:.1f}"
-    return f"{scale * x['mean']:.1f}{ci}"
+    items = x.get("items")
+    interval = "" if not items else f" [{scale * items[0]:.1f}, {scale * items[1]:.1f}]"
+    return f"{scale * x['mean']:.1f}{ci}{interval}"
 
 
 def _mark(t: dict) -> str:
     return "✓" if t["met"] else ("✗" if t["miss"] is None else f"✗ −{100 * t['miss']:.1f}")
+
+
+def _mean_of(xs: list[dict | None]) -> float | None:
+    vals = [x["mean"] for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def report_rows(rep: dict[str, Any]) -> list[dict[str, str]]:
@@ -205,13 +212,19 @@ def report_rows(rep: dict[str, Any]) -> list[dict[str, str]]:
     for p in rep["pets"]:
         tg = p["targets"]
         tr = p["training"]
+        train = _mean_of(p.get("seq_train_accuracy", []))
+        diag = _mean_of(p["seq_diagonal"])
+        diff = p.get("pegp_minus_seq_forgetting")
         rows.append({
             "pet": p["pet"], "budget": f"{tr.get('iterations')} it, lr {tr.get('lr'):g}",
-            "zero_shot": f"{100 * sum(x['mean'] for x in p['zero_shot']) / len(p['zero_shot']):.1f}",
-            "diagonal": f"{100 * sum(x['mean'] for x in p['seq_diagonal']) / len(p['seq_diagonal']):.1f}",
+            "zero_shot": f"{100 * _mean_of(p['zero_shot']):.1f}", "diagonal": f"{100 * diag:.1f}",
+            "train_gap": "n/a" if train is None else f"{100 * (train - diag):+.1f}",
             "plasticity": _pm(p["plasticity"]), "plasticity_ok": _mark(tg["plasticity"]),
             "seq_forgetting": _pm(p["seq_forgetting"]), "forgetting_ok": _mark(tg["forgetting"]),
             "pegp_forgetting": _pm(p["pegp_forgetting"]),
+            "delta": "n/a" if diff is None else f"{100 * diff['mean']:+.1f}" + (
+                "" if not diff.get("items") else f" [{100 * diff['items'][0]:+.1f}, {100 * diff['items'][1]:+.1f}]"),
+            "resolved_ok": _mark(tg["resolved"]) if "resolved" in tg else "n/a",
             "seq_last": _pm(p["seq_last"]), "last_ok": _mark(tg["last_ci"]), "pegp_last": _pm(p["pegp_last"]),
             "time": f"{sum(p['wall_time_s'].values()):.0f}"})
     return rows
@@ -224,20 +237,27 @@ def control_rows(rep: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def targets_line(rep: dict[str, Any]) -> str:
-    return "; ".join(f"{v['what']} {v['op']} {100 * v['value']:g}" for v in rep["targets"].values())
+    return "; ".join(v["what"] if v["op"] == "=" else f"{v['what']} {v['op']} {100 * v['value']:g}"
+                     for v in rep["targets"].values())
 
 
 def format_report(rep: dict[str, Any]) -> str:
     """The report as a plain-text table."""
     cols = [("pet", "PET", 13), ("budget", "budget", 17), ("zero_shot", "zero-shot", 9), ("diagonal", "seq diag", 8),
-            ("plasticity", "plasticity", 11), ("plasticity_ok", "", 7), ("seq_forgetting", "seq forget", 11),
-            ("forgetting_ok", "", 7), ("pegp_forgetting", "PEGP forget", 11), ("seq_last", "seq Last", 11),
-            ("last_ok", "", 7), ("pegp_last", "PEGP Last", 11), ("time", "time s", 6)]
-    lines = [f"calibration of {rep['sequence']} v{rep['version']}, seeds {rep['seeds']} "
-             f"(accuracy points; ± is the 95 % interval over seeds; ✗ −x: target missed by x)", "",
+            ("train_gap", "train−test", 10), ("plasticity", "plasticity", 24), ("plasticity_ok", "", 7),
+            ("seq_forgetting", "seq forget", 24), ("forgetting_ok", "", 7), ("pegp_forgetting", "PEGP forget", 24),
+            ("delta", "PEGP−seq forget", 22), ("resolved_ok", "", 3), ("seq_last", "seq Last", 24),
+            ("last_ok", "", 7), ("pegp_last", "PEGP Last", 24), ("time", "time s", 6)]
+    lines = [f"calibration of {rep['sequence']} v{rep['version']}, seeds {rep['seeds']} (accuracy points; ± the 95 % "
+             f"interval over seeds, [ ] over seeds and test items; ✗ −x: target missed by x)", "",
              " ".join(f"{h:<{w}s}" for _, h, w in cols)]
     lines += [" ".join(f"{r[k]:<{w}s}" for k, _, w in cols) for r in report_rows(rep)]
-    lines += ["", "targets: " + targets_line(rep), "", f"{'control':20s} {'pretrained':>10s} {'chance':>7s}  tests"]
+    lines += ["", "targets: " + targets_line(rep)]
+    for name, t in rep.get("sequence_targets", {}).items():
+        lines.append(f"  {name}: {'met' if t['met'] else 'missed'} by {len(t['forms_met'])} form(s) "
+                     f"({', '.join(t['forms_met']) or 'none'}; needed {t['needed']}"
+                     + (f", including {', '.join(t['required'])}" if t["required"] else "") + ")")
+    lines += ["", f"{'control':20s} {'pretrained':>10s} {'chance':>7s}  tests"]
     lines += [f"{c['name']:20s} {c['pretrained']:>10s} {c['chance']:>7s}  {c['tests']}" for c in control_rows(rep)]
     if rep.get("wall_time_s") is not None:
         lines.append(f"\nwall time {rep['wall_time_s']:.0f} s")
