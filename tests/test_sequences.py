@@ -46,7 +46,7 @@ def test_embedded_materialises_offline_with_stable_pinned_hash(name):
 def test_cross_modal_tasks_carry_captions_and_objects():
     seq = load_sequence("world-cross-modal")
     data = materialize(seq, seq.tasks[0])
-    assert len(data.test.captions) == len(data.test) == 100
+    assert len(data.test.captions) == len(data.test) == seq.tasks[0].split["test_size"] == 300
     assert all(1 <= len(o) <= 3 for o in data.test.objects)
 
 
