@@ -73,7 +73,7 @@ def demo(out: str = DEFAULT_OUT, quick: bool = False, site: bool = True) -> str:
     for seq, method, pet, tr, av, la, fo, ret, ref, sec in rows:
         lines.append(f"{seq:26s} {method:9s} {pet:7s} {fmt(tr)} {fmt(av)} {fmt(la)} {fmt(fo)} {fmt(ret)} {ref:>7s} {sec:4.0f}s")
     lines.append(f"(accuracies in %, retrieval tracks use mean R@1; refLast: mean Last of the committed reference records "
-                 f"(results/, 3 seeds) of the same configuration; this demo ran seed 0; records in {out}/; total "
+                 f"(results/, over their seeds) of the same configuration; this demo ran seed 0; records in {out}/; total "
                  f"{time.perf_counter() - t0:.0f}s)")
     if site:
 
