@@ -43,6 +43,13 @@ def percentile_interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def over_seed_draws(per_seed: np.ndarray, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """The interval of the mean over seeds drawn with replacement, one draw per item resample (row) of
+    ``per_seed`` ``(resamples, seeds)``: the second level of the bootstrap."""
+    draw = seed_draws(per_seed.shape[1], per_seed.shape[0], seed)
+    return percentile_interval(np.take_along_axis(per_seed, draw, 1).mean(1))
+
+
 def two_level_interval(scores: np.ndarray, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
                        levels: str = "both") -> tuple[float, float]:
     """The 95 % interval of the mean of a ``(seeds, items)`` score table, resampling ``levels``: ``seeds``,
@@ -51,8 +58,9 @@ def two_level_interval(scores: np.ndarray, resamples: int = RESAMPLES, seed: int
     s, n = scores.shape
     w = item_weights([n], resamples, seed)[0] if levels in ("items", "both") else np.full((resamples, n), 1.0 / n)
     per_seed = w @ scores.T  # (resamples, seeds)
-    draw = seed_draws(s, resamples, seed) if levels in ("seeds", "both") else np.tile(np.arange(s), (resamples, 1))
-    return percentile_interval(np.take_along_axis(per_seed, draw, 1).mean(1))
+    if levels == "items":
+        return percentile_interval(per_seed.mean(1))
+    return over_seed_draws(per_seed, seed)
 
 
 @dataclass
@@ -138,10 +146,7 @@ class Resampled:
 
     def interval(self, name: str) -> tuple[float, float] | None:
         v = self.per_seed(name)
-        if np.isnan(v).any():
-            return None
-        draw = seed_draws(v.shape[1], self.resamples, self.seed)
-        return percentile_interval(np.take_along_axis(v, draw, 1).mean(1))
+        return None if np.isnan(v).any() else over_seed_draws(v, self.seed)
 
 
 def paired_interval(a: Resampled, b: Resampled, name: str) -> tuple[float, float] | None:
@@ -154,10 +159,7 @@ def paired_interval(a: Resampled, b: Resampled, name: str) -> tuple[float, float
     ia = [a.table.seeds.index(s) for s in shared]
     ib = [b.table.seeds.index(s) for s in shared]
     d = a.per_seed(name)[:, ia] - b.per_seed(name)[:, ib]
-    if np.isnan(d).any():
-        return None
-    draw = seed_draws(len(shared), a.resamples, a.seed)
-    return percentile_interval(np.take_along_axis(d, draw, 1).mean(1))
+    return None if np.isnan(d).any() else over_seed_draws(d, a.seed)
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -179,4 +181,4 @@ def final_hits(rec: dict) -> np.ndarray:
 
 
 __all__ = ["ITEM_METRICS", "ItemTable", "RESAMPLES", "Resampled", "final_hits", "item_weights", "mcnemar",
-           "paired_interval", "percentile_interval", "seed_draws", "two_level_interval"]
+           "over_seed_draws", "paired_interval", "percentile_interval", "seed_draws", "two_level_interval"]
