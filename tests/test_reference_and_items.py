@@ -3,6 +3,7 @@ reproduce every accuracy, and intervals that include the test set (two-level boo
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -128,3 +129,39 @@ def test_mcnemar_on_a_hand_computed_table():
     assert mcnemar(a, a)["p"] == 1.0
     with pytest.raises(ValueError):
         mcnemar(a, b[:-1])
+
+
+@pytest.mark.parametrize("pet,identity", [("lora", True), ("adapter", True), ("gated-prefix", True),
+                                          ("gated-prompt", True), ("vpt", False), ("prefix", False), ("coop", False)])
+def test_a_pet_that_attaches_as_the_identity_is_evaluated_as_the_pretrained_model(pet, identity, seq_file, tmp_path):
+    """The runner takes the freshly attached model's evaluation from the pretrained one exactly when the PET says
+    it adds an exact zero (``PET.is_identity``); here both are evaluated in full on the pretrained tiny CLIP and
+    must agree in every measure, items included, and a trained PET is no longer the identity."""
+    from suite.engine.runner import Runner
+
+    runner = Runner(run_config(seq_file(), tmp_path, pet=pet, model="embedded:tiny-clip",
+                               training={"iterations": 2}))
+    assert runner.pet.is_identity() is identity
+    if identity:
+        assert runner.evaluate(-1, None) == runner.reference[0]
+        runner.learn_task(0)
+        assert not runner.pet.is_identity()
+
+
+def test_the_pretrained_evaluation_is_shared_only_where_nothing_it_depends_on_differs(seq_file, tmp_path):
+    """A sweep worker evaluates the pretrained model once per (sequence, data, weights, seed, evaluation settings):
+    a run served from that cache has the reference a fresh evaluation gives; another seed is evaluated anew."""
+    from suite.engine import runner as runner_module
+
+    seq = seq_file()
+    cfg = run_config(seq, tmp_path, pet="vpt", model="embedded:tiny-clip", training={"iterations": 0})
+    first = runner_module.Runner(cfg).reference[0]
+    cached = runner_module.Runner(dataclasses.replace(cfg, pet="lora")).reference[0]
+    runner_module._PRETRAINED_EVALUATIONS.clear()
+    fresh = runner_module.Runner(dataclasses.replace(cfg, pet="lora")).reference[0]
+    assert first == cached == fresh
+    cached["accuracy"][0] = -1.0  # callers get copies: changing one changes no later run's reference
+    assert runner_module.Runner(cfg).reference[0] == fresh
+    before = len(runner_module._PRETRAINED_EVALUATIONS)
+    runner_module.Runner(dataclasses.replace(cfg, seed=cfg.seed + 1))
+    assert len(runner_module._PRETRAINED_EVALUATIONS) == before + 1

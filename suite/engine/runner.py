@@ -7,6 +7,7 @@ shard of every batch and gradients are averaged (data parallel); rank 0 writes.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import sys
@@ -43,6 +44,10 @@ def check_options(cfg: RunConfig, method: Method | None = None) -> tuple[Method,
         raise ConfigError(f"method {method.name} trains a PET: give --pet ({', '.join(available_pets())})")
     pet = make_config(cfg.pet, cfg.pet_options) if cfg.pet and method.needs_pet else None
     return method, pet
+
+
+# The pretrained model's evaluations this process made, by what they depend on (Runner._pretrained_evaluation).
+_PRETRAINED_EVALUATIONS: dict[tuple, dict[str, Any]] = {}
 
 
 class Runner:
@@ -85,12 +90,14 @@ class Runner:
                 attach_pet(self.backbone, cfg.pet, **cfg.pet_options).detach_from_model()
                 torch.set_rng_state(rng)
             t0 = time.perf_counter()
-            self.reference = self.evaluate(-1, None), time.perf_counter() - t0
+            self.reference = self._pretrained_evaluation(), time.perf_counter() - t0
             torch.set_rng_state(rng)  # the PET starts from the same random state as without the evaluations
         self.pet = attach_pet(self.backbone, cfg.pet, **cfg.pet_options).to(self.device) if pet_config else None
         self.evaluator.invalidate_text()
         if fresh and self.pet is not None:
-            self.attached = self.evaluate(-1, None)
+            # a PET that adds an exact zero at attach (LoRA, adapter, the gated forms) leaves the pretrained function
+            # bit for bit: its evaluation is the reference's (tests/test_reference_and_items.py evaluates both)
+            self.attached = copy.deepcopy(self.reference[0]) if self.pet.is_identity() else self.evaluate(-1, None)
         self.batches = Batches(self.backbone, self.seq.track, self.train.batch_size, workers, self.rank, self.world)
         self.objective = make_objective(self.seq.track, self.backbone, self.evaluator, lambda: self.text_trains,
                                         autocast, self.world)
@@ -106,6 +113,20 @@ class Runner:
         if self.method.text_changes is not None:
             return bool(self.method.text_changes)
         return bool(self.pet is not None and self.pet.touches_tower("text"))
+
+    def _pretrained_evaluation(self) -> dict[str, Any]:
+        """The pretrained model's evaluation (no PET attached). It depends on the sequence, its data, the weights,
+        the seed (ECE's and the POPE probe's bootstrap) and the evaluation settings, not on the PET, method or
+        training, so a process that runs many runs (a sweep worker) computes it once per such key."""
+        cfg = self.cfg
+        key = (sequence_label(self.seq), str(Path(self.seq.path).resolve()), self.weights, cfg.max_eval, cfg.amp,
+               cfg.eval_batch_size, cfg.seed, str(self.device), self.world,
+               tuple(sorted((k, v.manifest_sha256, v.content_sha256) for k, v in self.data.items())))
+        if key not in _PRETRAINED_EVALUATIONS:
+            if len(_PRETRAINED_EVALUATIONS) >= 64:
+                _PRETRAINED_EVALUATIONS.pop(next(iter(_PRETRAINED_EVALUATIONS)))
+            _PRETRAINED_EVALUATIONS[key] = self.evaluate(-1, None)
+        return copy.deepcopy(_PRETRAINED_EVALUATIONS[key])
 
     def _method_batches(self, data: TaskData, n: int):
         """Batches a method draws itself (PEGP's bases, EWC's Fisher), seeded apart from the training batches."""

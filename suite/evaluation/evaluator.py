@@ -28,6 +28,7 @@ class Evaluator:
     max_eval: int | None = None
     autocast: Callable[[], Any] | None = None
     _text_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    _token_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
     _samples: dict[int, list[int]] = field(default_factory=dict)
     text_encodes: int = 0  # how many times class prompts were encoded (for the speed benchmark)
     input_cache_bytes: int = 4 * 2**30  # decoded evaluation inputs of file-backed splits kept across evaluations
@@ -51,7 +52,10 @@ class Evaluator:
         key = (tuple(classnames), tuple(templates))
         if not fresh and key in self._text_cache:
             return self._text_cache[key]
-        tokens = bb.tokenize([t.replace("{}", c) for c in classnames for t in templates]).to(bb.device)
+        tokens = self._token_cache.get(key)
+        if tokens is None:  # a text-side PET encodes the same prompts every step: tokenise them once per run
+            tokens = self._token_cache[key] = bb.tokenize([t.replace("{}", c) for c in classnames
+                                                          for t in templates]).to(bb.device)
         grad = fresh and torch.is_grad_enabled()
         with torch.set_grad_enabled(grad), self._ctx():
             f = F.normalize(self._encode_prompts(tokens, grad).float(), dim=-1)

@@ -17,7 +17,18 @@ from torch import nn
 
 from suite.errors import ConfigError
 from suite.models.backbone import Backbone
-from suite.pet.base import PET, GradSpace, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
+from suite.pet.base import (
+    PET,
+    GradSpace,
+    PETConfig,
+    PETLayer,
+    check_width,
+    register_config,
+    replace_attr,
+    select_sites,
+    undo_all,
+    zero_and_finite,
+)
 
 POSITIONS = ("mlp", "attn")
 
@@ -69,6 +80,9 @@ class Adapter(PETLayer):
         if isinstance(out, tuple):  # attention modules return (output, weights)
             return (out[0] + self.branch(h),) + tuple(out[1:])
         return out + self.branch(h)
+
+    def is_identity(self) -> bool:
+        return zero_and_finite(self.up, self.down)
 
     def grad_spaces(self) -> list[GradSpace]:
         return [GradSpace(f"{self.pet_name}.down", self.down, self.down.shape[1]),

@@ -180,6 +180,13 @@ class PETLayer(nn.Module):
     def grad_spaces(self) -> list[GradSpace]:
         return []
 
+    def is_identity(self) -> bool:
+        """Whether the layer, as its parameters are now, adds an exact zero to what it wraps (LoRA's ``B = 0``, an
+        adapter's ``up = 0``, a gate at 0, every parameter finite), so the model computes the pretrained function
+        bit for bit. The runner then takes the freshly attached model's evaluation from the pretrained one instead
+        of repeating it. False unless a layer knows."""
+        return False
+
     def fixed_after_first_task(self) -> list[nn.Parameter]:
         """Parameters with no feature space (e.g. gates) that projection methods freeze after task 1."""
         return []
@@ -187,6 +194,12 @@ class PETLayer(nn.Module):
     def collect_outputs(self, backbone: Backbone, classnames: list[str]) -> None:
         """While a collector listens, after the forward passes: emit features that need more than a forward
         pass (e.g. CoOp's output Jacobian rows for these classes). Most layers need nothing here."""
+
+
+def zero_and_finite(zero: torch.Tensor, *others: torch.Tensor) -> bool:
+    """``zero`` is all zeros and every tensor is finite (``0 · x`` is an exact zero only for finite ``x``)."""
+    with torch.no_grad():
+        return not bool(zero.any()) and all(bool(torch.isfinite(t).all()) for t in (zero, *others))
 
 
 class PET(nn.Module):
@@ -229,6 +242,10 @@ class PET(nn.Module):
 
     def fixed_after_first_task(self) -> list[nn.Parameter]:
         return [p for layer in self.pet_layers for p in layer.fixed_after_first_task()]
+
+    def is_identity(self) -> bool:
+        """Every layer adds an exact zero now (:meth:`PETLayer.is_identity`): the model is the pretrained one."""
+        return len(self.pet_layers) > 0 and all(layer.is_identity() for layer in self.pet_layers)
 
     def set_sink(self, sink: Sink | None) -> None:
         for layer in self.pet_layers:

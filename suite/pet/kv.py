@@ -23,7 +23,7 @@ from torch import nn
 
 from suite.errors import ConfigError
 from suite.models.attention import SplitAttention
-from suite.pet.base import PET, GradSpace, PETLayer, layer_per_site, select_sites, undo_all
+from suite.pet.base import PET, GradSpace, PETLayer, layer_per_site, select_sites, undo_all, zero_and_finite
 
 
 class GatedKV(PETLayer):
@@ -50,6 +50,9 @@ class GatedKV(PETLayer):
 
     def fixed_after_first_task(self) -> list[nn.Parameter]:
         return [self.gate]
+
+    def is_identity(self) -> bool:
+        return zero_and_finite(self.gate, *(p for n, p in self.named_parameters() if n != "gate"))
 
 
 def register_source(attn: SplitAttention, layer: GatedKV, undo: list) -> None:
