@@ -106,6 +106,7 @@ class Runner:
                               batch_size=int(self.train.batch_size), batches=self._method_batches)
         self.method.setup(self.ctx)
         self.params = self.method.trainable(self.ctx) if self.method.trains else []
+        self.evaluator.images_fixed = self.images_fixed()
 
     @property
     def text_trains(self) -> bool:
@@ -113,6 +114,14 @@ class Runner:
         if self.method.text_changes is not None:
             return bool(self.method.text_changes)
         return bool(self.pet is not None and self.pet.touches_tower("text"))
+
+    def images_fixed(self) -> bool:
+        """Whether image features stay what they are now for the whole run: every trainable parameter is the
+        backbone's and none is on its image side (a text-side PET such as CoOp; nothing trains). Then each test
+        set's image features are encoded once per run instead of after every task."""
+        image = {id(p) for m in self.backbone.image_side() for p in m.parameters()}
+        backbone = {id(p) for p in self.backbone.parameters()}
+        return all(id(p) in backbone and id(p) not in image for p in self.params)
 
     def _pretrained_evaluation(self) -> dict[str, Any]:
         """The pretrained model's evaluation (no PET attached). It depends on the sequence, its data, the weights,

@@ -35,6 +35,8 @@ class Evaluator:
     text_chunk: int = 256  # prompts per text-tower pass when a trained text side is encoded with gradients
     workers: int = 0  # DataLoader processes decoding file-backed test images the first time they are evaluated
     _input_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    images_fixed: bool = False  # set by the runner when nothing that trains reaches the image features
+    _image_cache: dict[tuple, tuple[Split, torch.Tensor]] = field(default_factory=dict)
     _input_cache_used: int = 0
 
     def invalidate_text(self) -> None:
@@ -133,12 +135,19 @@ class Evaluator:
 
     def image_features(self, split: Split, sample: bool = True) -> torch.Tensor:
         """Normalised features of the split's evaluated images (``sample=False``: all of its images)."""
+        key = (id(split), sample)
+        hit = self._image_cache.get(key) if self.images_fixed else None
+        if hit is not None and hit[0] is split:  # the split is held with its features, so its id is not reused
+            return hit[1]
         idx = self.eval_indices(split) if sample else list(range(len(split)))
         out = []
         with torch.no_grad(), self._ctx():
             for images in self._input_batches(split, idx):
                 out.append(F.normalize(self.backbone.encode_image(images).float(), dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, 1)
+        feats = torch.cat(out) if out else torch.zeros(0, 1)
+        if self.images_fixed:
+            self._image_cache[key] = (split, feats)
+        return feats
 
     # -- metrics -------------------------------------------------------------------------------------
     def classify(self, img: torch.Tensor, labels: np.ndarray, head_names: list[str], head_templates: list[list[str]],
@@ -230,6 +239,8 @@ class ConceptProbe:
     excluded: list[str]  # concepts with no positive image in one of the halves (not scored, counted)
     calibration: dict[str, Split]
     scored: dict[str, Split]
+    rows: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # half -> task -> its test images' indices
+    sizes: dict[str, int] = field(default_factory=dict)  # task -> images in its whole test set
 
     @classmethod
     def from_tasks(cls, data: dict[str, TaskData], names: list[str], per_concept: int = 8,
@@ -257,15 +268,23 @@ class ConceptProbe:
         concepts = [c for c in vocab if has(halves[0], c) and has(halves[1], c)]
         if len(concepts) < 2:
             return None
-        pick = lambda half: {n: splits[n].subset(sorted(i for m, i in half if m == n)) for n in splits  # noqa: E731
-                             if any(m == n for m, _ in half)}
-        return cls(concepts, [c for c in vocab if c not in concepts], pick(halves[0]), pick(halves[1]))
+        rows = [{n: sorted(i for m, i in half if m == n) for n in splits if any(m == n for m, _ in half)}
+                for half in halves]
+        pick = lambda r: {n: splits[n].subset(idx) for n, idx in r.items()}  # noqa: E731
+        return cls(concepts, [c for c in vocab if c not in concepts], pick(rows[0]), pick(rows[1]),
+                   {"calibration": rows[0], "scored": rows[1]}, {n: len(sp) for n, sp in splits.items()})
 
-    def _scores(self, ev: Evaluator, half: dict[str, Split], text: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, ev: Evaluator, which: str, text: torch.Tensor,
+                feats: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         rows, present = [], []
         index = {c: j for j, c in enumerate(self.concepts)}
-        for split in half.values():
-            img = ev.image_features(split, sample=False)
+        half = getattr(self, which)
+        for task, split in half.items():
+            full, idx = feats.get(task), self.rows.get(which, {}).get(task)
+            if full is not None and idx is not None and len(full) == self.sizes.get(task):
+                img = full[idx]  # the step already encoded every test image of this task
+            else:
+                img = ev.image_features(split, sample=False)
             rows.append((img @ text.T).cpu().numpy())
             p = np.zeros((len(split), len(self.concepts)), bool)
             for i, objs in enumerate(split.objects):
@@ -275,10 +294,11 @@ class ConceptProbe:
             present.append(p)
         return np.concatenate(rows), np.concatenate(present)
 
-    def evaluate(self, ev: Evaluator, seed: int = 0) -> dict[str, Any]:
+    def evaluate(self, ev: Evaluator, seed: int = 0, feats: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The probe's measures; ``feats``: the step's features of whole test sets by task, reused where given."""
         text = ev.class_text_features(self.concepts, ["a photo of a {}."])
-        cal = self._scores(ev, self.calibration, text)
-        scored = self._scores(ev, self.scored, text)
+        cal = self._scores(ev, "calibration", text, feats or {})
+        scored = self._scores(ev, "scored", text, feats or {})
         out = pope_step(*cal, *scored, self.concepts, seed)
         out.update(concepts=len(self.concepts), excluded_concepts=len(self.excluded),
                    calibration_images=int(len(cal[0])), scored_images=int(len(scored[0])))

@@ -42,9 +42,12 @@ def calibrate_thresholds(scores: np.ndarray, present: np.ndarray) -> np.ndarray:
     th = np.empty(scores.shape[1])
     for c in range(scores.shape[1]):
         s, y = scores[:, c], present[:, c]
-        cands = np.unique(s)
+        cands, which = np.unique(s, return_inverse=True)
         tries = np.concatenate([[cands[0] - 1e-9], (cands[:-1] + cands[1:]) / 2])
-        f1 = [2 * ((s > t) & y).sum() / max(1, (s > t).sum() + y.sum()) for t in tries]
+        # try k says yes to every score >= cands[k]: counts from the top, one pass instead of one per try
+        said_yes = np.cumsum(np.bincount(which, minlength=len(cands))[::-1])[::-1]
+        right_yes = np.cumsum(np.bincount(which, weights=y, minlength=len(cands))[::-1])[::-1]
+        f1 = 2 * right_yes / np.maximum(1, said_yes + y.sum())
         th[c] = tries[int(np.argmax(f1))]
     return th
 
@@ -135,7 +138,7 @@ def concept_auroc_interval(scores: np.ndarray, present: np.ndarray, seed: int = 
         wins = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
         wp, wn = w[:, y], w[:, ~y]
         den = wp.sum(1) * wn.sum(1)
-        num = np.einsum("bp,pn,bn->b", wp, wins, wn)
+        num = ((wp @ wins) * wn).sum(1)
         aucs.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
     if not aucs:
         return None

@@ -111,7 +111,7 @@ class StepEvaluator:
     def _hallucination(self, t: int, feats: dict[str, torch.Tensor], retrieval: dict) -> dict[str, Any]:
         hall: dict[str, Any] = {}
         if self.probe is not None:
-            hall["pope"] = self.probe.evaluate(self.evaluator, self.seed)
+            hall["pope"] = self.probe.evaluate(self.evaluator, self.seed, feats)
         if self.seq.track != "cross-modal" and t >= 0:
             hall["hijacking"] = self.hijacking(t, feats)
         if retrieval:

@@ -60,6 +60,11 @@ class Backbone(nn.Module):
     def blocks(self, tower: str) -> list[BlockSite]:
         raise NotImplementedError
 
+    def image_side(self) -> list[nn.Module]:
+        """The modules ``encode_image`` runs (PET layers attached there included): whatever trains elsewhere in
+        the backbone leaves image features as they are."""
+        raise NotImplementedError
+
     @property
     def logit_scale_value(self) -> torch.Tensor:
         raise NotImplementedError
@@ -106,6 +111,9 @@ class OpenClipBackbone(Backbone):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images)
 
+    def image_side(self) -> list[nn.Module]:
+        return [self.model.visual]
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)
 
@@ -149,6 +157,9 @@ class HFBackbone(Backbone):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model.vision_model(pixel_values=images)
         return self.model.visual_projection(out.pooler_output)
+
+    def image_side(self) -> list[nn.Module]:
+        return [self.model.vision_model, self.model.visual_projection]
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = (tokens != getattr(self.model.config.text_config, "pad_token_id", 0)).long() if tokens.dim() == 2 else None

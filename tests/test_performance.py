@@ -1,0 +1,110 @@
+"""The performance changes compute what they replace: the short-sequence attention path, LoRA's fused and merged
+forms, the vectorised ECE bootstrap and POPE thresholds, image features kept when nothing reaches them, and the
+pretrained evaluation shared within a process. Speed itself is measured by ``clsuite bench``, not here."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_config
+
+from suite.evaluation.calibration import _ece_rows, ece_with_interval
+from suite.evaluation.hallucination import calibrate_thresholds
+from suite.models.attention import SMALL_ATTENTION, attend
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "float"])
+def test_short_attention_computes_what_the_fused_kernel_computes(mask):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 17, 32, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    m = None
+    if mask == "bool":
+        m = torch.rand(17, 17) > 0.3
+        m.fill_diagonal_(True)
+    elif mask == "float":
+        m = torch.full((17, 17), float("-inf"), dtype=torch.float64).triu(1)
+    assert q.shape[-2] * k.shape[-2] <= SMALL_ATTENTION  # the plain path is the one tested
+    ours = attend(q, k, v, m)
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(ours)
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-10) for a, b in zip(
+        torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(theirs, (q, k, v), g)))
+
+
+def test_lora_fused_and_merged_forms_are_the_textbook_map():
+    """Training (addmm with the scaled low-rank term) and evaluation (merged weight) both compute
+    ``W x + b + (α/r) B A x``, and the features PEGP collects are the layer inputs and ``A x``."""
+    from suite.pet.lora import LoRALinear
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(24, 16).double()
+    layer = LoRALinear("lora.test", base, rank=3, alpha=6.0).double()
+    with torch.no_grad():
+        layer.B.normal_()
+    x = torch.randn(5, 7, 24, dtype=torch.float64)
+    expected = base(x) + 2.0 * (x @ layer.A.T @ layer.B.T)
+    torch.testing.assert_close(layer(x), expected)  # grad enabled: the training form
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)  # the merged form
+    seen = {}
+    layer._sink = lambda key, feats: seen.__setitem__(key.rsplit(".", 1)[1], feats)
+    with torch.no_grad():  # a collector listening: the features are emitted, not merged away
+        torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(seen["A"], x)
+    torch.testing.assert_close(seen["B"], x @ layer.A.T)
+
+
+def test_vectorised_ece_and_thresholds_equal_their_definitions():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 15, 16, 200):
+        conf, ok = rng.random((4, n)), (rng.random((4, n)) < 0.6).astype(np.float64)
+        for r in range(4):
+            order = np.argsort(conf[r], kind="stable")
+            loop = sum(len(p) / n * abs(ok[r][p].mean() - conf[r][p].mean())
+                       for p in np.array_split(order, min(15, n)) if len(p))
+            assert _ece_rows(conf, ok, 15)[r] == pytest.approx(loop, abs=1e-12)
+    assert ece_with_interval(np.zeros(0), np.zeros(0, bool))["value"] == 0.0
+    for trial in range(50):
+        n, c = int(rng.integers(1, 40)), int(rng.integers(1, 5))
+        scores = np.round(rng.normal(size=(n, c)), int(rng.integers(0, 3)))  # ties included
+        present = rng.random((n, c)) < 0.3
+        th = calibrate_thresholds(scores, present)
+        for j in range(c):  # the definition: the first candidate threshold with the best F1
+            s, y = scores[:, j], present[:, j]
+            cands = np.unique(s)
+            tries = np.concatenate([[cands[0] - 1e-9], (cands[:-1] + cands[1:]) / 2])
+            f1 = [2 * ((s > t) & y).sum() / max(1, (s > t).sum() + y.sum()) for t in tries]
+            assert th[j] == tries[int(np.argmax(f1))]
+
+
+@pytest.mark.parametrize("pet,method,fixed", [("coop", "seq", True), (None, "zeroshot", True), ("lora", "seq", False),
+                                              ("vpt", "seq", False), (None, "l2p", False), (None, "finetune", False)])
+def test_image_features_are_kept_only_when_nothing_that_trains_reaches_them(pet, method, fixed, seq_file, tmp_path):
+    """Kept features give the record a fresh encoding after every task gives (bit for bit on one machine)."""
+    from suite.engine import runner as runner_module
+    from suite.results.records import strip_timings
+
+    cfg = run_config(seq_file(), tmp_path, pet=pet, method=method, model="embedded:tiny-clip",
+                     training={"iterations": 2})
+    runner = runner_module.Runner(cfg)
+    assert runner.images_fixed() is fixed
+    if not fixed:
+        return
+    kept = strip_timings(runner.run())
+    fresh_runner = runner_module.Runner(dataclasses.replace(cfg, out=str(tmp_path / "fresh")))
+    fresh_runner.evaluator.images_fixed = False
+    assert strip_timings(fresh_runner.run()) == kept
+
+
+def test_attention_plain_path_scale_is_the_head_dimension():
+    """The scale is 1/sqrt(d_h) of the keys' last dimension (a uniform-key check a wrong scale would fail)."""
+    q = torch.ones(1, 1, 2, 4)
+    k = torch.tensor([[[[1.0, 0, 0, 0], [0, 0, 0, 0]]]])
+    v = torch.tensor([[[[1.0], [0.0]]]])
+    w = 1 / (1 + math.exp(-1 / math.sqrt(4)))
+    torch.testing.assert_close(attend(q, k, v), torch.full((1, 1, 2, 1), w))
