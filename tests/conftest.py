@@ -7,6 +7,10 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "CLSUITE_CACHE" not in os.environ:  # rendered data shared by this session's tests, never the user's cache
+    import tempfile
+
+    os.environ["CLSUITE_CACHE"] = tempfile.mkdtemp(prefix="clsuite-test-cache-")
 
 WORLD_TEMPLATES = str(Path(__file__).resolve().parents[1] / "tasks" / "templates" / "world.yaml")
 

@@ -108,3 +108,40 @@ def test_attention_plain_path_scale_is_the_head_dimension():
     v = torch.tensor([[[[1.0], [0.0]]]])
     w = 1 / (1 + math.exp(-1 / math.sqrt(4)))
     torch.testing.assert_close(attend(q, k, v), torch.full((1, 1, 2, 1), w))
+
+
+def test_rendered_data_is_read_back_verified_and_a_damaged_copy_is_rendered_anew(tmp_path, monkeypatch):
+    """The disk cache gives back the rendered task exactly; a changed byte in the stored images is caught by the
+    recorded digest and the task is rendered again (and the copy replaced); ``CLSUITE_CACHE=off`` stores nothing."""
+    from suite.config.sequences import load_sequence
+    from suite.data import embedded, render_cache
+
+    monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
+    seq = load_sequence("world-class-incremental")
+    spec = seq.tasks[0]
+    renders = []
+
+    def render():
+        renders.append(1)
+        return embedded.load_world(seq, spec, 16)
+
+    first = render_cache.cached(seq, spec, 16, render)
+    again = render_cache.cached(seq, spec, 16, render)
+    assert len(renders) == 1
+    for part in ("train", "test"):
+        a, b = getattr(first, part), getattr(again, part)
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+        assert a.ids == b.ids and a.captions == b.captions and a.objects == b.objects
+    assert (first.classnames, first.templates) == (again.classnames, again.templates)
+    stored = tmp_path / "cache" / "rendered" / f"{render_cache.render_key(seq, spec, 16)}.npz"
+    with np.load(stored) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["test_images"][0, 0, 0, 0] ^= 1
+    np.savez(stored, **arrays)
+    healed = render_cache.cached(seq, spec, 16, render)
+    assert len(renders) == 2 and np.array_equal(healed.test.images, first.test.images)
+    assert render_cache.cached(seq, spec, 16, render) is not None and len(renders) == 2  # the copy was replaced
+    assert render_cache.render_key(seq, spec, 16) != render_cache.render_key(seq, spec, 24)
+    monkeypatch.setenv("CLSUITE_CACHE", "off")
+    render_cache.cached(seq, spec, 16, render)
+    assert len(renders) == 3

@@ -1,12 +1,11 @@
 """One door to data: ``materialize(sequence, task)`` picks the adapter, hashes the manifest, checks the pin."""
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Callable
 
 from suite.config.sequences import TaskSequence, TaskSpec
-from suite.data import embedded, real
+from suite.data import embedded, real, render_cache
 from suite.data.base import ManifestMismatch, TaskData, manifest_sha256
 
 Loader = Callable[[TaskSequence, TaskSpec, int], TaskData]
@@ -36,13 +35,10 @@ def materialize(seq: TaskSequence, task: TaskSpec | str, size: int | None = None
            json.dumps([spec.source, spec.split, spec.classes], sort_keys=True, default=str))
     if key in _CACHE:
         return _CACHE[key]
-    data = ADAPTERS[spec.adapter](seq, spec, size)
+    data = render_cache.cached(seq, spec, size, lambda: ADAPTERS[spec.adapter](seq, spec, size))
     data.manifest_sha256 = manifest_sha256(data.manifest())
     if data.train.images is not None:
-        h = hashlib.sha256()
-        for part in (data.train.images, data.test.images):
-            h.update(part.tobytes())
-        data.content_sha256 = h.hexdigest()
+        data.content_sha256 = render_cache.image_digest(data)
     pinned = spec.pinned_manifest
     if verify and pinned and pinned != data.manifest_sha256:
         raise ManifestMismatch(f"{seq.path}: {spec.name}.split.manifest_sha256: pinned {pinned[:12]}… but the data "

@@ -32,7 +32,9 @@ class Objective:
         raise NotImplementedError
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        logits, target = self.logits(batch)
+        return self.loss_of(*self.logits(batch))
+
+    def loss_of(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target)
 
 
@@ -61,8 +63,7 @@ class Contrastive(Objective):
             img, txt = gather_features(img), gather_features(txt)
         return self.backbone.logit_scale_value.float() * img @ txt.T, torch.arange(len(img), device=img.device)
 
-    def loss(self, batch):
-        logits, target = self.logits(batch)
+    def loss_of(self, logits, target):
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         # the global-batch loss, with gradients through this process's features only: the gradients, averaged over
         # processes by the training loop, then sum to the one-process gradient

@@ -102,7 +102,7 @@ class Runner:
         self.objective = make_objective(self.seq.track, self.backbone, self.evaluator, lambda: self.text_trains,
                                         autocast, self.world)
         self.ctx = RunContext(backbone=self.backbone, pet=self.pet, device=self.device, sequence=self.seq, seed=cfg.seed,
-                              task_loss=self.objective.loss, logits=self.objective.logits,
+                              task_loss=self.objective.loss, logits=self.objective.logits, loss_of=self.objective.loss_of,
                               batch_size=int(self.train.batch_size), batches=self._method_batches)
         self.method.setup(self.ctx)
         self.params = self.method.trainable(self.ctx) if self.method.trains else []

@@ -53,6 +53,9 @@ class RunContext:
     # (logits, targets) of a batch under the current weights: class logits over the batch's task, or the
     # image-text logits of a cross-modal batch (LwF distils these)
     logits: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # the task loss from those (logits, targets): ``task_loss(b)`` is ``loss_of(*logits(b))``, so a method that needs
+    # both the logits and the loss runs the model once
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

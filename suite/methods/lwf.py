@@ -27,8 +27,8 @@ class LwF(Method):
             return ctx.task_loss(batch)
         with torch.no_grad(), weights_swapped(self.params, self.old):  # first: swapping writes the weights
             old_logits, _ = ctx.logits(batch)
-        loss = ctx.task_loss(batch)
-        logits, _ = ctx.logits(batch)
+        logits, target = ctx.logits(batch)  # once: the task loss and the distillation share the forward pass
+        loss = ctx.loss_of(logits, target)
         tau = self.options["temperature"]
         kd = F.kl_div(F.log_softmax(logits / tau, -1), F.softmax(old_logits / tau, -1), reduction="batchmean") * tau * tau
         return loss + self.options["weight"] * kd

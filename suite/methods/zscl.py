@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from suite.data.embedded import reference_pairs
-from suite.methods.base import Method, Option, RunContext, snapshot
-from suite.methods.common import weights_swapped
+from suite.methods.base import Method, Option, RunContext
 
 
 class ZSCL(Method):
@@ -23,11 +22,14 @@ class ZSCL(Method):
     def setup(self, ctx: RunContext) -> None:
 
         self.params = self.trainable(ctx)
-        self.zero_shot = snapshot(self.params)
         images, captions = reference_pairs(self.options["reference_size"], ctx.backbone.image_size, ctx.seed)
         self.ref_images = images
         self.ref_tokens = ctx.backbone.tokenize(captions)
         self.gen = torch.Generator().manual_seed(ctx.seed)
+        # the zero-shot model never changes: its features of the reference pairs are computed once, here, with the PET
+        # as attached, instead of under swapped-in weights at every step
+        with torch.no_grad():
+            self.ref0 = self._features(ctx, torch.arange(len(self.ref_images)))
 
     def _features(self, ctx: RunContext, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bb = ctx.backbone
@@ -37,8 +39,7 @@ class ZSCL(Method):
 
     def loss(self, ctx: RunContext, batch: Any) -> torch.Tensor:
         idx = torch.randperm(len(self.ref_images), generator=self.gen)[: self.options["batch"]]
-        with torch.no_grad(), weights_swapped(self.params, self.zero_shot):  # first: swapping writes the weights
-            img0, txt0 = self._features(ctx, idx)
+        img0, txt0 = self.ref0[0][idx], self.ref0[1][idx]
         loss = ctx.task_loss(batch)
         img, txt = self._features(ctx, idx)
         distill = (1 - (img * img0).sum(-1)).mean() + (1 - (txt * txt0).sum(-1)).mean()
