@@ -350,22 +350,33 @@ def _step_cost(pet: str, steps: int, model: str) -> tuple[float, float]:
 
 
 def bench_step(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
-    """A training step's arithmetic rate against the machine's own matmul throughput (the step's share of it)."""
+    """A training step's arithmetic rate against the machine's own matmul throughput (the step's share of it), with
+    the threads torch has and, on the CPU, with one thread: how each job of ``sweep --jobs <cores>`` runs."""
     steps = 10 if quick else 30
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak = matmul_gflops(device)
+    threads = torch.get_num_threads()
+    settings = [threads] + ([1] if device.type == "cpu" and threads > 1 else [])
     lines = [f"bench step ({_machine()}): seq training steps on {BENCH_SEQUENCE} at its budget, {steps} steps x 3",
-             f"  measured matmul throughput (fp32, 2048^2): {peak:.0f} GFLOP/s",
-             f"  {'PET':8s} {'GFLOP/step':>10s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}"]
-    for pet in ("lora", "vpt"):
-        flops, sec = _step_cost(pet, steps, model)
-        rate = flops / sec / 1e9
-        lines.append(f"  {pet:8s} {flops / 1e9:10.2f} {1e3 * sec:8.1f} {rate:8.1f} {rate / peak:9.1%}")
+             f"  {'PET':8s} {'threads':>7s} {'GFLOP/step':>10s} {'ms/step':>8s} {'GFLOP/s':>8s} {'matmul':>8s} "
+             f"{'of matmul':>9s}"]
+    try:
+        for n in settings:
+            torch.set_num_threads(n)
+            peak = matmul_gflops(device)  # fp32, 2048^2, with these threads
+            for pet in ("lora", "vpt"):
+                flops, sec = _step_cost(pet, steps, model)
+                rate = flops / sec / 1e9
+                lines.append(f"  {pet:8s} {n:7d} {flops / 1e9:10.2f} {1e3 * sec:8.1f} {rate:8.1f} {peak:8.0f} "
+                             f"{rate / peak:9.1%}")
+    finally:
+        torch.set_num_threads(threads)
+    lines.append("  (matmul: the measured fp32 2048^2 product in GFLOP/s with those threads)")
     return "\n".join(lines)
 
 
 # Run in a new process: seconds from the parent's clock before the process started to the first training step of
-# a run (lone), and from building a second run's Runner in the same process to its first step (a sweep worker).
+# a run (lone), then, in the same process (a sweep worker), from building the next run's Runner to its first step:
+# the same sequence and seed (the pretrained evaluation is the process's already) and another seed (evaluated anew).
 _FIXED_COST_CHILD = """
 import json, sys, tempfile, time
 t0 = float(sys.argv[1])
@@ -381,42 +392,51 @@ class FirstStep(SequentialPET):
         return super().loss(ctx, batch)
 
 
-def one(start):
+def one(start, seed):
     tmp, method = tempfile.mkdtemp(), FirstStep()
-    rec = Runner(RunConfig(sequence=sys.argv[2], model=sys.argv[3], pet="lora", method="seq", out=tmp, run_dir=tmp,
-                           progress=False, training={"iterations": 2}), method=method).run()
-    return method.first - start, rec["efficiency"]["zero_shot_eval_time_s"]
+    Runner(RunConfig(sequence=sys.argv[2], model=sys.argv[3], pet="lora", method="seq", out=tmp, run_dir=tmp, seed=seed,
+                     progress=False, training={"iterations": 2}), method=method).run()
+    return method.first - start
 
 
-lone, _ = one(t0)
-worker, zero_shot = one(time.time())
-print(json.dumps([lone, worker, zero_shot]))
+print(json.dumps([one(t0, 0), one(time.time(), 0), one(time.time(), 1)]))
 """
 
 
-def _fixed_costs(model: str) -> tuple[float, float, float]:
+def _fixed_costs(model: str, cache: str) -> list[float]:
+    """[lone, worker same seed, worker new seed] seconds, in a new process whose render cache is ``cache``."""
     t0 = time.time()
     out = subprocess.run([sys.executable, "-c", _FIXED_COST_CHILD, str(t0), BENCH_SEQUENCE, model],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "CLSUITE_CACHE": cache})
     if out.returncode != 0:
         raise RuntimeError(f"bench run: the child run failed: {out.stderr.strip().splitlines()[-1:]}")
-    lone, worker, zero_shot = json.loads(out.stdout.strip().splitlines()[-1])
-    return lone, worker, zero_shot
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _evaluation_share(rec: dict) -> tuple[float, float]:
+    ev = rec["efficiency"]["zero_shot_eval_time_s"] + sum(s["eval_time_s"] for s in rec["steps"])
+    return ev, rec["efficiency"]["zero_shot_eval_time_s"] + rec["efficiency"]["wall_time_s"]
 
 
 def bench_run(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
-    """What a run costs before its first training step, alone (a new process) and in a sweep worker (a process
-    that already ran one), and evaluation's share of a whole run at the shipped budget."""
-    lone, worker, zero_shot = _fixed_costs(model)
-    rec = _runner("seq", None, model).run()
-    ev = rec["efficiency"]["zero_shot_eval_time_s"] + sum(s["eval_time_s"] for s in rec["steps"])
-    total = rec["efficiency"]["zero_shot_eval_time_s"] + rec["efficiency"]["wall_time_s"]
+    """What a run costs before its first training step, alone (a new process; the rendered data not yet on disk,
+    then on disk) and in a sweep worker (a process that already ran one), and evaluation's share of a whole run at
+    the shipped budget, alone and as a sweep worker's next run on the same sequence and seed."""
+    with tempfile.TemporaryDirectory(prefix="clsuite-bench-cache-") as cache:
+        cold = _fixed_costs(model, cache)
+        warm = _fixed_costs(model, cache)
+    first = _runner("seq", None, model).run()
+    alone = _evaluation_share(first)
+    worker = _evaluation_share(_runner("seq", None, model).run())  # this process evaluated the pretrained model
+    share = "; ".join(f"{name} {ev:.1f} s of {total:.1f} s = {ev / total:.0%}"
+                      for name, (ev, total) in (("lone", alone), ("in a sweep worker", worker)))
     return "\n".join([
         f"bench run ({_machine()}): seq-LoRA on {BENCH_SEQUENCE}",
-        f"  fixed cost, process start to the first training step: lone {lone:.2f} s; in a sweep worker (its second "
-        f"run) {worker:.2f} s, of which {zero_shot:.2f} s is the run's zero-shot evaluation",
-        f"  evaluation's share of a run at the shipped budget: {ev:.1f} s of {total:.1f} s = {ev / total:.0%} "
-        f"({len(rec['steps']) + 1} evaluations)"])
+        f"  fixed cost, process start to the first training step: lone {cold[0]:.2f} s with the data to render, "
+        f"{warm[0]:.2f} s with it on disk; in a sweep worker {warm[1]:.2f} s (same sequence and seed), "
+        f"{warm[2]:.2f} s (another seed: the pretrained model evaluated again)",
+        f"  evaluation's share of a run at the shipped budget ({len(first['steps'])} tasks): "
+        f"{share}"])
 
 
 BENCHES = {"runner": bench_runner, "pegp": bench_pegp, "memory": bench_memory, "loader": bench_loader,
