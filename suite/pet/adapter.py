@@ -17,18 +17,7 @@ from torch import nn
 
 from suite.errors import ConfigError
 from suite.models.backbone import Backbone
-from suite.pet.base import (
-    PET,
-    GradSpace,
-    PETConfig,
-    PETLayer,
-    check_width,
-    register_config,
-    replace_attr,
-    select_sites,
-    undo_all,
-    zero_and_finite,
-)
+from suite.pet.base import PET, GradSpace, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
 
 POSITIONS = ("mlp", "attn")
 
@@ -56,6 +45,7 @@ class Adapter(PETLayer):
     """Wraps a frozen module (the block's MLP or attention) and adds the bottleneck branch to its output."""
 
     borrowed = ("inner",)
+    zero_means_identity = "up"
 
     def __init__(self, name: str, inner: nn.Module, width: int, bottleneck: int, scale: float, bias: bool):
         super().__init__(name)
@@ -81,8 +71,6 @@ class Adapter(PETLayer):
             return (out[0] + self.branch(h),) + tuple(out[1:])
         return out + self.branch(h)
 
-    def is_identity(self) -> bool:
-        return zero_and_finite(self.up, self.down)
 
     def grad_spaces(self) -> list[GradSpace]:
         return [GradSpace(f"{self.pet_name}.down", self.down, self.down.shape[1]),

@@ -148,6 +148,12 @@ def select_sites(backbone: Backbone, cfg: PETConfig) -> list[BlockSite]:
     return sites
 
 
+def zero_and_finite(zero: torch.Tensor, *others: torch.Tensor) -> bool:
+    """``zero`` is all zeros and every tensor is finite (``0 · x`` is an exact zero only for finite ``x``)."""
+    with torch.no_grad():
+        return not bool(zero.any()) and all(bool(torch.isfinite(t).all()) for t in (zero, *others))
+
+
 class PETLayer(nn.Module):
     """Base of every PET layer: a name, declared gradient spaces, and feature emission.
 
@@ -180,12 +186,19 @@ class PETLayer(nn.Module):
     def grad_spaces(self) -> list[GradSpace]:
         return []
 
+    # The parameter whose zeros make the layer add an exact zero to what it wraps (LoRA's ``B``, an adapter's ``up``,
+    # a gate); None where no parameter does.
+    zero_means_identity: str | None = None
+
     def is_identity(self) -> bool:
-        """Whether the layer, as its parameters are now, adds an exact zero to what it wraps (LoRA's ``B = 0``, an
-        adapter's ``up = 0``, a gate at 0, every parameter finite), so the model computes the pretrained function
-        bit for bit. The runner then takes the freshly attached model's evaluation from the pretrained one instead
-        of repeating it. False unless a layer knows."""
-        return False
+        """Whether the layer, as its parameters are now, adds an exact zero to what it wraps (its
+        ``zero_means_identity`` parameter is all zeros and every parameter of its own is finite), so the model
+        computes the pretrained function bit for bit. The runner then takes the freshly attached model's
+        evaluation from the pretrained one instead of repeating it."""
+        if self.zero_means_identity is None:
+            return False
+        own = [p for n, p in self.named_parameters() if n.split(".")[0] not in self.borrowed]
+        return zero_and_finite(getattr(self, self.zero_means_identity), *own)
 
     def fixed_after_first_task(self) -> list[nn.Parameter]:
         """Parameters with no feature space (e.g. gates) that projection methods freeze after task 1."""
@@ -194,12 +207,6 @@ class PETLayer(nn.Module):
     def collect_outputs(self, backbone: Backbone, classnames: list[str]) -> None:
         """While a collector listens, after the forward passes: emit features that need more than a forward
         pass (e.g. CoOp's output Jacobian rows for these classes). Most layers need nothing here."""
-
-
-def zero_and_finite(zero: torch.Tensor, *others: torch.Tensor) -> bool:
-    """``zero`` is all zeros and every tensor is finite (``0 · x`` is an exact zero only for finite ``x``)."""
-    with torch.no_grad():
-        return not bool(zero.any()) and all(bool(torch.isfinite(t).all()) for t in (zero, *others))
 
 
 class PET(nn.Module):

@@ -23,10 +23,12 @@ from torch import nn
 
 from suite.errors import ConfigError
 from suite.models.attention import SplitAttention
-from suite.pet.base import PET, GradSpace, PETLayer, layer_per_site, select_sites, undo_all, zero_and_finite
+from suite.pet.base import PET, GradSpace, PETLayer, layer_per_site, select_sites, undo_all
 
 
 class GatedKV(PETLayer):
+    zero_means_identity = "gate"
+
     def __init__(self, name: str, attn: SplitAttention, length: int):
         super().__init__(name)
         self.num_heads, self.head_dim, self.length = attn.num_heads, attn.head_dim, length
@@ -51,8 +53,6 @@ class GatedKV(PETLayer):
     def fixed_after_first_task(self) -> list[nn.Parameter]:
         return [self.gate]
 
-    def is_identity(self) -> bool:
-        return zero_and_finite(self.gate, *(p for n, p in self.named_parameters() if n != "gate"))
 
 
 def register_source(attn: SplitAttention, layer: GatedKV, undo: list) -> None:

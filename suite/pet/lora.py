@@ -18,18 +18,7 @@ from torch import nn
 
 from suite.errors import ConfigError
 from suite.models.backbone import Backbone
-from suite.pet.base import (
-    PET,
-    GradSpace,
-    PETConfig,
-    PETLayer,
-    check_width,
-    register_config,
-    replace_attr,
-    select_sites,
-    undo_all,
-    zero_and_finite,
-)
+from suite.pet.base import PET, GradSpace, PETConfig, PETLayer, check_width, register_config, replace_attr, select_sites, undo_all
 
 ATTN_ROLES = ("q", "k", "v", "out")
 MLP_ROLES = ("fc1", "fc2")
@@ -52,6 +41,7 @@ class LoRAConfig(PETConfig):
 
 class LoRALinear(PETLayer):
     borrowed = ("base",)
+    zero_means_identity = "B"
     def __init__(self, name: str, base: nn.Linear, rank: int, alpha: float):
         super().__init__(name)
         self.base = base
@@ -74,8 +64,6 @@ class LoRALinear(PETLayer):
         out = torch.addmm(base(flat), mid, self.B.T, alpha=self.scale)
         return out.view(*x.shape[:-1], out.shape[-1])
 
-    def is_identity(self) -> bool:
-        return zero_and_finite(self.B, self.A)
 
     def grad_spaces(self) -> list[GradSpace]:
         return [GradSpace(f"{self.pet_name}.A", self.A, self.A.shape[1]),
