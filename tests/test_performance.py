@@ -145,3 +145,34 @@ def test_rendered_data_is_read_back_verified_and_a_damaged_copy_is_rendered_anew
     monkeypatch.setenv("CLSUITE_CACHE", "off")
     render_cache.cached(seq, spec, 16, render)
     assert len(renders) == 3
+
+
+def test_compare_records_counts_what_moved(tmp_path):
+    """``scripts/compare-records`` (the README's check of a rerun plan against results/): a copy is identical; a
+    record whose first matrix entry and one test answer changed is counted as moved, by how much."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from suite.results import items
+
+    root = Path(__file__).resolve().parents[1]
+    names = sorted(p.name for p in (root / "results").glob("world-class-incremental__*__lora__seq__s[01]__*.json"))
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    for n in names:
+        shutil.copy(root / "results" / n, old / n)
+        shutil.copy(root / "results" / n, new / n)
+    rec = json.loads((new / names[0]).read_text())
+    right = items.unpack(rec["steps"][0]["items"]["tasks"][0])["correct"].copy()
+    right[0] = not right[0]
+    rec["steps"][0]["items"]["tasks"][0] = items.pack_correct(right)
+    rec["matrix"][0][0] += 1 / len(right) * (1 if right[0] else -1)
+    (new / names[0]).write_text(json.dumps(rec))
+    out = subprocess.run([sys.executable, str(root / "scripts" / "compare-records"), str(new), str(old)],
+                         capture_output=True, text=True, check=True, cwd=root).stdout
+    assert "records compared: 2; identical accuracy matrices: 1" in out
+    assert "test answers that differ: 1 of" in out
+    assert f"largest matrix-entry difference: {100 / len(right):.2f} points ({names[0]})" in out
