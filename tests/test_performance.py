@@ -176,3 +176,18 @@ def test_compare_records_counts_what_moved(tmp_path):
     assert "records compared: 2; identical accuracy matrices: 1" in out
     assert "test answers that differ: 1 of" in out
     assert f"largest matrix-entry difference: {100 / len(right):.2f} points ({names[0]})" in out
+
+
+def test_a_max_eval_sample_belongs_to_its_split_even_when_an_id_is_reused():
+    """The ``--max-eval`` sample is kept per split object: a split that takes a freed split's id (train-accuracy
+    subsets are made per call) gets its own stratified sample, not the other's."""
+    from suite.data.base import Split
+    from suite.evaluation.evaluator import Evaluator, stratified_sample
+
+    ev = Evaluator(backbone=None, max_eval=4)
+    a = Split(labels=np.array([0] * 8 + [1] * 8), ids=[str(i) for i in range(16)])
+    b = Split(labels=np.array([0] * 14 + [1] * 2), ids=[str(i) for i in range(16)])
+    ev.eval_indices(a)
+    ev._samples[id(b)] = ev._samples.pop(id(a))  # as if b had been allocated where a was
+    assert ev.eval_indices(b) == stratified_sample(b.labels, 4, 0)
+    assert sorted(set(b.labels[ev.eval_indices(b)])) == [0, 1]

@@ -29,7 +29,7 @@ class Evaluator:
     autocast: Callable[[], Any] | None = None
     _text_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
     _token_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
-    _samples: dict[int, list[int]] = field(default_factory=dict)
+    _samples: dict[int, tuple[Split, list[int]]] = field(default_factory=dict)
     text_encodes: int = 0  # how many times class prompts were encoded (for the speed benchmark)
     input_cache_bytes: int = 4 * 2**30  # decoded evaluation inputs of file-backed splits kept across evaluations
     text_chunk: int = 256  # prompts per text-tower pass when a trained text side is encoded with gradients
@@ -92,9 +92,10 @@ class Evaluator:
         n = len(split)
         if self.max_eval is None or self.max_eval >= n:
             return list(range(n))
-        if id(split) not in self._samples:
-            self._samples[id(split)] = stratified_sample(split.labels, self.max_eval, EVAL_SAMPLE_SEED)
-        return self._samples[id(split)]
+        held = self._samples.get(id(split))
+        if held is None or held[0] is not split:  # held with its split, so a freed split's id never maps here
+            held = self._samples[id(split)] = (split, stratified_sample(split.labels, self.max_eval, EVAL_SAMPLE_SEED))
+        return held[1]
 
     def _cache_key(self, split: Split, chunk: list[int], start: int) -> tuple:
         return (id(split), start, len(chunk), chunk[0] if chunk else -1)
