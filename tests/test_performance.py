@@ -133,6 +133,7 @@ def test_rendered_data_is_read_back_verified_and_a_damaged_copy_is_rendered_anew
         assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
         assert a.ids == b.ids and a.captions == b.captions and a.objects == b.objects
     assert (first.classnames, first.templates) == (again.classnames, again.templates)
+    assert first.content_sha256 == again.content_sha256 == render_cache.image_digest(again)  # hashed once, kept
     stored = tmp_path / "cache" / "rendered" / f"{render_cache.render_key(seq, spec, 16)}.npz"
     with np.load(stored) as z:
         arrays = {k: z[k].copy() for k in z.files}

@@ -37,7 +37,7 @@ def materialize(seq: TaskSequence, task: TaskSpec | str, size: int | None = None
         return _CACHE[key]
     data = render_cache.cached(seq, spec, size, lambda: ADAPTERS[spec.adapter](seq, spec, size))
     data.manifest_sha256 = manifest_sha256(data.manifest())
-    if data.train.images is not None:
+    if data.train.images is not None and data.content_sha256 is None:  # the render cache has hashed what it served
         data.content_sha256 = render_cache.image_digest(data)
     pinned = spec.pinned_manifest
     if verify and pinned and pinned != data.manifest_sha256:

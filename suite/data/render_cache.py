@@ -13,6 +13,7 @@ Where: ``$CLSUITE_CACHE`` (``off`` turns the cache off), else ``$XDG_CACHE_HOME/
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ def cache_dir() -> Path | None:
     return Path(base) / "clsuite"
 
 
+@functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     import matplotlib
     import PIL
@@ -59,6 +61,7 @@ def render_key(seq: TaskSequence, spec: TaskSpec, size: int) -> str:
 
 
 def image_digest(data: TaskData) -> str:
+    """SHA-256 of the train and test image bytes: the data's ``content_sha256``, and what a stored copy must match."""
     h = hashlib.sha256()
     for part in (data.train.images, data.test.images):
         h.update(part.tobytes())
@@ -87,17 +90,19 @@ def load(folder: Path, key: str) -> TaskData | None:
                         _split(meta["train"], arrays, "train"), _split(meta["test"], arrays, "test"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return data if image_digest(data) == meta.get("image_sha256") else None
+    data.content_sha256 = image_digest(data)
+    return data if data.content_sha256 == meta.get("image_sha256") else None
 
 
 def save(folder: Path, key: str, data: TaskData) -> None:
     """Store ``data`` (arrays first, then the JSON that names their digest; each written whole, then renamed).
     A folder that cannot be written leaves the run as it was: the cache is an optimisation."""
+    data.content_sha256 = data.content_sha256 or image_digest(data)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {f"{p}_{k}": getattr(getattr(data, p), k) for p in ("train", "test") for k in ("labels", "images")}
         meta = {"format": FORMAT, "name": data.name, "classnames": data.classnames, "templates": data.templates,
-                "train": _split_meta(data.train), "test": _split_meta(data.test), "image_sha256": image_digest(data)}
+                "train": _split_meta(data.train), "test": _split_meta(data.test), "image_sha256": data.content_sha256}
         for suffix, write in ((".npz", lambda f: np.savez(f, **arrays)),
                               (".json", lambda f: f.write(json.dumps(meta).encode()))):
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=suffix)
@@ -113,7 +118,8 @@ def save(folder: Path, key: str, data: TaskData) -> None:
 
 
 def cached(seq: TaskSequence, spec: TaskSpec, size: int, render: Callable[[], TaskData]) -> TaskData:
-    """``render()``'s task, read from the cache when a verified copy is there, else rendered and stored."""
+    """``render()``'s task, read from the cache when a verified copy is there, else rendered and stored; a task
+    that went through the cache has its ``content_sha256`` set (hashed once, when verified or stored)."""
     folder = cache_dir()
     if folder is None or spec.adapter not in RENDERED:
         return render()

@@ -20,8 +20,6 @@ class ZSCL(Method):
                "batch": Option(32, (int,), low=1)}
 
     def setup(self, ctx: RunContext) -> None:
-
-        self.params = self.trainable(ctx)
         images, captions = reference_pairs(self.options["reference_size"], ctx.backbone.image_size, ctx.seed)
         self.ref_images = images
         self.ref_tokens = ctx.backbone.tokenize(captions)
