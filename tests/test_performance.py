@@ -142,10 +142,13 @@ def test_rendered_data_is_read_back_verified_and_a_damaged_copy_is_rendered_anew
     healed = render_cache.cached(seq, spec, 16, render)
     assert len(renders) == 2 and np.array_equal(healed.test.images, first.test.images)
     assert render_cache.cached(seq, spec, 16, render) is not None and len(renders) == 2  # the copy was replaced
+    stored.write_bytes(stored.read_bytes()[:100])  # a truncated archive (say, a full disk) is rendered anew too
+    render_cache.cached(seq, spec, 16, render)
+    assert len(renders) == 3
     assert render_cache.render_key(seq, spec, 16) != render_cache.render_key(seq, spec, 24)
     monkeypatch.setenv("CLSUITE_CACHE", "off")
     render_cache.cached(seq, spec, 16, render)
-    assert len(renders) == 3
+    assert len(renders) == 4
 
 
 def test_compare_records_counts_what_moved(tmp_path):

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -88,7 +89,7 @@ def load(folder: Path, key: str) -> TaskData | None:
             arrays = {k: z[k] for k in z.files}
         data = TaskData(meta["name"], list(meta["classnames"]), list(meta["templates"]),
                         _split(meta["train"], arrays, "train"), _split(meta["test"], arrays, "test"))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
     data.content_sha256 = image_digest(data)
     return data if data.content_sha256 == meta.get("image_sha256") else None
