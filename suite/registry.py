@@ -80,7 +80,10 @@ METHODS = Registry("method", "clsuite.methods", {
     "zeroshot": "suite.methods.zeroshot:ZeroShot", "seq": "suite.methods.seq:SequentialPET",
     "pegp": "suite.methods.pegp:PEGP", "finetune": "suite.methods.finetune:FullFineTune",
     "lwf": "suite.methods.lwf:LwF", "ewc": "suite.methods.ewc:EWC", "wiseft": "suite.methods.wiseft:WiSEFT",
-    "zscl": "suite.methods.zscl:ZSCL", "l2p": "suite.methods.l2p:L2P", "gpm": "suite.methods.gpm:GPM"})
+    "zscl": "suite.methods.zscl:ZSCL", "l2p": "suite.methods.l2p:L2P", "gpm": "suite.methods.gpm:GPM",
+    "inflora": "suite.methods.inflora:InfLoRA", "olora": "suite.methods.olora:OLoRA", "sdlora": "suite.methods.sdlora:SDLoRA",
+    "vpt-nsp2": "suite.methods.vpt_nsp2:VPTNSP2", "coda-prompt": "suite.methods.coda_prompt:CODAPrompt",
+    "dualprompt": "suite.methods.dualprompt:DualPrompt"})
 BACKBONES = Registry("model kind", "clsuite.backbones", {
     "embedded": "suite.models:load_embedded", "open_clip": "suite.models:load_open_clip", "hf": "suite.models:load_hf"})
 

@@ -223,6 +223,9 @@ def test_an_accepted_submission_ends_on_the_board(board_records, tmp_path):
     ("items_missing", "steps.items: every step must keep its item outcomes"),
     ("items_wrong", "the items give accuracy"),
     ("no_reference", "zero_shot.reference"),
+    ("memory", "method.protocol.memory: 2000 stored examples, but board class-incremental allows 0 (rehearsal-free)"),
+    ("task_id_test", "method.protocol.task_id_test: the method is given the task id at test"),
+    ("batchwise", "method.protocol.routing: 'per-batch'"),
 ])
 def test_validate_rejects_with_one_line_reason(board_records, tmp_path, case, needle, capsys):
     sub = _submission(board_records, tmp_path)
@@ -261,6 +264,14 @@ def test_validate_rejects_with_one_line_reason(board_records, tmp_path, case, ne
 
     def no_reference(s):
         del s["records"][0]["zero_shot"]["reference"]
+
+    def protocol(**flags):  # a record whose method declares what the board does not allow
+        def change(s):
+            s["records"][1]["method"]["protocol"] = {"task_id_train": False, "task_id_test": False, "memory": 0,
+                                                     "routing": "none", "extra_forward": 0, **flags}
+        return change
+
+    memory, task_id_test, batchwise = protocol(memory=2000), protocol(task_id_test=True), protocol(routing="per-batch")
 
     bad = _mutate(sub, locals()[case])
     problems = validate_submission(bad)

@@ -119,3 +119,17 @@ def _compare(args: argparse.Namespace) -> int:
     names = tuple(args.metrics.split(",")) if args.metrics else COMPARE_METRICS
     print(format_compare(compare(_records_from(args), names, pairs), args.format))
     return 0
+
+
+def _rivals_args(p: argparse.ArgumentParser) -> None:
+    _add_record_selection(p)
+    p.add_argument("--figures", help="a folder for one forgetting-vs-plasticity figure per sequence (SVG)")
+
+
+@command("rivals", "PEGP against its rivals: each entry, and PEGP − rival paired by seed and test item (Markdown)",
+         _rivals_args)
+def _rivals(args: argparse.Namespace) -> int:
+    from suite.experiments.rivals import rivals_report
+
+    print(rivals_report(_records_from(args), args.figures))
+    return 0

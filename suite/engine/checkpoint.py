@@ -27,10 +27,16 @@ class Checkpoints:
     def __init__(self, run_dir: Path, fingerprint: dict[str, Any], device: torch.device):
         self.run_dir, self.fingerprint, self.device = Path(run_dir), fingerprint, device
 
-    def save(self, rec: dict[str, Any], tasks_done: int, params: list[torch.nn.Parameter], method_state: dict) -> None:
+    def save(self, rec: dict[str, Any], tasks_done: int, params: list[torch.nn.Parameter], method_state: dict,
+             pet: dict[str, torch.Tensor] | None = None, branches: int = 1) -> None:
+        """``params``: the method's own trainable parameters, by position; ``pet``: the PET's whole state (every
+        per-task branch, frozen or not) and ``branches`` its branch count, so a resumed run rebuilds them first."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = {"tasks_done": tasks_done, "params": [p.detach().cpu().clone() for p in params], "method": method_state,
                  "record": json.dumps(rec), "fingerprint": json.dumps(self.fingerprint)}
+        if pet is not None:
+            state["pet"] = {k: v.detach().cpu().clone() for k, v in pet.items()}
+            state["branches"] = int(branches)
         write_atomic(self.run_dir / "checkpoint.pt", lambda fh: torch.save(state, fh))
         self.save_partial(rec)
 

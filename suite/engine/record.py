@@ -51,7 +51,7 @@ def base_record(cfg: RunConfig, run) -> dict[str, Any]:
         "model": {"spec": cfg.model, "pretrained": bool(run.backbone.pretrained)},
         "pet": {"kind": cfg.pet if pet is not None else None, "options": pet.config.to_dict() if pet is not None else {}},
         "method": {"name": method.name, "options": dict(method.options),
-                   "source": f"{type(method).__module__}:{type(method).__qualname__}"},
+                   "source": f"{type(method).__module__}:{type(method).__qualname__}", "protocol": method.protocol},
         "seed": cfg.seed, "training": run.train.to_dict(),
         "config": {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_FIELDS},
         "fingerprint": run.fingerprint(),

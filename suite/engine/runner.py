@@ -186,9 +186,21 @@ class Runner:
             write_json_atomic(self.out_path(), rec)
         return rec
 
+    def _own_params(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters a checkpoint keeps by position: the method's own (outside the PET, whose state
+        is saved whole, every branch included)."""
+        pet = {id(p) for p in self.pet.parameters()} if self.pet is not None else set()
+        return [p for p in self.params if id(p) not in pet]
+
     def _restore(self, state: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        if "pet" in state and self.pet is not None:
+            self.pet.grow_to(int(state.get("branches", 1)))
+            self.pet.load_state_dict(state["pet"])
+            own = self._own_params()
+        else:  # a checkpoint of an earlier version: every trainable parameter by position
+            own = self.params
         with torch.no_grad():
-            for p, v in zip(self.params, state["params"]):
+            for p, v in zip(own, state["params"]):
                 p.copy_(v)
         self.method.load_state_dict(state["method"])
         return state["record"], state["tasks_done"]
@@ -205,6 +217,9 @@ class Runner:
                 ckpt.save_partial(rec)
             raise TrainingFailed(rec["error"]) from exc
         train_time = time.perf_counter() - t0
+        # the most parameters any task trained (a per-task-branch method trains a new set each task)
+        trained = int(sum(p.numel() for p in self.params))
+        rec["efficiency"]["trainable_parameters"] = max(rec["efficiency"]["trainable_parameters"], trained)
         if self.method.trains and self.text_trains:
             self.evaluator.invalidate_text()
         t1 = time.perf_counter()
@@ -216,7 +231,9 @@ class Runner:
         step["peak_memory_mb"] = peak_memory_mb(self.device)
         add_step(rec, step, self.method.report(), len(self.seq.tasks))
         if self.rank == 0:
-            ckpt.save(rec, t + 1, self.params, self.method.state_dict())
+            ckpt.save(rec, t + 1, self._own_params(), self.method.state_dict(),
+                      pet=self.pet.state_dict() if self.pet is not None else None,
+                      branches=self.pet.branch_count() if self.pet is not None else 1)
 
     def learn_task(self, t: int) -> tuple[dict[str, Any], dict[str, float]]:
         """Task ``t`` as a run learns it: the method's before-task hook, training, then its after-task hook
@@ -225,6 +242,8 @@ class Runner:
         self.ctx.task_index, self.ctx.task_data = t, data
         torch.manual_seed(task_seed(self.cfg.seed, t))
         self.method.before_task(self.ctx, t)
+        if self.method.trains:  # a method may open a per-task branch (or freeze parameters) before each task
+            self.params = self.method.trainable(self.ctx)
         t0 = time.perf_counter()
         train = self.train_task(t, data)
         t1 = time.perf_counter()

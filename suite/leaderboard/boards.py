@@ -89,6 +89,9 @@ def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | N
     if rec["zero_shot"].get("reference") != REFERENCE:
         raise RecordError(f"{where}: zero_shot.reference: must be {REFERENCE!r} (the pretrained model without a PET); "
                           f"records made before the reference was fixed cannot be ranked — rerun them")
+    why = protocol_conflict(rec, board)
+    if why:
+        raise RecordError(f"{where}: {why}")
     if not has_items(rec):
         raise RecordError(f"{where}: steps.items: every step must keep its item outcomes (boards recompute accuracies "
                           f"and intervals from them) — rerun with this suite")
@@ -111,6 +114,29 @@ def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | N
         differs = value is not None and not math.isclose(claimed, value, rel_tol=0, abs_tol=TOLERANCE)
         if (value is None) != (claimed is None) or differs:
             raise RecordError(f"{where}: aggregates.{key}: submitted {claimed} but the matrix gives {value}")
+
+
+def protocol_conflict(rec: dict, board: dict) -> str | None:
+    """Why a record's ``method.protocol`` breaks the board's ``protocol`` rules (``None`` when it does not): a
+    replay memory on a rehearsal-free board, a task id at test, a routing the board does not rank (per-batch routing
+    reveals the task when a test batch holds one task). A record without the field predates it (every method of
+    that time declared no memory, no task id at test and no routing) and is judged as those defaults."""
+    rules = board.get("protocol")
+    if not rules:
+        return None
+    used = (rec.get("method") or {}).get("protocol") or {}
+    name = board["name"]
+    memory = used.get("memory", 0)
+    if "memory" in rules and memory > rules["memory"]:
+        return (f"method.protocol.memory: {memory} stored examples, but board {name} allows {rules['memory']}"
+                + (" (rehearsal-free)" if rules["memory"] == 0 else ""))
+    if rules.get("task_id_test") is False and used.get("task_id_test", False):
+        return f"method.protocol.task_id_test: the method is given the task id at test; board {name} never gives it"
+    routing = used.get("routing", "none")
+    if "routing" in rules and routing not in rules["routing"]:
+        return (f"method.protocol.routing: {routing!r}; board {name} ranks only {', '.join(rules['routing'])} "
+                f"(a batch-wise choice reveals the task when a test batch holds one task)")
+    return None
 
 
 def off_budget(rec: dict, board: dict) -> str | None:

@@ -34,7 +34,7 @@ FORMATS = (".png", ".svg", ".pdf")
 # Built-in methods and PETs take these in registry order (suite.registry), so a method has one colour and a PET
 # one line style and marker in every figure; plug-ins get one by a hash of their name.
 _COLOURS = ("#7f7f7f", "#d62728", "#1f77b4", "#8c564b", "#ff7f0e", "#9467bd", "#bcbd22", "#2ca02c", "#e377c2",
-            "#17becf")
+            "#17becf", "#000000", "#843c39", "#637939", "#7b4173", "#e7ba52", "#8c6d31")
 METHOD_COLOURS = dict(zip(METHODS.builtin, _COLOURS))
 _FALLBACK = plt.get_cmap("tab20").colors
 PET_STYLES = {**dict(zip(PETS.builtin, ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 1))))), "-": "-"}

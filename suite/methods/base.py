@@ -4,7 +4,9 @@ The runner owns the loop (data, optimiser, evaluation, checkpoints); a method on
 
 =====================  =============================================================================
 ``setup(ctx)``          once, after the backbone and PET exist (``ctx.backbone``, ``ctx.pet``).
-``trainable(ctx)``      the parameters to optimise (default: the PET's; full fine-tuning: backbone's).
+``trainable(ctx)``      the parameters to optimise (default: the PET's trainable ones; full fine-tuning: the backbone's);
+                        asked after ``setup`` and again after every ``before_task``: each task's optimiser is built
+                        over its answer then (a per-task-branch method opens a branch in ``before_task``).
 ``before_task(ctx, t)`` before training task ``t`` (``ctx.task_data``).
 ``loss(ctx, batch)``    the training loss of one batch (default: the task loss ``ctx.task_loss``).
 ``before_step(ctx)``    after ``backward``, before the optimiser: the gradient hook (PEGP projects here).
@@ -13,6 +15,10 @@ The runner owns the loop (data, optimiser, evaluation, checkpoints); a method on
 ``state_dict()``        what a checkpoint must hold to resume (tensors, numbers, strings only).
 ``report()``            numbers for the record's efficiency section (e.g. basis bytes).
 =====================  =============================================================================
+
+Every method also declares its :attr:`Method.protocol` (task id at train / test, replay memory, routing
+granularity, extra forward passes per step); the record keeps it (``method.protocol``) and a board refuses a
+record whose protocol contradicts its own rules (``protocol:`` in ``leaderboards/<board>.yaml``).
 
 Outside methods: subclass :class:`Method`, and expose it in your package's ``pyproject.toml`` under the
 entry-point group ``clsuite.methods`` (``mymethod = "my_pkg.module:MyMethod"``); ``clsuite run --method
@@ -107,6 +113,18 @@ class Option:
         return " or ".join(parts)
 
 
+# What a method uses beyond the current batch, declared on its class and written into every record:
+#   task_id_train  the task's identity selects parameters while training (a per-task prompt, slice or router), not
+#                  only the boundary between tasks
+#   task_id_test   the task's identity is given at test (never on the suite's boards)
+#   memory         stored training examples of earlier tasks replayed later (0: rehearsal-free)
+#   routing        how test images choose parameters: "none" (one model answers), "per-sample" (each image
+#                  chooses), "per-batch" (one choice for a whole batch: reveals the task when a batch holds one task)
+#   extra_forward  forward passes per training step beyond the one the loss needs (a frozen query pass, a teacher)
+PROTOCOL_DEFAULTS: dict[str, Any] = {"task_id_train": False, "task_id_test": False, "memory": 0, "routing": "none",
+                                     "extra_forward": 0}
+
+
 class Method:
     """Base class: sequential fine-tuning of whatever ``trainable`` returns, with no protection."""
 
@@ -116,6 +134,8 @@ class Method:
     text_changes = None    # None: decided by the PET's towers; True/False: forced
 
     OPTIONS: ClassVar[dict[str, Option]] = {}  # the method's options, declared with their types and ranges
+    # what the method uses beyond the batch (PROTOCOL_DEFAULTS, whose keys it overrides); recorded as method.protocol
+    PROTOCOL: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.option_defaults())
@@ -125,6 +145,12 @@ class Method:
             if key in self.OPTIONS:
                 self.OPTIONS[key].check(self.name, key, value)
         self.options = {**self.option_defaults(), **options}
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        """This method's protocol flags as the record states them (:data:`PROTOCOL_DEFAULTS` with the class's own
+        :attr:`PROTOCOL`; a method whose flags depend on an option overrides this)."""
+        return {**PROTOCOL_DEFAULTS, **self.PROTOCOL}
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class L2P(Method):
     name = "l2p"
     needs_pet = False
     text_changes = False
+    # each image picks its prompts from a frozen-model query (one extra forward pass per step and per test batch)
+    PROTOCOL = {"routing": "per-sample", "extra_forward": 1}
 
     OPTIONS = {"pool": Option(10, (int,), low=1), "length": Option(4, (int,), low=1, high=MAX_TOKENS),
                "top_n": Option(2, (int,), low=1), "layers": Option("0", (str,)), "pull_weight": Option(0.5, (float,), low=0)}

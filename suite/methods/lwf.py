@@ -12,6 +12,7 @@ from suite.methods.common import weights_swapped
 
 class LwF(Method):
     name = "lwf"
+    PROTOCOL = {"extra_forward": 1}  # the previous model's logits on every batch
 
     OPTIONS = {"weight": Option(1.0, (float,), low=0), "temperature": Option(2.0, (float,), low=0, open_low=True)}
 

@@ -15,6 +15,7 @@ from suite.methods.base import Method, Option, RunContext
 
 class ZSCL(Method):
     name = "zscl"
+    PROTOCOL = {"extra_forward": 1}  # the current model on a batch of reference image-caption pairs, every step
 
     OPTIONS = {"weight": Option(1.0, (float,), low=0), "reference_size": Option(128, (int,), low=1),
                "batch": Option(32, (int,), low=1)}

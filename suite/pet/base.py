@@ -204,6 +204,42 @@ class PETLayer(nn.Module):
         """Parameters with no feature space (e.g. gates) that projection methods freeze after task 1."""
         return []
 
+    # -- per-task branches (InfLoRA, O-LoRA, SD-LoRA): one mechanism for every form that names its branch parameters
+    # The parameters that make one branch (LoRA: ``A`` and ``B``). Branch 0 is those attributes as attached; each
+    # :meth:`open_branch` adds a fresh set under ``branches.<i>`` and freezes every earlier one. A form that names
+    # none has no branches.
+    branch_params: tuple[str, ...] = ()
+
+    def init_branch(self) -> dict[str, nn.Parameter]:
+        """A fresh branch, initialised as the form initialises its parameters at attach."""
+        raise NotImplementedError
+
+    def branch_list(self) -> list[dict[str, nn.Parameter]]:
+        """Every branch in the order opened, each ``{name: parameter}``; branch 0 is the one attached."""
+        first = {n: getattr(self, n) for n in self.branch_params}
+        extra = self._modules.get("branches")
+        return [first] + ([dict(d.items()) for d in extra] if extra is not None else [])
+
+    def open_branch(self) -> dict[str, nn.Parameter]:
+        """Freeze every branch so far and add a new, trainable one (on the device of the first); returns it."""
+        if not self.branch_params:
+            raise ConfigError(f"{self.pet_name}: this PET form has no per-task branches")
+        for branch in self.branch_list():
+            for p in branch.values():
+                p.requires_grad_(False)
+        if "branches" not in self._modules:
+            self.branches = nn.ModuleList()
+        device = next(iter(self.branch_list()[0].values())).device
+        new = nn.ParameterDict({k: nn.Parameter(v.detach().to(device)) for k, v in self.init_branch().items()})
+        self.branches.append(new)
+        return dict(new.items())
+
+    @property
+    def branched(self) -> bool:
+        """Whether more than the attached branch exists (then every branch takes part in the forward)."""
+        extra = self._modules.get("branches")
+        return extra is not None and len(extra) > 0
+
     def collect_outputs(self, backbone: Backbone, classnames: list[str]) -> None:
         """While a collector listens, after the forward passes: emit features that need more than a forward
         pass (e.g. CoOp's output Jacobian rows for these classes). Most layers need nothing here."""
@@ -252,7 +288,34 @@ class PET(nn.Module):
 
     def is_identity(self) -> bool:
         """Every layer adds an exact zero now (:meth:`PETLayer.is_identity`): the model is the pretrained one."""
-        return len(self.pet_layers) > 0 and all(layer.is_identity() for layer in self.pet_layers)
+        return len(self.pet_layers) > 0 and all(layer.is_identity() and not layer.branched for layer in self.pet_layers)
+
+    # -- per-task branches: a method decides when (``before_task``); the PET holds, freezes and saves them
+    def supports_branches(self) -> bool:
+        return len(self.pet_layers) > 0 and all(layer.branch_params for layer in self.pet_layers)
+
+    def open_branch(self) -> list[dict[str, nn.Parameter]]:
+        """Freeze every branch of every layer and open a new one in each; returns the new branches, per layer.
+        The engine's loop builds a task's optimiser over what ``Method.trainable`` returns after ``before_task``,
+        so only open branches train."""
+        if not self.supports_branches():
+            raise ConfigError(f"PET {self.kind} has no per-task branches; the branch methods need --pet lora")
+        return [layer.open_branch() for layer in self.pet_layers]
+
+    def branch_count(self) -> int:
+        """Branches per layer (1 until a method opens another)."""
+        return len(self.pet_layers[0].branch_list()) if self.supports_branches() else 1
+
+    def grow_to(self, count: int) -> None:
+        """Open branches until each layer has ``count`` (a checkpoint's state is loaded into them afterwards)."""
+        while self.branch_count() < count:
+            self.open_branch()
+
+    def size_report(self) -> dict[str, int]:
+        """What the PET holds now, for the record: branches, parameters (trainable or frozen) and their bytes."""
+        params = list(self.parameters())
+        return {"branches": self.branch_count(), "pet_parameters": int(sum(p.numel() for p in params)),
+                "pet_bytes": int(sum(p.numel() * p.element_size() for p in params))}
 
     def set_sink(self, sink: Sink | None) -> None:
         for layer in self.pet_layers:

@@ -6,11 +6,16 @@ fit plain Linear layers, but not that fused in-projection, and PEGP needs the fe
 ``B``; one small module serves every site.
 
 Gradient spaces: ``A`` (r x d_in) acts on the layer inputs ``x``; ``B`` (d_out x r) acts on ``A x``.
+
+Per-task branches (:meth:`~suite.pet.base.PETLayer.open_branch`): with branches ``(A_i, B_i)`` the layer computes
+``W x + Σ_i s_i B_i A_i x`` with ``s_i = α/r`` unless a method sets :attr:`LoRALinear.branch_scales` (SD-LoRA's
+learned, norm-divided magnitudes). A layer with one branch and no scales runs exactly the single-LoRA code.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +54,31 @@ class LoRALinear(PETLayer):
         self.A = nn.Parameter(torch.empty(rank, base.in_features))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+        # per-branch multipliers of ``B_i A_i`` (a method's, e.g. SD-LoRA): called with the layer, returns one scale per
+        # branch (numbers or 0-d tensors); None: α/r for every branch
+        self.branch_scales: Callable[["LoRALinear"], list] | None = None
+
+    branch_params = ("A", "B")
+
+    def init_branch(self) -> dict[str, nn.Parameter]:
+        A = nn.Parameter(torch.empty_like(self.A))
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        return {"A": A, "B": nn.Parameter(torch.zeros_like(self.B))}
+
+    def scales(self) -> list:
+        return self.branch_scales(self) if self.branch_scales is not None else [self.scale] * len(self.branch_list())
+
+    def delta_weight(self) -> torch.Tensor:
+        """``Σ_i s_i B_i A_i``: what every branch adds to the frozen weight."""
+        out = None
+        for s, br in zip(self.scales(), self.branch_list()):
+            term = s * (br["B"] @ br["A"])
+            out = term if out is None else out + term
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branched or self.branch_scales is not None:
+            return self._forward_branches(x)
         base = self.base
         if self._sink is None and not torch.is_grad_enabled():
             # evaluation: one product with the merged weight W + (α/r) B A instead of three (the same map; the sums
@@ -64,6 +92,23 @@ class LoRALinear(PETLayer):
         out = torch.addmm(base(flat), mid, self.B.T, alpha=self.scale)
         return out.view(*x.shape[:-1], out.shape[-1])
 
+    def _forward_branches(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base
+        self.emit("A", x)
+        if self._sink is None and not torch.is_grad_enabled():
+            return F.linear(x, base.weight + self.delta_weight(), base.bias)
+        # training: the earlier branches (frozen directions, possibly learned scales) merged into the weight, one
+        # d_out x d_in product each instead of two per token; the open branch as low-rank products, as in one LoRA
+        *earlier, last = list(zip(self.scales(), self.branch_list()))
+        weight = base.weight
+        for s, br in earlier:
+            weight = weight + s * (br["B"] @ br["A"])
+        flat = x.reshape(-1, x.shape[-1])
+        out = F.linear(flat, weight, base.bias)
+        s, br = last
+        mid = flat @ br["A"].T
+        out = torch.addmm(out, mid, br["B"].T, alpha=s) if isinstance(s, (int, float)) else out + s * (mid @ br["B"].T)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def grad_spaces(self) -> list[GradSpace]:
         return [GradSpace(f"{self.pet_name}.A", self.A, self.A.shape[1]),

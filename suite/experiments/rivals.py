@@ -1,0 +1,87 @@
+"""PEGP against its rivals, from records alone: the README's "PEGP against its rivals" section.
+
+Each rival is compared with the PEGP entry of the PET it competes on (LoRA rivals with PEGP-LoRA, VPT-NSP² with
+PEGP-VPT, the prompt-pool methods with PEGP-prefix, whose prefixes they use): per sequence, each entry's mean ± 95 %
+interval, then PEGP − rival per metric paired by seed and test item (:func:`~suite.results.analysis.paired_difference`,
+what ``clsuite compare --pair`` prints; *tie* where the deciding interval contains 0) with the count of seeds where
+McNemar's exact test on the final step's items gives p < 0.05; and one stability–plasticity figure per sequence.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from suite.leaderboard.plots import save_figure, tradeoff_figure
+from suite.results.analysis import Group, format_interval, format_value, group_records, item_tests, paired_difference
+from suite.results.metrics import METRICS
+
+# (PEGP entry, its rivals): groups are labelled method/PET ("-" where a method owns its parameters)
+MATCHUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pegp/lora", ("inflora/lora", "olora/lora", "sdlora/lora")),
+    ("pegp/vpt", ("vpt-nsp2/vpt",)),
+    ("pegp/prefix", ("coda-prompt/-", "dualprompt/-", "l2p/-")),
+)
+DELTAS = ("last", "forgetting", "zero_shot_retention", "hallucination_fpr")
+COLUMNS = ("last", "forgetting", "zero_shot_retention", "hallucination_fpr", "trainable_parameters", "wall_time_s")
+
+
+def _label(g: Group) -> str:
+    return f"{g.method}/{g.pet}"
+
+
+def _cell(g: Group, name: str) -> str:
+    s = g.stat(name)
+    if s is None:
+        return "n/a"
+    return format_value(name, s.mean, s.ci) + format_interval(name, s.items)
+
+
+def _delta(a: Group, b: Group, name: str) -> str:
+    d = paired_difference(a, b, name)
+    if d is None:
+        return "n/a"
+    text = format_value(name, d.mean, None if d.items else d.ci, signed=True) + format_interval(name, d.items)
+    return text + (" (tie)" if d.tie else "")
+
+
+def _md(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + \
+        ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
+def rivals_report(records: Iterable[dict], figures: str | Path | None = None) -> str:
+    """The section's Markdown from ``records``; with ``figures`` (a folder), also one forgetting-vs-plasticity
+    figure per sequence there (``rivals-<sequence>.svg``), linked from the text."""
+    by_seq: dict[str, dict[str, Group]] = {}
+    for g in group_records(records):
+        g.label = _label(g)
+        by_seq.setdefault(g.sequence, {})[g.label] = g
+    entries, deltas, out = [], [], []
+    for seq, groups in sorted(by_seq.items()):
+        for anchor, rivals in MATCHUPS:
+            present = [r for r in rivals if r in groups]
+            if anchor not in groups or not present:
+                continue
+            for label in (anchor, *present):
+                entries.append([seq, label, str(len(groups[label].records))] + [_cell(groups[label], n) for n in COLUMNS])
+            for r in present:
+                a, b = groups[anchor], groups[r]
+                tests = item_tests(a, b)
+                sig = f"{sum(t['p'] < 0.05 for t in tests)} of {len(tests)}" if tests else "n/a"
+                deltas.append([seq, f"{anchor} − {r}"] + [_delta(a, b, n) for n in DELTAS] + [sig])
+        if figures is not None:
+            shown = [groups[x] for anchor, rivals in MATCHUPS for x in (anchor, *rivals) if x in groups]
+            if len(shown) > 1:
+                path = save_figure(tradeoff_figure(shown, x="plasticity", y="forgetting",
+                                                   title=f"{seq}: forgetting vs plasticity gain"),
+                                   Path(figures) / f"rivals-{seq}.svg")
+                out.append(f"![{seq}: forgetting vs plasticity, PEGP and its rivals]({path.as_posix()})")
+    if not deltas:
+        return "No sequence has records of PEGP and a rival on the same PET."
+    arrow = lambda n: "" if METRICS[n].higher_is_better else " ↓"  # noqa: E731
+    head = ["sequence", "entry", "n"] + [METRICS[n].label + arrow(n) for n in COLUMNS]
+    dhead = ["sequence", "PEGP − rival"] + [f"Δ {METRICS[n].label}" for n in DELTAS] + ["McNemar p < 0.05 (seeds)"]
+    return "\n".join(_md(head, entries) + [""] + _md(dhead, deltas) + ([""] + out if out else []))
+
+
+__all__ = ["MATCHUPS", "rivals_report"]
