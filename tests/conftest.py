@@ -83,3 +83,21 @@ def imagefolder_sequence(root, iterations: int = 3, per_class: int = 6) -> str:
                                    "training": {"iterations": iterations, "batch_size": 4, "lr": 0.01}}))
     return str(seq)
 
+
+
+def method_runner(seq: str, tmp_path, method: str, pet: str | None = "lora", **method_options):
+    """A Runner of ``method`` on the micro model (3 steps of batch 8 per task), built but not run: fidelity tests
+    drive its hooks themselves."""
+    from suite.engine.runner import RunConfig, Runner
+
+    return Runner(RunConfig(sequence=seq, model=MICRO, pet=pet, method=method, method_options=method_options,
+                            training={"iterations": 3, "batch_size": 8, "lr": 0.005}, progress=False,
+                            out=str(tmp_path / "results"), run_dir=str(tmp_path / "runs")))
+
+
+def start_task(r, t: int):
+    """Enter task ``t`` as the runner does (context, then the method's before_task); returns the task's data."""
+    data = r.data[r.seq.tasks[t].name]
+    r.ctx.task_index, r.ctx.task_data = t, data
+    r.method.before_task(r.ctx, t)
+    return data

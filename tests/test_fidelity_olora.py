@@ -4,23 +4,17 @@ and only the open branch trains; a run gives a complete record on class-incremen
 import pytest
 import torch
 
-from suite.engine.runner import RunConfig, Runner, run
-from tests.conftest import MICRO, run_config
+from suite.engine.runner import Runner, run
+from tests.conftest import method_runner, run_config, start_task
 
 
 def _runner(seq: str, tmp_path, **method_options) -> Runner:
-    cfg = RunConfig(sequence=seq, model=MICRO, pet="lora", method="olora", method_options=method_options,
-                    training={"iterations": 3, "batch_size": 8, "lr": 0.005}, progress=False,
-                    out=str(tmp_path / "results"), run_dir=str(tmp_path / "runs"))
-    return Runner(cfg)
+    return method_runner(seq, tmp_path, "olora", **method_options)
 
 
 def _second_task(r: Runner):
     """Open task 2's branch (task 1's is the attached one, untrained: its A is random); return task 2's data."""
-    data = r.data[r.seq.tasks[1].name]
-    r.ctx.task_index, r.ctx.task_data = 1, data
-    r.method.before_task(r.ctx, 1)
-    return data
+    return start_task(r, 1)
 
 
 def test_fidelity_olora_penalty_zero_iff_orthogonal_and_grad_only_new_A(seq_file, tmp_path):

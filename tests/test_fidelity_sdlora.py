@@ -5,23 +5,18 @@ magnitudes and the open branch receive gradient (old A/B none); magnitudes survi
 import pytest
 import torch
 
-from suite.engine.runner import RunConfig, Runner, run
-from tests.conftest import MICRO, run_config
+from suite.engine.runner import Runner, run
+from tests.conftest import method_runner, run_config, start_task
 
 
 def _runner(seq: str, tmp_path, **method_options) -> Runner:
-    cfg = RunConfig(sequence=seq, model=MICRO, pet="lora", method="sdlora", method_options=method_options,
-                    training={"iterations": 3, "batch_size": 8, "lr": 0.005}, progress=False,
-                    out=str(tmp_path / "results"), run_dir=str(tmp_path / "runs"))
-    return Runner(cfg)
+    return method_runner(seq, tmp_path, "sdlora", **method_options)
 
 
 def _second_task(r: Runner):
     """Open task 2's branch, with every B filled (task 1's untrained branch included) so every path carries
     signal; return task 2's data."""
-    data = r.data[r.seq.tasks[1].name]
-    r.ctx.task_index, r.ctx.task_data = 1, data
-    r.method.before_task(r.ctx, 1)
+    data = start_task(r, 1)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for layer in r.pet.pet_layers:

@@ -45,10 +45,11 @@ Departures, with their reasons:
 - Each task's slice is its own parameter and only the current slice goes to the optimiser, so old slices stay
   exactly put under any optimiser (AdamW's decoupled weight decay would move rows with zero gradient); they are
   also detached in the forward as the official code does.
-- Budget: the official Adam lr 1e-3 runs thousands of steps; the suite trains ~60-100 iterations (AdamW), so
-  the sequence's ``pet_training: coda-prompt`` entry sets the rate. Measured on world-class-incremental (tiny
-  CLIP, seed 0, 100 iterations, 300 test images per task; plasticity / forgetting, points): lr 0.001: 3.2 / -0.5,
-  0.01: 8.3 / 2.7, 0.03: 6.1 / 2.3.
+- Budget: the official Adam lr 1e-3 runs thousands of steps; the suite trains ~60-100 iterations (AdamW), and the
+  board's rate is the sequence's ``pet_training: coda-prompt`` entry: the prefix form's budget (chosen on
+  seq-prefix), not tuned for CODA-Prompt. Trials of the port on world-class-incremental (tiny CLIP, seed 0, 100
+  iterations, 300 test images per task; plasticity / forgetting, points): lr 0.001: 3.2 / -0.5, 0.01: 8.3 / 2.7,
+  0.03 (the board's): 6.1 / 2.3.
 - The prefix is concatenated in the layer's own softmax (:class:`~suite.pet.kv.ConcatKV`, as the official
   ``torch.cat((pk, k))``), not the gated side branch L2P uses here: the official prefix has no gate.
 """

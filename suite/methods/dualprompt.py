@@ -11,7 +11,9 @@ Official code read (facts only, no code taken): google-research/l2p (JAX; the au
 PyTorch port JH-LEE-KR/dualprompt-pytorch.
 
 - Defaults: l2p ``configs/cifar100_dualprompt.py`` (same values in the port's ``configs/cifar100_dualprompt.py``):
-  G-prompt length 5 in blocks [0, 1], E-prompt pool 10, length 5, top-1, in blocks [2, 3, 4], prefix-tuning for
+  G-prompt length 5 in blocks [0, 1], E-prompt pool 10 (= the 10 tasks of both configs: one E-prompt per task;
+  here ``pool: tasks`` sizes it to the sequence, so no untrained key can be chosen at test, a number keeps extra
+  entries as candidates as the official code would), length 5, top-1, in blocks [2, 3, 4], prefix-tuning for
   both, learned keys, ``embedding_key = "cls"`` (the frozen model's pre-logits), ``use_prompt_mask`` (task's own
   prompt at train), ``shared_prompt_pool = True``, ``shared_prompt_key = False``, ``pull_constraint_coeff = 1.0``;
   Adam, lr 0.03 scaled by batch/256 (``train_continual.py`` 638-639; port ``main.py`` 125-129), batch 24,
@@ -123,7 +125,9 @@ class DualPrompt(Method):
     needs_pet = False
     text_changes = False
 
-    OPTIONS = {"pool": Option(10, (int,), low=1), "length": Option(5, (int,), low=1, high=MAX_TOKENS),
+    # pool "tasks": one E-prompt per task of the sequence, as every official config sets it (10 for 10 tasks)
+    OPTIONS = {"pool": Option("tasks", (int, str), low=1, choices=("tasks",)),
+               "length": Option(5, (int,), low=1, high=MAX_TOKENS),
                "g_length": Option(5, (int,), low=1, high=MAX_TOKENS),
                "g_layers": Option("auto", (str,)), "e_layers": Option("auto", (str,)),
                "pull_weight": Option(1.0, (float,), low=0), "init": Option("uniform-0.01", (str,), choices=INITS),
@@ -148,6 +152,8 @@ class DualPrompt(Method):
             raise ConfigError(f"method {self.name} puts prefixes in an open_clip vision tower; "
                               f"{type(ctx.backbone).__name__} has none")
         n_tasks = len(ctx.sequence.tasks) if ctx.sequence is not None else 0
+        if o["pool"] == "tasks":
+            o["pool"] = max(n_tasks, 1)
         if n_tasks > o["pool"]:
             raise ConfigError(f"method {self.name}: the sequence has {n_tasks} tasks but the E-prompt pool holds "
                               f"{o['pool']} (one per task); set pool >= {n_tasks}")

@@ -50,6 +50,12 @@ Departures, each with its reason:
   it (the last, partial batch of an epoch is left out by the suite's batching).
 - The classifier: the official ViT trains a per-task linear head beside the branch; the suite's CLIP classifies
   with the text tower, which trains only if the PET's towers include it.
+- The text tower: the official code adapts a vision transformer only. Where the LoRA PET also covers the text
+  tower (the suite's default ``towers: both``), its branches are designed the same way, from the covariance of
+  every token position the text blocks see — padding positions after the end token included, which never reach
+  the pooled text feature; a review found this and it is left as is (the board's records were made so).
+  ``--pet-options towers=vision`` gives the official scope.
+- The official code also clusters each task's features (KMeans) into keys that nothing reads at test; left out.
 
 Protocol: task boundaries only. The branch that trains is the newest one, chosen by time (a new branch at each
 boundary), not by any task identity inside training; all branches are summed at test (routing none). No extra

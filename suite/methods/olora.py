@@ -63,6 +63,10 @@ class OLoRA(PerTaskBranches):
         super().setup(ctx)
         self._last_orth: torch.Tensor | None = None
 
+    def before_task(self, ctx: RunContext, t: int) -> None:
+        super().before_task(ctx, t)
+        self._last_orth = None  # the penalty reported is this task's
+
     def orthogonality(self) -> torch.Tensor:
         """``Σ_layers Σ_{i<t} Σ |A_i A_tᵀ|``: zero exactly when every row of each new ``A`` is orthogonal to every
         row of the earlier ``A`` of its layer; the earlier ones are detached, so only the new ``A`` is pulled."""

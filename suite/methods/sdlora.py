@@ -36,6 +36,9 @@ branch, kept in :meth:`state_dict` for ``--resume``.
 
 Departures, and why:
 
+* The official training step computes an orthogonality loss between branches and leaves it out of the loss
+  (``models/sdlora.py``, ``_update_representation``); it is not computed here either.
+
 * The LoRA shape is the PET's (``--pet lora`` options; the suite's LoRA on q,k,v,out unless ``targets`` says
   otherwise), not rank 10 on q,v: the method cannot reshape a PET another option declared. The official shape is
   ``pet_options: {targets: "q,v", rank: 10}`` in a run's ``--config`` file. The PET's ``alpha`` has no effect
