@@ -64,7 +64,9 @@ def test_branch_scales_multiply_each_branch():
 
 
 def test_a_pet_without_branches_is_refused_in_one_line(seq_file, tmp_path):
-    with pytest.raises(ConfigError, match="grow grows a LoRA branch per task: give --pet lora") as err:
+    """Before any model or data is loaded (the method declares ``pets``); ``setup`` refuses it too, for a subclass
+    that widens ``pets``."""
+    with pytest.raises(ConfigError, match="method grow runs on --pet lora, not vpt") as err:
         run(run_config(seq_file(), tmp_path, pet="vpt"), method=Grow())
     assert "\n" not in str(err.value)
 
@@ -98,3 +100,12 @@ def test_resume_rebuilds_the_branches_and_gives_the_uninterrupted_record(seq_fil
     resumed = Runner(dataclasses.replace(cfg, resume=True), method=Grow()).run()
     assert resumed["matrix"] == whole["matrix"]
     assert [s["final_loss"] for s in resumed["steps"]] == [s["final_loss"] for s in whole["steps"]]
+
+
+def test_setup_refuses_a_pet_without_branches_even_when_pets_is_widened(seq_file, tmp_path):
+    class Anywhere(Grow):
+        name = "anywhere"
+        pets = None
+
+    with pytest.raises(ConfigError, match="anywhere grows a LoRA branch per task: give --pet lora"):
+        run(run_config(seq_file(), tmp_path, pet="vpt"), method=Anywhere())

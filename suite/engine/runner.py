@@ -42,6 +42,8 @@ def check_options(cfg: RunConfig, method: Method | None = None) -> tuple[Method,
     method = method or make_method(cfg.method, cfg.method_options)
     if method.needs_pet and method.trains and not cfg.pet:
         raise ConfigError(f"method {method.name} trains a PET: give --pet ({', '.join(available_pets())})")
+    if method.pets is not None and method.needs_pet and method.trains and cfg.pet not in method.pets:
+        raise ConfigError(f"method {method.name} runs on --pet {' or '.join(method.pets)}, not {cfg.pet}")
     pet = make_config(cfg.pet, cfg.pet_options) if cfg.pet and method.needs_pet else None
     return method, pet
 

@@ -132,6 +132,8 @@ class Method:
     trains = True          # False: the runner never builds an optimiser or calls training hooks
     needs_pet = True       # False: runs on the bare backbone (full fine-tuning, GPM on weights)
     text_changes = None    # None: decided by the PET's towers; True/False: forced
+    # the PET forms the method's mechanism works on (None: any); another --pet is refused before anything is loaded
+    pets: ClassVar[tuple[str, ...] | None] = None
 
     OPTIONS: ClassVar[dict[str, Option]] = {}  # the method's options, declared with their types and ranges
     # what the method uses beyond the batch (PROTOCOL_DEFAULTS, whose keys it overrides); recorded as method.protocol

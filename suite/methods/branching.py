@@ -17,6 +17,7 @@ class PerTaskBranches(Method):
     """A branch per task on a PET that has branches (LoRA); refused in one line on any other PET."""
 
     pet: PET
+    pets = ("lora",)  # the one form with per-task branches
 
     def setup(self, ctx: RunContext) -> None:
         if ctx.pet is None or not ctx.pet.supports_branches():

@@ -130,6 +130,7 @@ def null_space_projector(cov: torch.Tensor, eta: float, offset: float = 0.0, nor
 
 class VPTNSP2(Method):
     name = "vpt-nsp2"
+    pets = ("vpt",)
     PROTOCOL = {"task_id_train": False, "task_id_test": False, "memory": 0, "routing": "none", "extra_forward": 0}
 
     OPTIONS = {"eta1": Option(0.98, (float,), low=0, high=1), "eta2": Option(0.98, (float,), low=0, high=1),
