@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Iterable
 
 from suite.leaderboard.plots import save_figure, tradeoff_figure
-from suite.results.analysis import Group, format_interval, format_value, group_records, item_tests, paired_difference
+from suite.results.analysis import (
+    Group,
+    format_interval,
+    format_stat,
+    format_value,
+    group_records,
+    item_tests,
+    markdown_table,
+    paired_difference,
+)
 from suite.results.metrics import METRICS
 
 # (PEGP entry, its rivals): groups are labelled method/PET ("-" where a method owns its parameters)
@@ -29,24 +38,12 @@ def _label(g: Group) -> str:
     return f"{g.method}/{g.pet}"
 
 
-def _cell(g: Group, name: str) -> str:
-    s = g.stat(name)
-    if s is None:
-        return "n/a"
-    return format_value(name, s.mean, s.ci) + format_interval(name, s.items)
-
-
 def _delta(a: Group, b: Group, name: str) -> str:
     d = paired_difference(a, b, name)
     if d is None:
         return "n/a"
     text = format_value(name, d.mean, None if d.items else d.ci, signed=True) + format_interval(name, d.items)
     return text + (" (tie)" if d.tie else "")
-
-
-def _md(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + \
-        ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
 def rivals_report(records: Iterable[dict], figures: str | Path | None = None) -> str:
@@ -63,7 +60,8 @@ def rivals_report(records: Iterable[dict], figures: str | Path | None = None) ->
             if anchor not in groups or not present:
                 continue
             for label in (anchor, *present):
-                entries.append([seq, label, str(len(groups[label].records))] + [_cell(groups[label], n) for n in COLUMNS])
+                g = groups[label]
+                entries.append([seq, label, str(len(g.records))] + [format_stat(n, g.stat(n)) for n in COLUMNS])
             for r in present:
                 a, b = groups[anchor], groups[r]
                 tests = item_tests(a, b)
@@ -81,7 +79,7 @@ def rivals_report(records: Iterable[dict], figures: str | Path | None = None) ->
     arrow = lambda n: "" if METRICS[n].higher_is_better else " ↓"  # noqa: E731
     head = ["sequence", "entry", "n"] + [METRICS[n].label + arrow(n) for n in COLUMNS]
     dhead = ["sequence", "PEGP − rival"] + [f"Δ {METRICS[n].label}" for n in DELTAS] + ["McNemar p < 0.05 (seeds)"]
-    return "\n".join(_md(head, entries) + [""] + _md(dhead, deltas) + ([""] + out if out else []))
+    return "\n".join(markdown_table(head, entries) + [""] + markdown_table(dhead, deltas) + ([""] + out if out else []))
 
 
 __all__ = ["MATCHUPS", "rivals_report"]

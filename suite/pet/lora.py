@@ -68,13 +68,18 @@ class LoRALinear(PETLayer):
     def scales(self) -> list:
         return self.branch_scales(self) if self.branch_scales is not None else [self.scale] * len(self.branch_list())
 
-    def delta_weight(self) -> torch.Tensor:
-        """``Σ_i s_i B_i A_i``: what every branch adds to the frozen weight."""
-        out = None
-        for s, br in zip(self.scales(), self.branch_list()):
+    @staticmethod
+    def _sum_branches(scaled: list, start: torch.Tensor | None = None) -> torch.Tensor:
+        """``start + Σ s_i B_i A_i`` over ``(s_i, branch_i)`` pairs, added in order (``start`` None: the sum alone)."""
+        out = start
+        for s, br in scaled:
             term = s * (br["B"] @ br["A"])
             out = term if out is None else out + term
         return out
+
+    def delta_weight(self) -> torch.Tensor:
+        """``Σ_i s_i B_i A_i``: what every branch adds to the frozen weight."""
+        return self._sum_branches(list(zip(self.scales(), self.branch_list())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.branched or self.branch_scales is not None:
@@ -100,9 +105,7 @@ class LoRALinear(PETLayer):
         # training: the earlier branches (frozen directions, possibly learned scales) merged into the weight, one
         # d_out x d_in product each instead of two per token; the open branch as low-rank products, as in one LoRA
         *earlier, last = list(zip(self.scales(), self.branch_list()))
-        weight = base.weight
-        for s, br in earlier:
-            weight = weight + s * (br["B"] @ br["A"])
+        weight = self._sum_branches(earlier, start=base.weight)
         flat = x.reshape(-1, x.shape[-1])
         out = F.linear(flat, weight, base.bias)
         s, br = last

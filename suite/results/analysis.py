@@ -297,7 +297,8 @@ def compare(records: list[dict], metrics_: tuple[str, ...] = COMPARE_METRICS,
     return {"metrics": list(metrics_), "rows": rows, "differences": diffs, "item_tests": tests}
 
 
-def _cell(name: str, s: Stat | None, signed: bool = False) -> str:
+def format_stat(name: str, s: Stat | None, signed: bool = False) -> str:
+    """A group's value of one metric: mean ± CI over seeds and the interval over seeds and items; ``n/a`` for none."""
     if s is None:
         return "n/a"
     return format_value(name, s.mean, s.ci, signed) + format_interval(name, s.items)
@@ -338,7 +339,7 @@ def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
                            "differences": [d.as_dict() for d in result["differences"]],
                            "item_tests": result.get("item_tests", [])}, indent=1)
     head = ["group", "n"] + [METRICS[n].label + ("" if METRICS[n].higher_is_better else " ↓") for n in names]
-    body = [[r["group"], str(len(r["seeds"]))] + [_cell(n, r[n]) for n in names] for r in result["rows"]]
+    body = [[r["group"], str(len(r["seeds"]))] + [format_stat(n, r[n]) for n in names] for r in result["rows"]]
     diff_head = ["a − b", "metric", "difference", "seeds", "verdict"]
     diff_body = [[f"{d.a} − {d.b}", METRICS[d.metric].label,
                   format_value(d.metric, d.mean, d.ci, signed=True) + format_interval(d.metric, d.items),
@@ -361,12 +362,9 @@ def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
                             d.tie])
         return buf.getvalue()
     if fmt == "md":
-        def md(h, rows):
-            lines = ["| " + " | ".join(h) + " |", "|" + "|".join("---" for _ in h) + "|"]
-            return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-        out = md(head, body)
+        out = markdown_table(head, body)
         if diff_body:
-            out += [""] + md(diff_head, diff_body)
+            out += [""] + markdown_table(diff_head, diff_body)
         out += _item_test_lines(result)
         return "\n".join(out)
     if fmt != "text":
@@ -379,6 +377,12 @@ def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
     out.append("(percent points for accuracies and rates; ± 95 % CI over seeds; [ ] 95 % interval over seeds and "
                "test items, two-level bootstrap; ↓ lower is better)")
     return "\n".join(out)
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines (cells' ``|`` escaped)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
 def _item_test_lines(result: dict[str, Any]) -> list[str]:
