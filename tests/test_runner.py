@@ -344,6 +344,10 @@ class HookLog(Method):
     def after_task(self, ctx, t):
         self.calls.append(f"after_task {t}")
 
+    def inference(self, ctx):
+        self.calls.append("inference")
+        return None
+
     def report(self):
         self.calls.append("report")
         return {}
@@ -368,7 +372,7 @@ def test_hooks_run_in_order_for_a_training_method(seq_file, tmp_path):
     Runner(cfg, method=m).run()
     # trainable again after each before_task: the task's optimiser is built over what it returns then (a branch method
     # opens a branch in before_task)
-    per_task = lambda t: [f"before_task {t}", "trainable", *_steps(2), f"after_task {t}", "report", "state_dict"]
+    per_task = lambda t: [f"before_task {t}", "trainable", *_steps(2), f"after_task {t}", "inference", "report", "state_dict"]
     assert m.calls == ["setup", "trainable", *per_task(0), *per_task(1)]
 
 
@@ -377,7 +381,7 @@ def test_hooks_of_a_method_that_does_not_train(seq_file, tmp_path):
 
     m = HookLog(trains=False)
     Runner(run_config(seq_file(), tmp_path), method=m).run()
-    per_task = lambda t: [f"before_task {t}", "report", "state_dict"]
+    per_task = lambda t: [f"before_task {t}", "inference", "report", "state_dict"]
     assert m.calls == ["setup", *per_task(0), *per_task(1)]
 
 
@@ -403,7 +407,7 @@ def test_hooks_across_a_resume(seq_file, tmp_path):
     import dataclasses
 
     Runner(dataclasses.replace(cfg, resume=True), method=again).run()
-    per_task = lambda t: [f"before_task {t}", "trainable", *_steps(1), f"after_task {t}", "report", "state_dict"]
+    per_task = lambda t: [f"before_task {t}", "trainable", *_steps(1), f"after_task {t}", "inference", "report", "state_dict"]
     assert again.calls == ["setup", "trainable", "load_state_dict", *per_task(1), *per_task(2)]
 
 

@@ -225,8 +225,13 @@ class Runner:
         if self.method.trains and self.text_trains:
             self.evaluator.invalidate_text()
         t1 = time.perf_counter()
-        step = self.evaluate(t, rec["zero_shot"])
-        step["train_accuracy"] = self.step_evaluator.train_accuracy(t)
+        # the method may route each test image to its own parameters or own the scores (suite.models.inference)
+        self.evaluator.set_inference(self.method.inference(self.ctx))
+        try:
+            step = self.evaluate(t, rec["zero_shot"])
+            step["train_accuracy"] = self.step_evaluator.train_accuracy(t)
+        finally:
+            self.evaluator.set_inference(None)
         step.update(train)
         step["train_time_s"], step["eval_time_s"] = train_time, time.perf_counter() - t1
         step["wall_time_s"] = train_time + step["eval_time_s"]

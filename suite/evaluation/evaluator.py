@@ -2,9 +2,15 @@
 
 Text features of class prompts are cached by (class names, templates) and dropped only when the text side
 changed (``invalidate_text``), so a vision-only PET never re-encodes text.
+
+A method with its own test-time behaviour (``inference``: :class:`suite.models.inference.Inference`) is asked to
+encode every batch of test images (it may route each image to its own parameters) and to score images against
+texts; texts are then encoded under each route the images took. Without one, images and texts are encoded by the
+model as it stands and scored by their cosine, as before.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -17,6 +23,7 @@ from suite.data.base import Split, TaskData
 from suite.data.loading import DecodedImages, as_model_batch, batch_images
 from suite.evaluation.hallucination import hijacking, pope_step
 from suite.evaluation.retrieval import confident_mismatch_rate, rank_of_best_positive, recall_at_k
+from suite.models.inference import Inference, Routed
 
 EVAL_SAMPLE_SEED = 0  # the --max-eval sample is the same for every step, method and seed
 
@@ -38,34 +45,57 @@ class Evaluator:
     images_fixed: bool = False  # set by the runner when nothing that trains reaches the image features
     _image_cache: dict[tuple, tuple[Split, torch.Tensor]] = field(default_factory=dict)
     _input_cache_used: int = 0
+    inference: Inference | None = None  # the method's test-time behaviour for this step (set by the runner)
 
     def invalidate_text(self) -> None:
         self._text_cache.clear()
+
+    def set_inference(self, inference: Inference | None) -> None:
+        """The method's test-time behaviour from now on (``None``: the model as it stands); text features encoded
+        under the previous one's routes are dropped (a route's parameters may have trained since)."""
+        self.inference = inference
+        for key in [k for k in self._text_cache if "route" in k]:
+            del self._text_cache[key]
 
     def _ctx(self):
         return self.autocast() if self.autocast else torch.autocast("cpu", enabled=False)
 
     # -- features ------------------------------------------------------------------------------------
-    def class_text_features(self, classnames: list[str], templates: list[str], fresh: bool = False) -> torch.Tensor:
+    def class_text_features(self, classnames: list[str], templates: list[str], fresh: bool = False,
+                            route: int | None = None) -> torch.Tensor:
         """Class embeddings (template-averaged). ``fresh``: encode now, with autograd as the caller has it
-        (training a text-side PET); otherwise no autograd, served from the cache when possible."""
+        (training a text-side PET); otherwise no autograd, served from the cache when possible. ``route``: encoded
+        with that route's parameters in place (:attr:`inference`), cached apart."""
         bb = self.backbone
         templates = bb.class_templates(templates)
         key = (tuple(classnames), tuple(templates))
-        if not fresh and key in self._text_cache:
-            return self._text_cache[key]
+        cached = key if route is None else (*key, "route", route)
+        if not fresh and cached in self._text_cache:
+            return self._text_cache[cached]
         tokens = self._token_cache.get(key)
         if tokens is None:  # a text-side PET encodes the same prompts every step: tokenise them once per run
             tokens = self._token_cache[key] = bb.tokenize([t.replace("{}", c) for c in classnames
                                                           for t in templates]).to(bb.device)
         grad = fresh and torch.is_grad_enabled()
-        with torch.set_grad_enabled(grad), self._ctx():
+        with torch.set_grad_enabled(grad), self._ctx(), self._using(route):
             f = F.normalize(self._encode_prompts(tokens, grad).float(), dim=-1)
         f = F.normalize(f.view(len(classnames), len(templates), -1).mean(1), dim=-1)
         if not fresh:
-            self._text_cache[key] = f
+            self._text_cache[cached] = f
             self.text_encodes += 1
         return f
+
+    def _using(self, route: int | None):
+        return self.inference.using(route) if route is not None and self.inference is not None else contextlib.nullcontext()
+
+    def similarity(self, img: torch.Tensor | Routed, text: Callable[[int | None], torch.Tensor],
+                   names: list[str] | None = None) -> torch.Tensor:
+        """Scores (cosine units) of images against texts; ``text(route)`` encodes the texts (``route`` None: the
+        model as it stands). Routed images are scored by the method's inference, each against its route's texts."""
+        if not isinstance(img, Routed):
+            return img @ text(None).T
+        inference = self.inference
+        return inference.scores(img, lambda r: text(inference.text_route(r)), names)
 
     def _encode_prompts(self, tokens: torch.Tensor, grad: bool) -> torch.Tensor:
         """Prompt features. With gradients and more than ``text_chunk`` prompts, the text tower runs chunk by
@@ -78,10 +108,10 @@ class Evaluator:
         return torch.cat([torch.utils.checkpoint.checkpoint(encode, tokens[i:i + self.text_chunk], use_reentrant=False)
                           for i in range(0, len(tokens), self.text_chunk)])
 
-    def text_features(self, texts: list[str]) -> torch.Tensor:
+    def text_features(self, texts: list[str], route: int | None = None) -> torch.Tensor:
         bb = self.backbone
         out = []
-        with torch.no_grad(), self._ctx():
+        with torch.no_grad(), self._ctx(), self._using(route):
             for i in range(0, len(texts), self.batch_size):
                 out.append(F.normalize(bb.encode_text(bb.tokenize(texts[i:i + self.batch_size]).to(bb.device)).float(), dim=-1))
         return torch.cat(out)
@@ -134,8 +164,11 @@ class Evaluator:
             self._keep(key, images)
             yield images
 
-    def image_features(self, split: Split, sample: bool = True) -> torch.Tensor:
-        """Normalised features of the split's evaluated images (``sample=False``: all of its images)."""
+    def image_features(self, split: Split, sample: bool = True) -> torch.Tensor | Routed:
+        """Normalised features of the split's evaluated images (``sample=False``: all of its images); with a
+        method's :attr:`inference`, the features it encoded with each image's route."""
+        if self.inference is not None:
+            return self._routed_features(split, sample)
         key = (id(split), sample)
         hit = self._image_cache.get(key) if self.images_fixed else None
         if hit is not None and hit[0] is split:  # the split is held with its features, so its id is not reused
@@ -144,11 +177,21 @@ class Evaluator:
         out = []
         with torch.no_grad(), self._ctx():
             for images in self._input_batches(split, idx):
-                out.append(F.normalize(self.backbone.encode_image(images).float(), dim=-1))
+                out.append(self._encode(images))
         feats = torch.cat(out) if out else torch.zeros(0, 1)
         if self.images_fixed:
             self._image_cache[key] = (split, feats)
         return feats
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone.encode_image(images).float(), dim=-1)
+
+    def _routed_features(self, split: Split, sample: bool) -> Routed:
+        """Every batch routed and encoded by the method's inference (never cached: routes follow the method)."""
+        idx = self.eval_indices(split) if sample else list(range(len(split)))
+        with torch.no_grad(), self._ctx():
+            return Routed.cat([self.inference.encode_images(images, self._encode)
+                               for images in self._input_batches(split, idx)])
 
     # -- metrics -------------------------------------------------------------------------------------
     def classify(self, img: torch.Tensor, labels: np.ndarray, head_names: list[str], head_templates: list[list[str]],
@@ -159,10 +202,16 @@ class Evaluator:
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, tpl in enumerate(head_templates):
             groups.setdefault(tuple(tpl), []).append(i)
-        parts = [self.class_text_features([head_names[i] for i in idx], list(tpl)) for tpl, idx in groups.items()]
         order = torch.tensor([i for idx in groups.values() for i in idx])
-        text = torch.cat(parts)[torch.argsort(order)]
-        logits = self.backbone.logit_scale_value.detach().float() * img @ text.T
+
+        def text(route: int | None) -> torch.Tensor:
+            parts = [self.class_text_features([head_names[i] for i in idx], list(tpl), route=route)
+                     for tpl, idx in groups.items()]
+            return torch.cat(parts)[torch.argsort(order)]
+
+        scale = self.backbone.logit_scale_value.detach().float()
+        # unrouted: the scale multiplies the features first, the order every committed record was made with
+        logits = scale * self.similarity(img, text, list(head_names)) if isinstance(img, Routed) else scale * img @ text(None).T
         probs = torch.softmax(logits, -1).cpu().numpy()
         y = np.asarray(labels)[: len(img)] + label_offset
         return {"accuracy": float((probs.argmax(1) == y).mean()) if len(y) else 0.0, "probs": probs,
@@ -185,7 +234,7 @@ class Evaluator:
         caps = [c for s in sets for c in s]
         owner = np.repeat(np.arange(len(sets)), [len(s) for s in sets])
         positives = owner[None, :] == np.arange(len(sets))[:, None]
-        sim = (img @ self.text_features(caps).T).cpu().numpy()
+        sim = self.similarity(img, lambda route: self.text_features(caps, route)).cpu().numpy()
         out: dict[str, Any] = recall_at_k(sim, positives=positives)
         out["ranks"] = (rank_of_best_positive(sim, positives), rank_of_best_positive(sim.T, positives.T),
                         [len(s) for s in sets])
@@ -275,7 +324,7 @@ class ConceptProbe:
         return cls(concepts, [c for c in vocab if c not in concepts], pick(rows[0]), pick(rows[1]),
                    {"calibration": rows[0], "scored": rows[1]}, {n: len(sp) for n, sp in splits.items()})
 
-    def _scores(self, ev: Evaluator, which: str, text: torch.Tensor,
+    def _scores(self, ev: Evaluator, which: str, text: Callable[[int | None], torch.Tensor],
                 feats: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         rows, present = [], []
         index = {c: j for j, c in enumerate(self.concepts)}
@@ -286,7 +335,7 @@ class ConceptProbe:
                 img = full[idx]  # the step already encoded every test image of this task
             else:
                 img = ev.image_features(split, sample=False)
-            rows.append((img @ text.T).cpu().numpy())
+            rows.append(ev.similarity(img, text, self.concepts).cpu().numpy())
             p = np.zeros((len(split), len(self.concepts)), bool)
             for i, objs in enumerate(split.objects):
                 for o in objs:
@@ -297,7 +346,9 @@ class ConceptProbe:
 
     def evaluate(self, ev: Evaluator, seed: int = 0, feats: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """The probe's measures; ``feats``: the step's features of whole test sets by task, reused where given."""
-        text = ev.class_text_features(self.concepts, ["a photo of a {}."])
+        def text(route: int | None) -> torch.Tensor:
+            return ev.class_text_features(self.concepts, ["a photo of a {}."], route=route)
+
         cal = self._scores(ev, "calibration", text, feats or {})
         scored = self._scores(ev, "scored", text, feats or {})
         out = pope_step(*cal, *scored, self.concepts, seed)

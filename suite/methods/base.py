@@ -12,6 +12,9 @@ The runner owns the loop (data, optimiser, evaluation, checkpoints); a method on
 ``before_step(ctx)``    after ``backward``, before the optimiser: the gradient hook (PEGP projects here).
 ``after_step(ctx)``     after the optimiser step (PEGP re-projects the applied update here).
 ``after_task(ctx, t)``  after training task ``t``, before evaluation (PEGP grows its bases here).
+``inference(ctx)``      before each evaluation after a task: ``None`` (the model answers as it stands) or an
+                        :class:`~suite.models.inference.Inference` that routes each test image to parameters of
+                        its own choosing and may own the scores; used for tasks, controls, probe and retrieval.
 ``state_dict()``        what a checkpoint must hold to resume (tensors, numbers, strings only).
 ``report()``            numbers for the record's efficiency section (e.g. basis bytes).
 =====================  =============================================================================
@@ -37,6 +40,7 @@ from suite.config.sequences import TaskSequence
 from suite.data.base import TaskData
 from suite.errors import ConfigError
 from suite.models.backbone import Backbone
+from suite.models.inference import Inference
 from suite.pet.base import PET
 
 Batch = dict[str, Any]  # images, labels, the task's data, caption tokens (suite.data.loading.Batches)
@@ -180,6 +184,12 @@ class Method:
 
     def after_task(self, ctx: RunContext, t: int) -> None:
         pass
+
+    def inference(self, ctx: RunContext) -> Inference | None:
+        """How the model answers the coming evaluation (after each task; the pretrained reference is never
+        routed): ``None`` for the model as it stands, or an :class:`Inference` that chooses parameters per test
+        image (``routing: per-sample`` in :attr:`PROTOCOL`) or owns the scores."""
+        return None
 
     # state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,109 @@
+"""A method's own test-time behaviour: which parameters answer each test image, and how images and texts are scored.
+
+The runner asks the method for an :class:`Inference` before every evaluation step after a task
+(``Method.inference(ctx)``; ``None``: the model answers as it stands, the path every earlier method takes). The
+evaluator then routes **everything** it measures through it — the tasks, the control sets, the hallucination probe
+and retrieval alike:
+
+1. each batch of test images is encoded by :meth:`Inference.encode_images`, which may choose, **per image**, the
+   parameters that answer it (a route: ``-1`` the frozen, pretrained model; ``k >= 0`` the method's ``k``-th set,
+   e.g. a task's experts, prefixes or a merged model) and returns the features with their routes (:class:`Routed`);
+2. texts (class prompts, concepts, captions) are encoded under each route the images took, inside
+   :meth:`Inference.using` (route ``r``'s parameters in place), cached per route for the step;
+3. :meth:`Inference.scores` turns image features and the route's text features into scores in cosine units
+   (the evaluator multiplies by the logit scale for probabilities). A method that owns its logits (a regression
+   head, a fusion with zero-shot logits) overrides it.
+
+Routing is a property of one image: an image's scores never depend on the other images of its batch. A method
+may offer a batch-wise variant to reproduce a paper; its records then state ``routing: per-batch`` and the boards
+refuse them.
+
+This module sits below both the evaluation and the methods, so the two meet here without importing each other.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator
+
+import torch
+
+FROZEN = -1  # the route of the pretrained model with every method parameter switched off
+
+
+@dataclass
+class Routed:
+    """Test images' normalised features and, per image, the route (parameter set) that encoded them."""
+
+    features: torch.Tensor  # (N, d)
+    routes: torch.Tensor    # (N,) long
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index) -> "Routed":
+        if isinstance(index, list):
+            index = torch.as_tensor(index, dtype=torch.long)
+        return Routed(self.features[index], self.routes[index])
+
+    @staticmethod
+    def cat(parts: list["Routed"]) -> "Routed":
+        if not parts:
+            return Routed(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long))
+        return Routed(torch.cat([p.features for p in parts]), torch.cat([p.routes for p in parts]))
+
+
+Encode = Callable[[torch.Tensor], torch.Tensor]  # model inputs -> normalised image features, no autograd
+
+
+class Inference:
+    """The default test-time behaviour (one route, ``0``: the model as it stands). Subclass and override
+    :meth:`route` (per-sample routing), :meth:`using` (what route ``r`` puts in place), :meth:`text_route`
+    (when the text side does not depend on the route) or :meth:`scores` (own logits)."""
+
+    def route(self, images: torch.Tensor) -> torch.Tensor:
+        """Per image of a batch of model inputs, the route that answers it (long, shape ``(N,)``); computed
+        from each image alone."""
+        return torch.zeros(len(images), dtype=torch.long)
+
+    def using(self, route: int) -> ContextManager[None]:
+        """A context in which the backbone computes with route ``route``'s parameters (default: as it stands)."""
+        return contextlib.nullcontext()
+
+    def text_route(self, route: int) -> int:
+        """The route whose text features serve images of ``route`` (default: its own). A method whose routing
+        leaves the text tower alone answers one value for every route, so class prompts are encoded once."""
+        return route
+
+    def encode_images(self, images: torch.Tensor, encode: Encode) -> Routed:
+        """Route every image, then encode each group of images under its route's parameters."""
+        routes = self.route(images).long().cpu()
+        features: torch.Tensor | None = None
+        for r, rows in groups(routes):
+            with self.using(r):
+                f = encode(images[rows.to(images.device)])
+            if features is None:
+                features = f.new_empty(len(images), f.shape[-1])
+            features[rows.to(f.device)] = f
+        return Routed(features if features is not None else torch.zeros(0, 1), routes)
+
+    def scores(self, images: Routed, text: Callable[[int], torch.Tensor], names: list[str] | None) -> torch.Tensor:
+        """Scores (cosine units) of every image against every text: each image against the text features of its
+        route (``text(route)``, ``(C, d)``). ``names``: the class or concept names the texts stand for (``None``
+        for captions), for a method whose scores depend on what it learned."""
+        out: torch.Tensor | None = None
+        for r, rows in groups(images.routes):
+            part = images.features[rows] @ text(r).T
+            if out is None:
+                out = part.new_empty(len(images), part.shape[-1])
+            out[rows] = part
+        return out if out is not None else images.features.new_zeros(0, 0)
+
+
+def groups(routes: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(route, the rows that took it), in increasing route order."""
+    for r in torch.unique(routes).tolist():
+        yield int(r), torch.nonzero(routes == r).flatten()
+
+
+__all__ = ["FROZEN", "Encode", "Inference", "Routed", "groups"]
