@@ -64,6 +64,9 @@ class Runner:
         init_distributed(self.device)
         self.rank, self.world = rank_world()
         self.seq: TaskSequence = load_sequence(cfg.sequence)
+        if self.method.tracks is not None and self.seq.track not in self.method.tracks:
+            raise ConfigError(f"method {self.method.name} applies to the {' and '.join(self.method.tracks)} track(s), "
+                              f"not {self.seq.track} ({cfg.sequence})")
         torch.manual_seed(cfg.seed)
         self.backbone = create_model_and_transforms(cfg.model, device=self.device)
         self.weights = weights_digest(self.backbone)  # before any PET or method touches it

@@ -138,6 +138,8 @@ class Method:
     text_changes = None    # None: decided by the PET's towers; True/False: forced
     # the PET forms the method's mechanism works on (None: any); another --pet is refused before anything is loaded
     pets: ClassVar[tuple[str, ...] | None] = None
+    # the tracks the method applies to (None: every track); a sequence of another track is refused before loading
+    tracks: ClassVar[tuple[str, ...] | None] = None
 
     OPTIONS: ClassVar[dict[str, Option]] = {}  # the method's options, declared with their types and ranges
     # what the method uses beyond the batch (PROTOCOL_DEFAULTS, whose keys it overrides); recorded as method.protocol
