@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from importlib.util import find_spec
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -20,6 +21,9 @@ from suite.errors import ConfigError, SuiteError
 
 MAX_NAME = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Nesting of any JSON or YAML the suite reads: a record nests 6 levels, a submission 8. Parsers (and the schema
+# validators after them) recurse once or more per level, so ``[[[[...`` 100,000 deep would end in a RecursionError.
+MAX_DEPTH = 64
 
 
 def safe_name(text: str, max_len: int = MAX_NAME) -> str:
@@ -61,21 +65,56 @@ def data_dir(folder: str, env: str, package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+class WriteError(SuiteError):
+    """A file the suite could not write (disk full, quota, permission, read-only): nothing was half-written."""
+
+
+class _Watched:
+    """A file whose failed writes are remembered: a writer such as ``torch.save`` turns the ``OSError`` of a full
+    disk into its own ``RuntimeError``, and the cause must still be told apart from a bug."""
+
+    def __init__(self, fh: BinaryIO):
+        self._fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._fh, name)
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """Create or replace ``path`` whole: ``write(file)`` fills a temporary file beside it, which is synced and
     renamed into place, so no reader (another process, a run killed mid-write) ever sees it half-written. The
-    suite's one file writer for records, checkpoints and maintainers' files."""
+    suite's one file writer for records, checkpoints and maintainers' files. A write the system refuses (disk
+    full, quota, permission) is :class:`WriteError` naming the file; the temporary file is removed and an earlier
+    ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp: str | None = None
+    watched: _Watched | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            watched = _Watched(fh)
+            write(watched)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                Path(tmp).unlink(missing_ok=True)
+            except OSError:
+                pass
+        cause = exc if isinstance(exc, OSError) else (watched.error if watched is not None else None)
+        if cause is not None:
+            raise WriteError(f"{path}: (file): cannot write ({cause.strerror or cause}); nothing was written"
+                             f"{', the earlier file is unchanged' if path.exists() else ''}") from exc
         raise
     return path
 
@@ -104,10 +143,32 @@ def read_text(path: str | Path, what: str = "file", error: type[Exception] = Sui
         raise error(f"{p}: (file): not UTF-8 text (byte {exc.start}), not a {what}") from None
 
 
-def read_json(path: str | Path, what: str = "JSON file", error: type[Exception] = SuiteError) -> Any:
-    """A JSON file the user named, parsed; any problem reading or parsing it is ``error`` naming file and line."""
-    text = read_text(path, what, error)
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_depth(text: str) -> int:
+    """How deeply ``text``'s arrays and objects nest, counted without parsing (brackets inside strings aside)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def parse_json(text: str, source: str | Path = "<json>", error: type[Exception] = SuiteError) -> Any:
+    """JSON text parsed, nested at most :data:`MAX_DEPTH` levels: the one JSON parser of the suite (files, records,
+    options, checkpoints, package data). Bad or too deeply nested JSON is ``error`` naming ``source``."""
+    if json_depth(text) > MAX_DEPTH:
+        raise error(f"{source}: (file): JSON nested more than {MAX_DEPTH} levels deep: refused")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise error(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise error(f"{source}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (Python's own limit on converting text)
+        raise error(f"{source}: (file): not valid JSON ({str(exc).split(':')[0]})") from None
+    except RecursionError:  # brackets the count above could not see (malformed strings): still one line
+        raise error(f"{source}: (file): JSON nested too deeply: refused") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file", error: type[Exception] = SuiteError) -> Any:
+    """A JSON file the user named, parsed; any problem reading or parsing it is ``error`` naming file and line."""
+    return parse_json(read_text(path, what, error), path, error)

@@ -44,25 +44,45 @@ def _import(path: str) -> Any:
 
 
 class Registry:
-    """Names of one kind of thing (``what``): ``builtin`` (name -> import path) and the entry points of ``group``."""
+    """Names of one kind of thing (``what``): ``builtin`` (name -> import path), the entry points of ``group``,
+    and objects :meth:`register`-ed in this process (``local``: a class defined in a notebook, no package)."""
 
     def __init__(self, what: str, group: str, builtin: dict[str, str]):
         self.what, self.group, self.builtin = what, group, dict(builtin)
+        self.local: dict[str, Any] = {}
 
     def names(self) -> list[str]:
-        """Built-ins in their order, then installed plug-ins (listed, not imported)."""
-        return list(self.builtin) + sorted(n for n in plugins(self.group) if n not in self.builtin)
+        """Built-ins in their order, then those registered in this process, then installed plug-ins (listed, not
+        imported)."""
+        return list(self.builtin) + [n for n in self.local if n not in self.builtin] + sorted(
+            n for n in plugins(self.group) if n not in self.builtin and n not in self.local)
 
     def sources(self) -> dict[str, str]:
         """Every name with where it lives (``module:attribute``)."""
         found = dict(self.builtin)
+        for name, obj in self.local.items():
+            found.setdefault(name, f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}")
         for name, ep in plugins(self.group).items():
             found.setdefault(name, ep.value)
         return found
 
+    def register(self, name: str, obj: Any) -> None:
+        """Make ``obj`` known as ``name`` in this process only (no entry point needed). Registering the name again
+        replaces it (a notebook cell run twice); a built-in's or an installed plug-in's name is refused."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{self.what} name {name!r}: a non-empty string is needed")
+        if name in self.builtin:
+            raise PluginError(f"{self.what} {name!r}: a built-in {self.what} has that name; choose another")
+        if name in plugins(self.group):
+            raise PluginError(f"{self.what} {name!r}: the installed plug-in {plugins(self.group)[name].value} has that "
+                              "name; choose another")
+        self.local[name] = obj
+
     def load(self, name: str) -> Any:
         """The object registered as ``name``; a plug-in is imported only now. A plug-in never shadows a built-in."""
         found = plugins(self.group)
+        if name in self.local and name not in self.builtin:
+            return self.local[name]
         if name in self.builtin:
             if name in found:
                 raise PluginError(f"{self.what} {name!r}: the plug-in {found[name].value} of {distribution(found[name])} "
@@ -83,7 +103,10 @@ METHODS = Registry("method", "clsuite.methods", {
     "zscl": "suite.methods.zscl:ZSCL", "l2p": "suite.methods.l2p:L2P", "gpm": "suite.methods.gpm:GPM",
     "inflora": "suite.methods.inflora:InfLoRA", "olora": "suite.methods.olora:OLoRA", "sdlora": "suite.methods.sdlora:SDLoRA",
     "vpt-nsp2": "suite.methods.vpt_nsp2:VPTNSP2", "coda-prompt": "suite.methods.coda_prompt:CODAPrompt",
-    "dualprompt": "suite.methods.dualprompt:DualPrompt"})
+    "rail": "suite.methods.rail:RAIL",
+    "dualprompt": "suite.methods.dualprompt:DualPrompt",
+    "moe-adapters": "suite.methods.moe_adapters:MoEAdapters",
+    "diki": "suite.methods.diki:DIKI", "magmax": "suite.methods.magmax:MagMax"})
 BACKBONES = Registry("model kind", "clsuite.backbones", {
     "embedded": "suite.models:load_embedded", "open_clip": "suite.models:load_open_clip", "hf": "suite.models:load_hf"})
 

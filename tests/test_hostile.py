@@ -82,6 +82,7 @@ SEQUENCE_CASES = [
     ("tasks.0.source.stream", "yes", "stream"), ("tasks.0.source.shuffle", -3, "shuffle"),
     ("tasks.0.source.shuffle", 10**9, "shuffle"), ("tasks.0.source.folders_file", 7, "folders_file"),
     ("tasks.0.source.split_file", ["a"], "split_file"),
+    ("seed", 2**64, "seed"), ("tasks.0.split.seed", 2**70, "seed"),
 ]
 
 
@@ -100,7 +101,8 @@ def test_sequence_file_refused_with_its_field(tmp_path, capsys, path, value, fie
 RAW_SEQUENCE_FILES = [
     ("not: [valid", "not valid YAML"), ("- just\n- a list\n", "mapping"), ("", "mapping"), ("42", "mapping"),
     ("\t\tbad indent: [", "not valid YAML"), ("a: &a [1]\n" + "".join(f"k{i}: *a\n" for i in range(300)), "aliases"),
-    ("\0binary", "binary"),
+    ("\0binary", "binary"), ("name: a\nversion: 1\nname: b\n", "'name' is given twice"),
+    ("seed: " + "1" * 5000 + "\n", "4300 digits"), ("[" * 100_000, "nested more than 64 levels"),
 ]
 
 
@@ -143,6 +145,9 @@ CONFIG_CASES = [
     ({"method": "pegp", "method_options": {"nonsense": 1}}, "nonsense"),
     ({"sequence": "no-such-sequence"}, "unknown sequence"), ({"model": "nokind:thing"}, "unknown model kind"),
     ({"model": "embedded:no-such-model"}, "unknown embedded model"),
+    ({"seed": 2**64}, "seed"), ({"eval_batch_size": 10**30}, "eval_batch_size"), ({"workers": 2**70}, "workers"),
+    ({"training": {"lr": 10**400}}, "training.lr"), ({"training": {"warmup": 2**64}}, "warmup"),
+    ({"pet_options": {"layers": "5-2"}}, "backwards"), ({"pet_options": {"rank": 2**64}}, "rank"),
 ]
 
 
@@ -221,6 +226,43 @@ FLAG_CASES = [
     (["sweep", "--sequence", "{seq}", "--executor", "slurm", "--slurm-extra", "account"], "--slurm-extra"),
     (["sweep", "--sequence", "{seq}", "--executor", "pbs"], "--executor"),
     (["sweep", "stats", "--sequence", "{seq}"], "invalid choice"),
+    # integers beyond 64 bits where a seed, count or size is expected (suite.config.bounds), and integers too large
+    # for a float: refused in one line, never an OverflowError inside torch
+    (["run", "--sequence", "{seq}", "--seed", "99999999999999999999999"], "seed"),
+    (["run", "--sequence", "{seq}", "--iterations", "99999999999999999999999"], "iterations"),
+    (["run", "--sequence", "{seq}", "--batch-size", "99999999999999999999999"], "batch_size"),
+    (["run", "--sequence", "{seq}", "--max-eval", "99999999999999999999999"], "max_eval"),
+    (["sweep", "--sequence", "{seq}", "--seeds", "0,99999999999999999999999"], "--seeds"),
+    (["calibrate", "{seq}", "--seeds", "99999999999999999999999"], "--seeds"),
+    (["run", "--sequence", "{seq}", "--pet", "coop", "--pet-options", "jacobian_rows=99999999999999999999999"],
+     "jacobian_rows"),
+    (["run", "--sequence", "{seq}", "--pet", "lora", "--pet-options", "alpha=1" + "0" * 400], "alpha"),
+    (["run", "--sequence", "{seq}", "--method", "ewc", "--method-options", "fisher_batches=99999999999999999999999"],
+     "fisher_batches"),
+    (["run", "--sequence", "{seq}", "--method", "lwf", "--method-options", "weight=1" + "0" * 400], "weight"),
+    (["run", "--sequence", "{seq}", "--pet-options", "rank=1" + "0" * 5000], "4300 digits"),
+    # JSON and YAML nested 100,000 deep, through every verb that reads one (suite.paths.parse_json, parse_yaml)
+    (["metrics", "{deep}"], "nested more than 64 levels"), (["compare", "{deep}"], "nested more than 64 levels"),
+    (["summarize", "{deep}"], "nested more than 64 levels"), (["plot", "{deep}", "--out", "{tmp}/f.svg"], "nested"),
+    (["submit", "{deep}", "--out", "{tmp}/s.json"], "nested more than 64 levels"),
+    (["reproduce", "{deep}"], "nested"), (["accept", "{deep}"], "nested"),
+    (["metrics", "{record}", "--zero-shot", "[" * 100_000], "nested more than 64 levels"),
+    (["run", "--config", "{deep_yaml}"], "nested more than 64 levels"),
+    (["tasks", "show", "{deep_yaml}"], "nested more than 64 levels"),
+    (["run", "--sequence", "{seq}", "--pet-options", "rank=" + "[" * 100_000], "nested more than 64 levels"),
+    # a PET layer range written backwards (or empty) selects no block: refused, not a run that trains nothing
+    (["run", "--sequence", "{seq}", "--pet-options", "layers=3-1"], "backwards"),
+    (["run", "--sequence", "{seq}", "--pet", "adapter", "--pet-options", "layers=3-2"], "backwards"),
+    (["run", "--sequence", "{seq}", "--pet", "prefix", "--pet-options", "layers=first:0"], "selects no block"),
+    # an option given twice: which value was meant cannot be known
+    (["run", "--sequence", "{seq}", "--pet-options", "rank=4", "--pet-options", "rank=8"], "rank is given twice"),
+    (["run", "--sequence", "{seq}", "--pet-options", "rank=4,towers=vision,rank=8"], "rank is given twice"),
+    (["run", "--sequence", "{seq}", "--method", "pegp", "--method-options", "threshold=0.9",
+      "--method-options", "threshold=0.8"], "threshold is given twice"),
+    (["sweep", "--sequence", "{seq}", "--executor", "slurm", "--slurm-extra", "account=a", "--slurm-extra", "account=b"],
+     "account is given twice"),
+    (["calibrate", "{seq}", "--grid", "lr=0.1;lr=0.2"], "lr is given twice"),
+    (["run", "--config", "{dup_yaml}"], "'rank' is given twice"),
 ]
 
 
@@ -234,10 +276,15 @@ def test_command_line_refusals(tmp_path, capsys, seq_file, argv, says):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     (tmp_path / "binary.json").write_bytes(bytes(range(256)))
     (tmp_path / "latin.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "deep.yaml").write_text("pet_options: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "dup.yaml").write_text(f"sequence: {seq_file()}\npet_options: {{rank: 4, rank: 8}}\n")
     record = tmp_path / "rec.json"
     record.write_text(json.dumps(reference()))
     subs = {"{seq}": seq_file(), "{plan}": str(plan), "{bad_matrix}": str(bad), "{record}": str(record),
-            "{bin}": str(tmp_path / "binary.json"), "{latin}": str(tmp_path / "latin.yaml"), "{tmp}": str(tmp_path)}
+            "{bin}": str(tmp_path / "binary.json"), "{latin}": str(tmp_path / "latin.yaml"),
+            "{deep}": str(tmp_path / "deep.json"), "{deep_yaml}": str(tmp_path / "deep.yaml"),
+            "{dup_yaml}": str(tmp_path / "dup.yaml"), "{tmp}": str(tmp_path)}
     args = [a for a in argv]
     for i, a in enumerate(args):
         for k, v in subs.items():
@@ -315,7 +362,9 @@ def test_bad_submissions_are_refused(tmp_path, text, says):
 
 
 @pytest.mark.parametrize("content, says", [(bytes(range(256)), "binary"), (b"\xff\xfe{}", "not UTF-8"),
-                                           (None, "no such submission")])
+                                           (None, "no such submission"),
+                                           (b"[" * 100_000 + b"]" * 100_000, "nested more than 64 levels"),
+                                           (b'{"records": [' + b"[" * 100_000, "nested more than 64 levels")])
 def test_validate_refuses_unreadable_submissions_in_one_line(tmp_path, capsys, content, says):
     """``validate`` answers a refusal (exit 1, one ``rejected:`` line), never a traceback, for a binary, non-UTF-8
     or missing submission file."""
@@ -336,6 +385,8 @@ PLAN_CASES = [
     ({"seeds": "0,1", "groups": [{"sequences": ["a"], "methods": ["seq"]}]}, "seeds"),
     ({"executor": {"queue": "gpu"}, "groups": [{"sequences": ["a"], "methods": ["seq"]}]}, "queue"),
     ({"executor": {"gpus_per_run": -2}, "groups": [{"sequences": ["a"], "methods": ["seq"]}]}, "gpus_per_run"),
+    ({"seeds": [2**64], "groups": [{"sequences": ["a"], "methods": ["seq"]}]}, "seeds"),
+    ({"groups": [{"sequences": ["a"], "methods": ["seq"], "seeds": [0, 2**70]}]}, "seeds"),
 ]
 
 
@@ -428,3 +479,104 @@ def test_a_bad_class_names_file_is_named_with_its_line(tmp_path, capsys, content
     line = _one_line_error(capsys, main(["tasks", "prepare", str(tmp_path / "files.yaml")]))
     assert "names.tsv" in line and says in line
 
+
+
+# ------------------------------------------------------------------------------- writes the system refuses
+def _refusing_os(monkeypatch, code: int, where: str):
+    """``suite.paths`` sees an ``os`` (or ``tempfile``) whose files cannot be written: ``where="write"`` fails every
+    write into the file (the disk filled up while ``torch.save`` wrote the checkpoint), ``"create"`` refuses to
+    create it (no permission: root ignores file modes, so the refusal is simulated)."""
+    import io
+    import os as real_os
+    import tempfile as real_tempfile
+    import types
+
+    import suite.paths
+
+    class Full(io.BufferedWriter):
+        def write(self, data):
+            raise OSError(code, real_os.strerror(code))
+
+    if where == "write":
+        fake = types.SimpleNamespace(**{k: getattr(real_os, k) for k in dir(real_os) if not k.startswith("__")})
+        fake.fdopen = lambda fd, mode="wb": Full(io.FileIO(fd, mode))
+        monkeypatch.setattr(suite.paths, "os", fake)
+    else:
+        def refuse(*args, **kwargs):
+            raise OSError(code, real_os.strerror(code), kwargs.get("dir"))
+        monkeypatch.setattr(suite.paths, "tempfile", types.SimpleNamespace(mkstemp=refuse, gettempdir=real_tempfile.gettempdir))
+
+
+@pytest.mark.parametrize("code, where", [(28, "write"), (13, "create")], ids=["disk-full", "permission"])
+def test_a_write_the_system_refuses_is_one_line_and_leaves_nothing_half_written(tmp_path, capsys, monkeypatch, seq_file,
+                                                                               code, where):
+    import errno
+
+    assert code == {"write": errno.ENOSPC, "create": errno.EACCES}[where]
+    _refusing_os(monkeypatch, code, where)
+    err = _one_line_error(capsys, main(["run", "--sequence", seq_file(), "--model", "embedded:micro-clip@random",
+                                        "--iterations", "1", "--max-eval", "8", "--out", str(tmp_path / "r"),
+                                        "--run-dir", str(tmp_path / "runs"), "--quiet"]))
+    assert "checkpoint.pt" in err and "cannot write" in err and real_strerror(code) in err, err
+    left = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [n for n in left if n.startswith(".") or n.endswith((".pt", ".json"))], left  # no record, no temporary
+
+
+def real_strerror(code: int) -> str:
+    import os
+
+    return os.strerror(code)
+
+
+def test_a_refused_write_keeps_the_earlier_file(tmp_path, monkeypatch):
+    from suite.paths import WriteError, write_atomic
+
+    target = tmp_path / "record.json"
+    target.write_text("earlier\n")
+    _refusing_os(monkeypatch, 28, "write")
+    with pytest.raises(WriteError, match="No space left on device.*the earlier file is unchanged"):
+        write_atomic(target, lambda fh: fh.write(b"new"))
+    assert target.read_text() == "earlier\n" and [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+
+# ------------------------------------------------------------------- a PET that would train nothing
+def test_a_pet_that_attaches_no_parameter_is_refused_before_the_run(tmp_path, capsys, monkeypatch, seq_file):
+    """Whatever its options, a PET with zero trainable parameters after attaching is refused when it is built: a run
+    would train nothing and still write an ordinary-looking record. (Methods that train nothing on purpose,
+    ``trains=False`` or an empty ``trainable`` on some task, are not PETs and are not concerned.)"""
+    pkg = tmp_path / "plugin"
+    (pkg / "empty_pet").mkdir(parents=True)
+    (pkg / "empty_pet" / "__init__.py").write_text(
+        "from suite.pet import lora\nfrom suite.pet.base import PET\nKIND = 'empty'\nCONFIG = lora.LoRAConfig\n"
+        "def attach(backbone, cfg):\n    return PET(KIND, cfg, [], lambda: None)\n")
+    dist = pkg / "empty_pet-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: empty_pet\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[clsuite.pets]\nempty = empty_pet\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    err = _one_line_error(capsys, main(["run", "--sequence", seq_file(), "--model", "embedded:micro-clip@random",
+                                        "--pet", "empty", "--pet-options", "towers=vision", "--out", str(tmp_path / "r"),
+                                        "--run-dir", str(tmp_path / "runs"), "--quiet"]))
+    assert "PET empty (towers=vision): attaches no trainable parameter" in err, err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+
+
+def test_repeated_option_flags_merge_distinct_keys(tmp_path):
+    from suite.cli.runs import run_config_from_args
+    from suite.cli.verbs import build_parser
+
+    args = build_parser().parse_args(["run", "--sequence", "s.yaml", "--pet-options", "rank=4",
+                                      "--pet-options", "towers=vision,layers=0-1", "--method-options", "threshold=0.9"])
+    cfg = run_config_from_args(args)
+    assert cfg.pet_options == {"rank": 4, "towers": "vision", "layers": "0-1"}
+    assert cfg.method_options == {"threshold": 0.9}
+
+
+def test_nesting_is_refused_fast(tmp_path, capsys):
+    import time
+
+    f = tmp_path / "deep.json"
+    f.write_text("[" * 2_000_000 + "]" * 2_000_000)
+    t = time.perf_counter()
+    assert "nested more than 64 levels" in _one_line_error(capsys, main(["metrics", str(f)]))
+    assert time.perf_counter() - t < 2.0

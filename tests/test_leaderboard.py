@@ -10,6 +10,7 @@ from records_factory import make_record, reference, write
 
 from suite.cli import main
 from suite.engine.runner import RunConfig, run
+from suite.leaderboard.boards import BoardError, load_boards
 from suite.leaderboard.build import MARKER, build_site
 from suite.leaderboard.submit import pack, validate_submission
 from suite.results.records import recompute_aggregates
@@ -169,6 +170,56 @@ def test_reproduced_tier_comes_from_the_verification_file(board_records, tmp_pat
     rows = [r.split("</tr>")[0] for r in board.split("<tr")[1:]]
     assert "tier-reproduced" in next(r for r in rows if ">pegp</a>" in r)
     assert sum("tier-reproduced" in r for r in rows) == 1
+
+
+RAIL_NA = ("no retrieval head (RAIL answers with a regression head over class names; the cross-modal track ranks "
+           "image–text retrieval)")
+
+
+def test_cross_modal_board_shows_rail_as_not_applicable_with_its_reason(tmp_path, monkeypatch):
+    """The board's ``not_applicable`` is data: listed as n/a with its reason below the table, never ranked or counted;
+    a (fabricated) record of the method on that board is refused, not ranked."""
+    base = reference("world-cross-modal", "seq", "adapter")
+    recs = [make_record(base, s, "seq", -0.01 * s) for s in SEEDS] + [make_record(base, s, "rail", 0.05) for s in SEEDS]
+    index = build_site(write(tmp_path / "res", recs), tmp_path / "site")
+    board = (tmp_path / "site" / "cross-modal.html").read_text()
+    ranked, _, rest = board.partition("<h2>Not applicable on this track</h2>")
+    assert ">seq</a>" in ranked and "rail" not in ranked
+    assert f'<span class="name">rail</span> — n/a: {RAIL_NA}</li>' in rest
+    assert "1 entries over world-cross-modal" in index.read_text()  # seq only: rail is not an entry
+    refused = (tmp_path / "site" / "refused.html").read_text()
+    assert refused.count("method.name: &#39;rail&#39; does not apply on board cross-modal (n/a: no retrieval head") == len(SEEDS)
+    assert "Not applicable on this track" not in (tmp_path / "site" / "class-incremental.html").read_text()
+    boards = tmp_path / "boards"  # the method and reason are text, escaped like everything else
+    shutil.copytree(REPO / "leaderboards", boards, ignore=shutil.ignore_patterns("site"))
+    data = yaml.safe_load((boards / "cross-modal.yaml").read_text())
+    data["not_applicable"][XSS] = XSS
+    (boards / "cross-modal.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    monkeypatch.setenv("CLSUITE_BOARDS_DIR", str(boards))
+    build_site(tmp_path / "res", tmp_path / "site")
+    board = (tmp_path / "site" / "cross-modal.html").read_text()
+    assert XSS not in board and "&lt;img src=x onerror=alert(1)&gt;</span> — n/a: &lt;img src=x" in board
+
+
+@pytest.mark.parametrize("reason,words", [("", "should be non-empty"), ("   ", "does not match"),
+                                          (3, "not of type 'string'"), (None, "not of type 'string'")])
+def test_a_bad_not_applicable_reason_is_refused_in_one_line(tmp_path, monkeypatch, reason, words):
+    boards = tmp_path / "boards"
+    shutil.copytree(REPO / "leaderboards", boards, ignore=shutil.ignore_patterns("site"))
+    path = boards / "cross-modal.yaml"
+    data = yaml.safe_load(path.read_text())
+    assert data["not_applicable"]["rail"] == RAIL_NA
+    data["not_applicable"]["rail"] = reason
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    with pytest.raises(BoardError) as err:
+        load_boards(boards)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: not_applicable.rail: ") and words in msg, msg
+    monkeypatch.setenv("CLSUITE_BOARDS_DIR", str(boards))
+    (tmp_path / "results").mkdir()
+    with pytest.raises(BoardError, match="not_applicable.rail: "):
+        build_site(tmp_path / "results", tmp_path / "site")
+    assert not (tmp_path / "site").exists()
 
 
 # ----------------------------------------------------------------------------------------- submissions

@@ -175,7 +175,7 @@ def test_retrieval_scores_images_against_all_their_captions():
     from suite.evaluation.evaluator import Evaluator
 
     class FixedText(Evaluator):
-        def text_features(self, texts):
+        def text_features(self, texts, route=None):
             assert texts == ["a0", "a1", "b0", "b1"]
             return torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.9, 0.1], [0.0, -1.0]])
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from suite.api import PLOT_KINDS
 from suite.cli.verbs import command
 from suite.errors import ConfigError, SuiteError
-from suite.paths import read_json
+from suite.paths import parse_json, read_json
 from suite.results.metrics import COMPARE_METRICS
 
 
@@ -22,7 +23,7 @@ def _metrics(args: argparse.Namespace) -> int:
     from suite.results.metrics import aggregate, load_matrix
 
     a = load_matrix(args.file)
-    z = json.loads(args.zero_shot) if args.zero_shot else _record_zero_shot(args.file)
+    z = parse_json(args.zero_shot, "--zero-shot", ConfigError) if args.zero_shot else _record_zero_shot(args.file)
     agg = aggregate(a, z)
     if args.json:
         print(json.dumps(agg))
@@ -50,9 +51,9 @@ def _summarize_args(p: argparse.ArgumentParser) -> None:
 
 @command("summarize", "mean ± 95%% CI across seeds of records", _summarize_args)
 def _summarize(args: argparse.Namespace) -> int:
-    from suite.experiments.sweep import summarize_table
+    from suite.api import load_records
 
-    print(summarize_table(args.records))
+    print(load_records(args.records).summarize())
     return 0
 
 
@@ -65,25 +66,27 @@ def _add_record_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pet", action="append", help="only records of this PET, or none (repeatable)")
 
 
-def _records_from(args: argparse.Namespace) -> list[dict]:
-    """Records named on the command line (files or folders), or ``--results DIR`` filtered by ``--sequence``."""
-    from suite.results.records import load_records
+def _selected(args: argparse.Namespace):
+    """Records named on the command line (files or folders), or ``--results DIR``, filtered by ``--sequence``,
+    ``--method`` and ``--pet`` (:func:`suite.api.load_records`)."""
+    from suite.api import load_records
 
-    records = load_records(list(args.records) + ([args.results] if getattr(args, "results", None) else []))
-    if getattr(args, "sequence", None):
-        records = [r for r in records if r["sequence"]["name"] == args.sequence]
-    if getattr(args, "method", None):
-        records = [r for r in records if r["method"]["name"] in args.method]
-    if getattr(args, "pet", None):
-        records = [r for r in records if (r["pet"]["kind"] or "none") in args.pet]
+    paths = list(args.records) + ([args.results] if getattr(args, "results", None) else [])
+    records = load_records(paths, sequence=getattr(args, "sequence", None), method=getattr(args, "method", None),
+                           pet=getattr(args, "pet", None)) if paths else []
     if not records:
         raise ConfigError("no records: name record files or folders, or --results DIR [--sequence NAME]")
     return records
 
 
+def _records_from(args: argparse.Namespace) -> list[dict]:
+    """:func:`_selected` as the record dicts."""
+    return _selected(args).dicts()
+
+
 def _plot_args(p: argparse.ArgumentParser) -> None:
     _add_record_selection(p)
-    p.add_argument("--kind", default="curves", choices=["curves", "matrix", "retention", "hallucination", "tradeoff"])
+    p.add_argument("--kind", default="curves", choices=PLOT_KINDS)
     p.add_argument("--metric", default="avg", help="curves: avg, first-task, task:<name> or control:<name>")
     p.add_argument("--x", default="plasticity", help="tradeoff: the x metric (plasticity, zero_shot_retention, ...)")
     p.add_argument("--y", default="last", help="tradeoff: the y metric (last, forgetting, ...)")
@@ -92,9 +95,7 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
 
 @command("plot", "one figure comparing records: seeds grouped, mean with a 95%% band per method", _plot_args)
 def _plot(args: argparse.Namespace) -> int:
-    from suite.leaderboard.plots import plot_records
-
-    print(plot_records(_records_from(args), args.kind, args.out, args.metric, args.x, args.y))
+    print(_selected(args).plot(args.kind, args.out, args.metric, args.x, args.y))
     return 0
 
 
@@ -108,16 +109,10 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 
 @command("compare", "mean ± 95%% CI per method group, and paired-by-seed differences", _compare_args)
 def _compare(args: argparse.Namespace) -> int:
-    from suite.results.analysis import compare, format_compare
+    from suite.api import parse_pair
 
-    pairs = []
-    for text in args.pair or []:
-        a, sep, b = text.partition(":")
-        if not sep or not a or not b:
-            raise ConfigError(f"--pair {text!r}: give A:B, e.g. --pair pegp/lora:seq/lora")
-        pairs.append((a, b))
-    names = tuple(args.metrics.split(",")) if args.metrics else COMPARE_METRICS
-    print(format_compare(compare(_records_from(args), names, pairs), args.format))
+    pairs = [parse_pair(text, "--pair") for text in args.pair or []]
+    print(_selected(args).compare(pairs, args.metrics).format(args.format))
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from suite.cli.verbs import command, count, seed_list
+from suite.config.run import TRACKERS
 from suite.errors import ConfigError
 from suite.registry import METHODS, PETS
 
@@ -30,19 +31,26 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts + [cur] if p.strip()]
 
 
-def _kv(text: str, flag: str = "options") -> dict[str, Any]:
+def _kv(text: str | list[str], flag: str = "options") -> dict[str, Any]:
     """``rank=8,towers=vision`` → ``{"rank": 8, "towers": "vision"}``; values are YAML, so nested options work:
-    ``thresholds={vision.attn.0: 0.9, text.attn.0: 0.95}``."""
+    ``thresholds={vision.attn.0: 0.9, text.attn.0: 0.95}``. A repeatable flag gives a list of such texts. A key
+    given twice (in one text or across repeats) is refused: which of the two was meant cannot be known."""
+    from suite.config.sequences import parse_yaml
 
     out: dict[str, Any] = {}
-    for part in _split_top_level(text):
+    given: dict[str, str] = {}
+    for part in [p for t in ([text] if isinstance(text, str) else text) for p in _split_top_level(t)]:
         if "=" not in part:
             raise ConfigError(f"--{flag}: {part!r} is not key=value")
         k, v = part.split("=", 1)
+        k = k.strip()
+        if k in given:
+            raise ConfigError(f"--{flag}: {k} is given twice ({given[k][:40]} and {part[:40]}); give it once")
+        given[k] = part
         try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            raise ConfigError(f"--{flag}: {k.strip()}: {v!r} is not a YAML value") from None
+            out[k] = parse_yaml(v)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--{flag}: {k}: {v[:40]!r} is not a YAML value ({str(exc).splitlines()[0][:80]})") from None
     return out
 
 
@@ -51,9 +59,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequence", help="task sequence: shipped name or path to a YAML file")
     p.add_argument("--model", help="backbone: embedded:tiny-clip (default), open_clip:ViT-B-16@openai, hf:/path")
     p.add_argument("--pet", help=f"{', '.join(PETS.builtin)}, a plug-in, or none")
-    p.add_argument("--pet-options", help="PET hyper-parameters, e.g. rank=8,towers=vision,layers=0-5, or preset=pegp-official")
+    p.add_argument("--pet-options", action="append", help="PET hyper-parameters, e.g. rank=8,towers=vision,layers=0-5, "
+                   "or preset=pegp-official (repeatable; a key given twice is refused)")
     p.add_argument("--method", help=f"{', '.join(METHODS.builtin)}, or a plug-in")
-    p.add_argument("--method-options", help="method hyper-parameters, e.g. threshold=0.99")
+    p.add_argument("--method-options", action="append", help="method hyper-parameters, e.g. threshold=0.99 (repeatable)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast")
@@ -70,58 +79,53 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true", default=None, help="discard a checkpoint of this run's folder "
                    "(e.g. one of another configuration) and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--log", action="append", choices=TRACKERS, help="experiment tracker (repeatable): tensorboard, "
+                   "wandb (offline unless an API key is set) or csv; loss and learning rate per step, every measure "
+                   "per task, aggregates, matrix and record at the end (tensorboard and wandb: "
+                   "pip install clip-continual-suite[trackers])")
+    p.add_argument("--log-dir", help="folder the trackers write under, one subfolder per run (default: the run "
+                   "folder, runs/<run id>/)")
+
+
+# the run options that go to suite.api.run_config under their own names
+RUN_OPTIONS = ("sequence", "config", "model", "pet", "method", "seed", "device", "amp", "iterations", "epochs",
+               "batch_size", "lr", "max_eval", "workers", "out", "run_dir", "resume", "restart", "log", "log_dir")
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's run options as keywords of :func:`suite.api.run_config` (``None``: not given), the
+    ``key=value`` options parsed."""
+    opts = {key: getattr(args, key, None) for key in RUN_OPTIONS}
+    opts["pet_options"] = _kv(args.pet_options, "pet-options") if args.pet_options else None
+    opts["method_options"] = _kv(args.method_options, "method-options") if args.method_options else None
+    opts["progress"] = not args.quiet
+    opts["command"] = "clsuite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    opts["source"] = args.config or "command line"
+    return opts
 
 
 def run_config_from_args(args: argparse.Namespace):
-    from suite.config.sequences import read_yaml
-    from suite.engine.runner import RunConfig
+    """The :class:`~suite.config.run.RunConfig` of the command line (:func:`suite.api.run_config`)."""
+    from suite.api import run_config
 
-    data: dict[str, Any] = {}
-    if args.config:
-        data = read_yaml(args.config, ConfigError, "config file") or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{args.config}: (top level): a run config is a mapping")
-    for key in ("sequence", "model", "method", "seed", "device", "amp", "max_eval", "out", "run_dir", "resume", "restart",
-                "workers"):
-        val = getattr(args, key, None)
-        if val is not None:
-            data[key] = val
-    if args.pet is not None:
-        data["pet"] = None if args.pet == "none" else args.pet
-    if args.pet_options:
-        data["pet_options"] = {**data.get("pet_options", {}), **_kv(args.pet_options, "pet-options")}
-    if args.method_options:
-        data["method_options"] = {**data.get("method_options", {}), **_kv(args.method_options, "method-options")}
-    training = data.get("training") or {}
-    if not isinstance(training, dict):
-        raise ConfigError(f"{args.config or 'command line'}: training: expected a mapping")
-    training = dict(training)
-    for key in ("iterations", "epochs", "batch_size", "lr"):
-        val = getattr(args, key, None)
-        if val is not None:
-            training[key] = val
-    data["training"] = training
-    data["progress"] = not args.quiet
-    data["command"] = "clsuite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return RunConfig.from_dict(data, args.config or "command line")
+    return run_config(**run_options(args))
 
 
 @command("run", "run one (sequence, model, PET, method, seed) and write its results record", _add_run_options)
 def _run(args: argparse.Namespace) -> int:
-    from suite.engine.runner import Runner, TrainingFailed
-    from suite.results.records import summary_table
+    from suite.api import run
+    from suite.engine.runner import TrainingFailed
 
-    cfg = run_config_from_args(args)
-    runner = Runner(cfg)
+    opts = run_options(args)
+    opts["loggers"] = opts.pop("log")
     try:
-        rec = runner.run()
+        rec = run(**opts)
     except TrainingFailed as exc:
-        print(f"clsuite: run failed: {exc}; finished tasks are kept in {runner.run_dir}/record.partial.json",
-              file=sys.stderr)
+        print(f"clsuite: run failed: {exc}", file=sys.stderr)
         return 1
-    if runner.rank == 0:
-        print(summary_table(rec))
-        print(f"record: {runner.out_path()}")
+    if rec.path is not None:  # rank 0 under torchrun
+        print(rec.table())
+        print(f"record: {rec.path}")
     return 0
 
 
@@ -158,21 +162,22 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 @command("sweep", "run a grid of methods x PETs x seeds, or every run of a plan file, here or on SLURM",
          _sweep_args)
 def _sweep(args: argparse.Namespace) -> int:
+    from suite.api import plan, sweep
     from suite.experiments.slurm import SlurmOptions, format_statuses, statuses
-    from suite.experiments.sweep import finished_check, grid, load_plan, main_log, plan_executor, sweep, sweep_on_slurm
+    from suite.experiments.sweep import finished_check, main_log, plan_executor, sweep_on_slurm
 
+    opts = run_options(args)
     if args.plan:
         if args.sequence or args.config:
             raise ConfigError("--plan: the plan names the sequences; give no --sequence or --config with it")
-        args.sequence = "-"  # the plan's runs replace it
-        cfgs = load_plan(args.plan, run_config_from_args(args))
+        del opts["sequence"], opts["config"]
+        cfgs = plan(args.plan, **opts)
     else:
-        cfgs = grid(run_config_from_args(args), methods=args.methods.split(","), pets=args.pets.split(","),
-                    seeds=args.seeds)
+        cfgs = plan(methods=args.methods.split(","), pets=args.pets.split(","), seeds=args.seeds, **opts)
     executor = {**(plan_executor(args.plan) if args.plan else {}),
                 **{key: getattr(args, flag) for flag, key in SLURM_FLAGS.items() if getattr(args, flag) is not None}}
     if args.slurm_extra:
-        executor["extra"] = {**executor.get("extra", {}), **_kv(",".join(args.slurm_extra), "slurm-extra")}
+        executor["extra"] = {**executor.get("extra", {}), **_kv(args.slurm_extra, "slurm-extra")}
     opts = SlurmOptions.from_dict(executor, args.plan or "command line")
     if args.action == "status":
         rows = statuses(cfgs, opts, finished_check())
@@ -183,7 +188,7 @@ def _sweep(args: argparse.Namespace) -> int:
         if args.wait:
             print(format_statuses(rows))
         return 1 if args.wait and any(r.state != "done" for r in rows) else 0
-    for p in sweep(cfgs, jobs=args.jobs, resume=bool(args.resume), log=main_log):
+    for p in sweep(cfgs, jobs=args.jobs, resume=bool(args.resume), log=main_log).paths:
         print(p)
     return 0
 

@@ -62,15 +62,23 @@ def _zs_report(args: argparse.Namespace) -> int:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["runner", "pegp", "memory", "loader", "text", "step", "run", "all", "projection"],
+    p.add_argument("what", choices=["runner", "pegp", "memory", "loader", "text", "step", "run", "all", "projection",
+                                    "gpu"],
                    help="step: a training step's GFLOP/s against the machine's matmul; run: fixed cost per run and "
-                   "evaluation's share; projection is the older name of pegp")
+                   "evaluation's share; projection is the older name of pegp; gpu: scripts/gpu-check (not in all)")
     p.add_argument("--quick", action="store_true", help="fewer steps and rounds (a smoke test of the bench)")
     p.add_argument("--model", help="backbone instead of each bench's default (tiny CLIP; loader: open_clip ViT-B-16)")
+    p.add_argument("--cpu", action="store_true", help="gpu: the same path on the CPU (scripts/gpu-check --cpu)")
+    p.add_argument("--out", help="gpu: also write the measurements to this JSON file")
 
 
 @command("bench", "speed/memory benchmarks that print ratios", _bench_args)
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "gpu":
+        from suite.experiments.gpu_check import main as gpu_check
+
+        return gpu_check([*(["--cpu"] if args.cpu else []), *(["--quick"] if args.quick else []),
+                          *(["--model", args.model] if args.model else []), *(["--out", args.out] if args.out else [])])
     from suite.experiments.bench import run_bench
 
     print(run_bench(args.what, quick=args.quick, model=args.model))

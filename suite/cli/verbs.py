@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from suite import __version__
+from suite.config.bounds import MAX_SEED
 from suite.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -38,6 +40,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     p = Parser(prog="clsuite", description="Continual learning of CLIP models: benchmark suite.")
     p.add_argument("--debug", action="store_true", help="show the traceback of a refused input, not one line")
+    p.add_argument("--version", action="version", version=f"clsuite {__version__}", help="print the suite's version")
     sub = p.add_subparsers(dest="cmd", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, help, arguments in VERBS:
@@ -67,8 +70,8 @@ def seed_list(text: str) -> list[int]:
         seeds = [int(s) for s in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"comma-separated integers >= 0, got {text!r}") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"distinct integers >= 0, got {text!r}")
+    if any(not 0 <= s <= MAX_SEED for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"distinct integers from 0 to {MAX_SEED}, got {text[:60]!r}")
     return seeds
 
 

@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from suite.config.bounds import MAX_BATCH, MAX_COUNT, MAX_PROCESSES, MAX_SEED, bounded_int
 from suite.config.sequences import TaskSequence
 from suite.config.train import TrainConfig
 from suite.errors import ConfigError
 from suite.paths import safe_name
+
+# The experiment trackers a run can log to (``--log``; :mod:`suite.engine.loggers` implements them).
+TRACKERS = ("tensorboard", "wandb", "csv")
 
 
 @dataclass
@@ -43,6 +47,8 @@ class RunConfig:
     threads: int | None = None  # torch CPU threads for this run (None: torch's default)
     restart: bool = False  # discard a checkpoint of another configuration in the run folder instead of refusing
     workers: int | None = None  # processes decoding file-backed training images (None: default_workers())
+    log: list[str] = field(default_factory=list)  # experiment trackers (TRACKERS); never part of the record
+    log_dir: str | None = None  # where trackers write (None: the run folder, run_dir/<run id>)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> "RunConfig":
@@ -56,10 +62,14 @@ class RunConfig:
         for key in ("out", "run_dir"):
             if key in data and Path(str(data[key])).exists() and not Path(str(data[key])).is_dir():
                 raise ConfigError(f"{source}: {key}: {data[key]} is a file, not a folder")
-        for key, low in (("seed", 0), ("max_eval", 1), ("eval_batch_size", 1), ("threads", 1), ("workers", 0)):
-            v = data.get(key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
-                raise ConfigError(f"{source}: {key}: {v!r} must be an integer >= {low}")
+        for key, low, high in (("seed", 0, MAX_SEED), ("max_eval", 1, MAX_COUNT), ("eval_batch_size", 1, MAX_BATCH),
+                               ("threads", 1, MAX_PROCESSES), ("workers", 0, MAX_PROCESSES)):
+            if data.get(key) is not None:  # bounded: a seed or size beyond 64 bits would overflow inside torch
+                bounded_int(data[key], f"{source}: {key}", low, high)
+        if "log" in data:
+            data = {**data, "log": tracker_list(data["log"], source)}
+        if data.get("log_dir") is not None and not isinstance(data["log_dir"], (str, Path)):
+            raise ConfigError(f"{source}: log_dir: {data['log_dir']!r} must be a folder path")
         return cls(**data)
 
     def identity(self) -> "RunIdentity":
@@ -125,6 +135,21 @@ class RunIdentity:
         return {"digest": digest, "fields": fields}
 
 
+def tracker_list(value: Any, source: str = "<config>") -> list[str]:
+    """``log`` of a run config as a list of distinct tracker names (a single name may be given as a string)."""
+    names = [value] if isinstance(value, str) else value
+    if names is None:
+        return []
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{source}: log: {value!r} must be a list of tracker names ({', '.join(TRACKERS)})")
+    for n in names:
+        if n not in TRACKERS:
+            raise ConfigError(f"{source}: log: unknown tracker {n!r}; known: {', '.join(TRACKERS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: log: {next(n for n in names if names.count(n) > 1)!r} is given twice")
+    return list(names)
+
+
 def sequence_label(seq: TaskSequence) -> str:
     """How a fingerprint names the sequence a run used: name, version and a hash of its file's content."""
     path = Path(seq.path)
@@ -137,4 +162,4 @@ def differing_fields(mine: Mapping[str, Any], other: Mapping[str, Any] | None) -
     return sorted(k for k, v in mine["fields"].items() if theirs.get(k) != v)
 
 
-__all__ = ["RunConfig", "RunIdentity", "differing_fields", "sequence_label"]
+__all__ = ["RunConfig", "RunIdentity", "TRACKERS", "differing_fields", "sequence_label", "tracker_list"]

@@ -17,7 +17,7 @@ import jsonschema
 import yaml
 
 from suite.errors import SuiteError
-from suite.paths import data_dir, read_text, safe_name
+from suite.paths import MAX_DEPTH, data_dir, parse_json, read_text, safe_name
 
 ARCHIVE = "archive"  # tasks/archive/<name>.v<N>.yaml: earlier versions of sequence files
 TRACKS = ("class-incremental", "domain-incremental", "cross-modal")
@@ -103,7 +103,7 @@ def tasks_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def _schema() -> dict:
-    return json.loads(resources.files("suite").joinpath("schemas/sequence.schema.json").read_text())
+    return parse_json(resources.files("suite").joinpath("schemas/sequence.schema.json").read_text(), "sequence.schema.json")
 
 
 def _field(path: Any) -> str:
@@ -220,7 +220,8 @@ MAX_YAML_BYTES = 4 * 2**20
 
 
 class BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses more than :data:`MAX_YAML_ALIASES` aliases."""
+    """``yaml.SafeLoader`` that refuses more than :data:`MAX_YAML_ALIASES` aliases and nesting deeper than
+    :data:`suite.paths.MAX_DEPTH` levels (PyYAML composes recursively: ``[[[[...`` would end in a RecursionError)."""
 
     def compose_node(self, parent, index):  # noqa: D401 — PyYAML's hook
         if self.check_event(yaml.AliasEvent):
@@ -228,7 +229,27 @@ class BoundedLoader(yaml.SafeLoader):
             if self._aliases > MAX_YAML_ALIASES:
                 mark = self.peek_event().start_mark
                 raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (line {mark.line + 1}): refused")
-        return super().compose_node(parent, index)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep (line {mark.line + 1}): refused")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        """A key written twice in one mapping is refused (YAML says keys are unique; PyYAML keeps the last one
+        without a word). Keys brought in by a merge (``<<: *base``) may still be overridden."""
+        seen = set()
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 MAX_YAML_NODES = 200_000  # values after expanding aliases
@@ -246,8 +267,12 @@ def _expanded_size(obj: Any, memo: dict[int, int]) -> int:
 
 
 def parse_yaml(text: str) -> Any:
-    """Safe YAML with bounded aliases and expanded size; the one YAML reader of the suite's input files."""
-    data = yaml.load(text, Loader=BoundedLoader)  # noqa: S506 — a SafeLoader subclass
+    """Safe YAML with bounded aliases, nesting and expanded size; the one YAML reader of the suite's input files
+    and options. Anything it refuses is a ``yaml.YAMLError``."""
+    try:
+        data = yaml.load(text, Loader=BoundedLoader)  # noqa: S506 — a SafeLoader subclass
+    except ValueError as exc:  # an integer of more than 4,300 digits (Python's own limit on converting text)
+        raise yaml.YAMLError(str(exc).split(":")[0]) from None
     size = _expanded_size(data, {})
     if size > MAX_YAML_NODES:
         raise yaml.YAMLError(f"{size} values once aliases are expanded (at most {MAX_YAML_NODES}): refused")

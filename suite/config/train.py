@@ -9,9 +9,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from suite.config.bounds import MAX_BATCH, MAX_COUNT, finite_number, show_value
 from suite.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
+# Upper bounds of the integer settings (a sequence file's schema states the same): counts, never unbounded
+INT_LIMITS = {"iterations": 10_000_000, "epochs": 10_000, "batch_size": MAX_BATCH, "warmup": 10_000_000}
 SCHEDULES = ("cosine", "constant")
 
 
@@ -33,10 +36,13 @@ class TrainConfig:
             v = getattr(self, f.name)
             want = int if f.type in ("int", int) else float if f.type in ("float", float) else str
             if want is float and isinstance(v, int) and not isinstance(v, bool):
-                object.__setattr__(self, f.name, float(v))
-                v = float(v)
+                v = finite_number(v, f"training.{f.name}")  # an integer too large for a float: one line
+                object.__setattr__(self, f.name, v)
             if not isinstance(v, want) or isinstance(v, bool):
-                raise ConfigError(f"training.{f.name}: {v!r} is not {want.__name__ if want is not float else 'a number'}")
+                raise ConfigError(f"training.{f.name}: {show_value(v)} is not "
+                                  f"{want.__name__ if want is not float else 'a number'}")
+            if want is int and v > INT_LIMITS.get(f.name, MAX_COUNT):
+                raise ConfigError(f"training.{f.name}: {show_value(v)} is more than {INT_LIMITS.get(f.name, MAX_COUNT)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"training.optimizer: {self.optimizer!r} is not one of {list(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:

@@ -26,6 +26,7 @@ import numpy as np
 
 from suite.config.sequences import TaskSequence, TaskSpec
 from suite.data.base import Split, TaskData
+from suite.paths import parse_json
 
 FORMAT = 1
 RENDERED = ("world",)  # adapters whose output is worth keeping (they draw every image)
@@ -84,7 +85,7 @@ def load(folder: Path, key: str) -> TaskData | None:
     """The stored task, or None if absent, unreadable or not matching its recorded image digest."""
     meta_path, arrays_path = folder / f"{key}.json", folder / f"{key}.npz"
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = parse_json(meta_path.read_text(), meta_path)
         with np.load(arrays_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         data = TaskData(meta["name"], list(meta["classnames"]), list(meta["templates"]),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from webdataset.tariterators import base_plus_ext, tarfile_samples
 
 from suite.data.base import DataMissingError
 from suite.errors import SuiteError
+from suite.paths import parse_json
 
 
 class ShardError(SuiteError):
@@ -74,7 +74,7 @@ class SampleFormat:
         if raw is None:
             return ()
         if self.caption_key.endswith("json"):
-            obj = json.loads(raw.decode())
+            obj = parse_json(raw.decode(), f"{self.caption_key} captions", ShardError)
             items = obj.get("captions", []) if isinstance(obj, dict) else obj
             return tuple(str(c) for c in items)
         return tuple(line.strip() for line in raw.decode().splitlines() if line.strip())

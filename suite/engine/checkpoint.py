@@ -10,7 +10,7 @@ import torch
 
 from suite.config.run import differing_fields
 from suite.errors import SuiteError
-from suite.paths import read_json, write_atomic
+from suite.paths import parse_json, read_json, write_atomic
 from suite.results.records import write_json_atomic
 
 FILES = ("checkpoint.pt", "record.partial.json")  # what a run folder holds; nothing else there is ever removed
@@ -49,7 +49,7 @@ class Checkpoints:
         if not (self.run_dir / "checkpoint.pt").is_file():
             return False
         try:
-            partial = json.loads((self.run_dir / "record.partial.json").read_text())
+            partial = read_json(self.run_dir / "record.partial.json", "partial record")
         except (OSError, ValueError):
             return False
         return isinstance(partial, dict) and (partial.get("fingerprint") or {}).get("digest") == self.fingerprint["digest"]
@@ -65,7 +65,7 @@ class Checkpoints:
         except Exception as exc:  # noqa: BLE001 — a truncated or foreign file, said in one line
             raise CheckpointError(f"{path}: not a checkpoint this suite can read ({type(exc).__name__}); "
                                   f"use --restart to discard it") from None
-        old = json.loads(state.get("fingerprint", "null") or "null")
+        old = parse_json(state.get("fingerprint", "null") or "null", path, CheckpointError)
         if old is None or old.get("digest") != self.fingerprint["digest"]:
             if restart:
                 self.discard()
@@ -73,7 +73,7 @@ class Checkpoints:
             differ = differing_fields(self.fingerprint, old)
             raise CheckpointError(f"{path}: --resume onto a run of another configuration (differs in: "
                                   f"{', '.join(differ) or 'fingerprint missing'}); use --restart to discard it")
-        return {**state, "record": json.loads(state["record"]), "tasks_done": int(state["tasks_done"])}
+        return {**state, "record": parse_json(state["record"], path, CheckpointError), "tasks_done": int(state["tasks_done"])}
 
     def discard(self) -> None:
         """Remove only the files a run writes in its run folder (and the temporaries of a write cut short)."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
@@ -35,9 +35,10 @@ def steps_for(train: TrainConfig, n_train: int) -> int:
 
 def train_steps(method: Method, ctx: RunContext, params: list[torch.nn.Parameter], batches: Iterable[dict[str, Any]],
                 steps: int, train: TrainConfig, where: str, world: int = 1, cross_modal: bool = False,
-                progress: bool = False) -> float | None:
+                progress: bool = False, on_step: Callable[[int, float, float], None] | None = None) -> float | None:
     """``steps`` optimiser steps over ``batches``; returns the last loss (the mean over processes under
-    torchrun). A non-finite loss or parameter stops the task with :class:`TrainingFailed` naming ``where``."""
+    torchrun). A non-finite loss or parameter stops the task with :class:`TrainingFailed` naming ``where``.
+    ``on_step(i, loss, lr)`` is told each step's loss and the learning rate it stepped with (it only reads)."""
 
     opt = make_optimizer(params, train)
     sched = make_scheduler(opt, steps, train.warmup, train.schedule)
@@ -55,9 +56,12 @@ def train_steps(method: Method, ctx: RunContext, params: list[torch.nn.Parameter
         method.before_step(ctx)
         opt.step()
         method.after_step(ctx)
+        lr = float(opt.param_groups[0]["lr"])  # the rate this step used (the scheduler moves it next)
         sched.step()
         last = float(loss.detach())
         bar.set_postfix(loss=f"{last:.3f}")
+        if on_step is not None:
+            on_step(i, last, lr)
     if world > 1 and last is not None:  # the final loss as the mean over processes, one reduction per task
         last = mean_over_processes(last, ctx.device, world) / (world if cross_modal else 1)
     if any(not torch.isfinite(p).all() for p in params):

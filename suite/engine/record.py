@@ -20,7 +20,7 @@ from suite.results import metrics
 from suite.results.records import REFERENCE, SCHEMA_ID, attach_cost, step_summary
 
 # RunConfig fields that say how a run was executed, not what it is: not kept in the record's config
-EXECUTION_FIELDS = ("out", "run_dir", "resume", "progress", "command", "threads", "restart", "workers")
+EXECUTION_FIELDS = ("out", "run_dir", "resume", "progress", "command", "threads", "restart", "workers", "log", "log_dir")
 
 
 def environment(device: torch.device, world: int) -> dict[str, Any]:

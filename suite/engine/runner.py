@@ -7,13 +7,15 @@ shard of every batch and gradients are averaged (data parallel); rank 0 writes.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -24,6 +26,7 @@ from suite.data import TaskData, materialize
 from suite.data.loading import Batches, default_workers
 from suite.engine.checkpoint import CheckpointError, Checkpoints, refuse_foreign_record
 from suite.engine.distributed import init_distributed, peak_memory_mb, rank_world, resolve_device
+from suite.engine.loggers import Logger, RunInfo, make_loggers
 from suite.engine.loop import METHOD_BATCHES, TrainingFailed, steps_for, task_seed, train_steps
 from suite.engine.objective import make_objective
 from suite.engine.record import add_step, add_zero_shot, base_record, finish
@@ -55,14 +58,19 @@ _PRETRAINED_EVALUATIONS: dict[tuple, dict[str, Any]] = {}
 class Runner:
     """One run: the backbone with its PET, the method, the data, and the loop over the sequence's tasks."""
 
-    def __init__(self, cfg: RunConfig, method: Method | None = None):
+    def __init__(self, cfg: RunConfig, method: Method | None = None, loggers: Sequence[str | Logger] = ()):
         self.cfg = cfg
         self.method, pet_config = check_options(cfg, method)
+        # experiment trackers (cfg.log, and any given here): a missing package is refused before anything is built
+        self.loggers = make_loggers([*cfg.log, *loggers])
+        self._steps_done = 0  # optimiser steps of the tasks before the current one (the trackers' global step)
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         self.device = resolve_device(cfg.device)
         init_distributed(self.device)
         self.rank, self.world = rank_world()
+        if self.rank:
+            self.loggers = []  # rank 0 reports, as it writes
         self.seq: TaskSequence = load_sequence(cfg.sequence)
         if self.method.tracks is not None and self.seq.track not in self.method.tracks:
             raise ConfigError(f"method {self.method.name} applies to the {' and '.join(self.method.tracks)} track(s), "
@@ -182,14 +190,47 @@ class Runner:
                 raise CheckpointError(f"{self.run_dir}: the checkpoint to resume from is gone; run again without --resume")
             rec, start = base_record(cfg, self), 0
             add_zero_shot(rec, *self.reference, self.attached)
-        for t in range(start, len(self.seq.tasks)):
-            self._task(rec, t, ckpt)
-        validate_record(rec, cfg.run_id())
-        if self.rank == 0:
-            if not cfg.restart:
-                refuse_foreign_record(self.out_path(), self.fingerprint())
-            write_json_atomic(self.out_path(), rec)
+        self._steps_done = int(sum(s.get("iterations") or 0 for s in rec["steps"]))
+        self._log("start", self.run_info())
+        try:
+            for t in range(start, len(self.seq.tasks)):
+                self._task(rec, t, ckpt)
+            validate_record(rec, cfg.run_id())
+            if self.rank == 0:
+                if not cfg.restart:
+                    refuse_foreign_record(self.out_path(), self.fingerprint())
+                write_json_atomic(self.out_path(), rec)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                self._log("finish", copy.deepcopy(rec))
+            raise
+        self._log("finish", copy.deepcopy(rec))
         return rec
+
+    # -- experiment trackers (suite.engine.loggers): they are handed copies and only read -------------------
+    def log_dir(self) -> Path:
+        """Where trackers write: ``cfg.log_dir``, else the run folder."""
+        return Path(self.cfg.log_dir) / self.cfg.run_id() if self.cfg.log_dir else self.run_dir
+
+    def run_info(self) -> RunInfo:
+        """What a tracker is told at the start: the run's name, options, fingerprint and where things go."""
+        cfg, fp = self.cfg, self.fingerprint()
+        params = {"run_id": cfg.run_id(), "fingerprint": fp["digest"], "sequence": self.seq.name, "model": cfg.model,
+                  "pet": cfg.pet if self.pet_config else None, "method": self.method.name, "seed": cfg.seed,
+                  "pet_options": self.pet_config.to_dict() if self.pet_config else {},
+                  "method_options": dict(self.method.options), **{f"training.{k}": v for k, v in self.train.to_dict().items()},
+                  "amp": cfg.amp, "max_eval": cfg.max_eval}
+        return RunInfo(name=cfg.run_id(), config=json.loads(json.dumps(asdict(cfg), default=str)),
+                       fingerprint=copy.deepcopy(fp), tasks=[t.name for t in self.seq.tasks],
+                       controls=[c.name for c in self.seq.control_sets], record_path=self.out_path(),
+                       log_dir=self.log_dir(), first_step=self._steps_done, params=params)
+
+    def _log(self, hook: str, *args: Any) -> None:
+        for logger in self.loggers:
+            getattr(logger, hook)(*args)
+
+    def _log_step(self, i: int, loss: float, lr: float) -> None:
+        self._log("step", self._steps_done + i, loss, lr)
 
     def _own_params(self) -> list[torch.nn.Parameter]:
         """The trainable parameters a checkpoint keeps by position: the method's own (outside the PET, whose state
@@ -240,6 +281,10 @@ class Runner:
         step["wall_time_s"] = train_time + step["eval_time_s"]
         step["peak_memory_mb"] = peak_memory_mb(self.device)
         add_step(rec, step, self.method.report(), len(self.seq.tasks))
+        rec["method"]["protocol"] = self.method.protocol  # a method's use may grow with the tasks (a stored memory)
+        self._steps_done += int(step.get("iterations") or 0)
+        if self.loggers:
+            self._log("task", t, copy.deepcopy(step))
         if self.rank == 0:
             ckpt.save(rec, t + 1, self._own_params(), self.method.state_dict(),
                       pet=self.pet.state_dict() if self.pet is not None else None,
@@ -267,7 +312,8 @@ class Runner:
             return {"iterations": 0, "final_loss": None}
         last = train_steps(self.method, self.ctx, self.params, self.batches(data, steps, seed=task_seed(self.cfg.seed, t)),
                            steps, self.train, f"{t + 1} ({data.name})", self.world, self.seq.track == "cross-modal",
-                           progress=self.cfg.progress and not self.rank)
+                           progress=self.cfg.progress and not self.rank,
+                           on_step=self._log_step if self.loggers else None)
         return {"iterations": steps, "final_loss": last}
 
     def evaluate(self, t: int, zero_shot: dict[str, Any] | None) -> dict[str, Any]:
@@ -279,9 +325,10 @@ class Runner:
             print(msg, file=sys.stderr)
 
 
-def run(cfg: RunConfig, method: Method | None = None) -> dict[str, Any]:
-    """Run one (sequence, model, PET, method, seed) and return its validated record (also written to disk)."""
-    return Runner(cfg, method).run()
+def run(cfg: RunConfig, method: Method | None = None, loggers: Sequence[str | Logger] = ()) -> dict[str, Any]:
+    """Run one (sequence, model, PET, method, seed) and return its validated record (also written to disk);
+    ``loggers`` (tracker names or :class:`~suite.engine.loggers.Logger` objects) are told its progress."""
+    return Runner(cfg, method, loggers).run()
 
 
 __all__ = ["CheckpointError", "RunConfig", "Runner", "TrainingFailed", "check_options", "run"]

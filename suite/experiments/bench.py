@@ -9,7 +9,6 @@ median of the per-round ratios is reported, so machine noise and warm-up hit bot
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import resource
 import statistics
@@ -34,6 +33,7 @@ from suite.data.loading import Batches, default_workers
 from suite.engine.runner import RunConfig, Runner
 from suite.evaluation.evaluator import Evaluator
 from suite.models import create_model_and_transforms
+from suite.paths import parse_json, read_json
 from suite.pet import attach_pet
 
 BENCH_SEQUENCE = "world-class-incremental"
@@ -287,7 +287,7 @@ def _text_step_memory(model: str, classes: int, chunk: int) -> tuple[float, floa
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the timeline is the CPU's only per-tensor account
             prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
-            _, sizes = json.loads(open(f"{tmp}/timeline.json").read())
+            _, sizes = read_json(f"{tmp}/timeline.json", "memory timeline")
         totals = [sum(s) for s in sizes]
         added = max(totals) - totals[0]
     times = []
@@ -410,7 +410,7 @@ def _fixed_costs(model: str, cache: str) -> list[float]:
                          capture_output=True, text=True, timeout=600, env={**os.environ, "CLSUITE_CACHE": cache})
     if out.returncode != 0:
         raise RuntimeError(f"bench run: the child run failed: {out.stderr.strip().splitlines()[-1:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return parse_json(out.stdout.strip().splitlines()[-1], "bench run")
 
 
 def _evaluation_share(rec: dict) -> tuple[float, float]:

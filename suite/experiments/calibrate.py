@@ -45,6 +45,8 @@ def parse_grid(text: str) -> list[dict[str, Any]]:
         key = key.strip()
         if not sep or key not in GRID_KEYS:
             raise ConfigError(f"--grid {part!r}: give KEY=V1,V2 with KEY one of {', '.join(GRID_KEYS)}")
+        if key in axes:
+            raise ConfigError(f"--grid: {key} is given twice; give its values once (e.g. {key}=V1,V2)")
         try:
             axes[key] = [float(v) if key in ("lr", "weight_decay") else int(v) for v in values.split(",") if v.strip()]
         except ValueError:

@@ -24,11 +24,14 @@ from suite.results.analysis import (
 )
 from suite.results.metrics import METRICS
 
-# (PEGP entry, its rivals): groups are labelled method/PET ("-" where a method owns its parameters)
+# (PEGP entry, its rivals): groups are labelled method/PET ("-" where a method owns its parameters). A rival meets
+# the PEGP entry of the PET form its parameters take (MoE-Adapters' experts are adapters, DIKI's are prefixes);
+# RAIL trains no PET at all and meets PEGP-LoRA, the suite's reference PEGP entry.
 MATCHUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("pegp/lora", ("inflora/lora", "olora/lora", "sdlora/lora")),
+    ("pegp/lora", ("inflora/lora", "olora/lora", "sdlora/lora", "magmax/lora", "rail/-")),
     ("pegp/vpt", ("vpt-nsp2/vpt",)),
-    ("pegp/prefix", ("coda-prompt/-", "dualprompt/-", "l2p/-")),
+    ("pegp/prefix", ("coda-prompt/-", "dualprompt/-", "l2p/-", "diki/-")),
+    ("pegp/adapter", ("moe-adapters/-",)),
 )
 DELTAS = ("last", "forgetting", "zero_shot_retention", "hallucination_fpr")
 COLUMNS = ("last", "forgetting", "zero_shot_retention", "hallucination_fpr", "trainable_parameters", "wall_time_s")

@@ -5,6 +5,7 @@ A plan file (``clsuite sweep --plan leaderboards/embedded-plan.yaml``) lists gro
 
     out: results                  # where records go (relative to the plan file's repository root)
     seeds: [0, 1, 2]              # default seeds of every group
+    log: [tensorboard]            # optional: experiment trackers of every run (as clsuite run --log)
     groups:
       - sequences: [world-class-incremental, mini-mtil]
         methods: [seq, pegp]
@@ -19,7 +20,6 @@ already exists and is complete.
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -39,6 +39,7 @@ from suite.data.loading import available_cores
 from suite.engine.runner import RunConfig, Runner, check_options
 from suite.errors import SuiteError
 from suite.experiments.slurm import RunStatus, SlurmOptions, jobs_dir, statuses, submit, wait
+from suite.paths import parse_json
 from suite.results.analysis import group_records
 from suite.results.metrics import HEADLINE
 from suite.results.records import load_record, load_records
@@ -50,7 +51,7 @@ class PlanError(SuiteError):
 
 @lru_cache(maxsize=1)
 def _plan_schema() -> dict:
-    return json.loads(resources.files("suite").joinpath("schemas/plan.schema.json").read_text())
+    return parse_json(resources.files("suite").joinpath("schemas/plan.schema.json").read_text(), "plan.schema.json")
 
 
 def load_plan(path: str | Path, base: RunConfig | None = None) -> list[RunConfig]:
@@ -64,6 +65,8 @@ def load_plan(path: str | Path, base: RunConfig | None = None) -> list[RunConfig
     for key in ("model", "device", "amp"):  # the plan's own backbone and device, unless the command line gave one
         if key in data and getattr(base, key) == getattr(RunConfig, key):
             base = dataclasses.replace(base, **{key: data[key]})
+    if data.get("log") and not base.log:  # the plan's trackers, unless the command line gave --log
+        base = dataclasses.replace(base, log=list(data["log"]))
     out = data.get("out", base.out)
     cfgs = []
     for g in data["groups"]:
@@ -195,7 +198,12 @@ def summarize(records: list[dict]) -> list[dict]:
 
 
 def summarize_table(paths: list[str]) -> str:
-    rows = summarize(load_records(paths))
+    """``clsuite summarize``: :func:`format_summary` of the records among ``paths``."""
+    return format_summary(summarize(load_records(paths)))
+
+
+def format_summary(rows: list[dict]) -> str:
+    """:func:`summarize`'s rows as the table ``clsuite summarize`` prints (percent, ± 95 % CI over seeds)."""
     head = f"{'sequence':26s} {'method':9s} {'pet':12s} {'n':>2s} " + " ".join(f"{k:>24s}" for k in HEADLINE)
     out = [head]
     for r in rows:
@@ -211,6 +219,6 @@ def main_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["PlanError", "finished", "finished_check", "grid", "load_plan", "plan_executor", "summarize",
+__all__ = ["PlanError", "finished", "finished_check", "format_summary", "grid", "load_plan", "plan_executor", "summarize",
            "summarize_table", "sweep", "sweep_on_slurm"]
 

@@ -4,13 +4,14 @@ maintainers granted (``leaderboards/verified.yaml``).
 A record reaches a board only through :func:`triage`: it must be a complete, schema-valid record of a sequence on
 the board, of this suite's sequence version and pinned manifests, with a square matrix whose aggregates are
 recomputed (claimed aggregates must agree), run on the board's budget (its backbones, the sequence's training
-settings, full test sets), and not a duplicate seed of its configuration. Everything else is listed with a reason.
+settings, full test sets), not of a method the board lists as not applicable to its track (``not_applicable``), and
+not a duplicate seed of its configuration. Everything else is listed with a reason.
 Nothing a record says about itself decides its tier: that comes from the verification file, keyed by the record's
-content digest.
+content digest. The *reported* tier (published numbers, ``reported/``) is never a record's: one that claims it is
+refused.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,13 +23,17 @@ import jsonschema
 from suite.config.run import RunIdentity
 from suite.config.sequences import SequenceError, load_sequence, load_sequence_version, read_yaml
 from suite.errors import SuiteError
-from suite.paths import data_dir
+from suite.paths import data_dir, parse_json
 from suite.results.analysis import Group, group_records
 from suite.results.metrics import METRICS
 from suite.results.records import REFERENCE, RecordError, has_items, recompute_aggregates, record_digest, validate_record
 
 TOLERANCE = 1e-9
 VERIFIED_FILE = "verified.yaml"
+REPORTED_DIR = "reported"  # published numbers per sequence: the "reported" tier (suite.leaderboard.reported)
+REPORTED_TIER = "reported"
+REPORTED_REFUSAL = (f"tier: {REPORTED_TIER!r} is the tier of published numbers, which only the maintainers' files in "
+                    f"leaderboards/{REPORTED_DIR}/ hold; a run record or submission cannot claim it")
 
 
 class BoardError(SuiteError):
@@ -41,7 +46,7 @@ def boards_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def _schema() -> dict:
-    return json.loads(resources.files("suite").joinpath("schemas/board.schema.json").read_text())
+    return parse_json(resources.files("suite").joinpath("schemas/board.schema.json").read_text(), "board.schema.json")
 
 
 def load_boards(root: Path | None = None) -> dict[str, dict]:
@@ -60,6 +65,7 @@ def load_boards(root: Path | None = None) -> dict[str, dict]:
         if data["rank_by"] not in METRICS:
             raise BoardError(f"{p}: rank_by: unknown metric {data['rank_by']!r}")
         data.setdefault("summary_columns", [data["rank_by"], "forgetting", "zero_shot_retention", "hallucination_fpr"])
+        data.setdefault("not_applicable", {})  # method -> why it does not apply to the track: shown as n/a, never ranked
         boards[data["name"]] = data
     return boards
 
@@ -69,14 +75,26 @@ def board_for(boards: dict[str, dict], sequence: str) -> dict | None:
 
 
 # ----------------------------------------------------------------------------------------- checks
+def claims_reported(obj: object) -> bool:
+    """Whether a submission or record says it is of the *reported* tier, which only maintainers' files give."""
+    tier = obj.get("tier") if isinstance(obj, dict) else None
+    return isinstance(tier, str) and tier.strip().lower() == REPORTED_TIER
+
+
 def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | None = None) -> None:
     """Everything ``validate`` checks of one record; raises :class:`RecordError` with one line naming the field."""
+    if claims_reported(rec):
+        raise RecordError(f"{where}: {REPORTED_REFUSAL}")
     validate_record(rec, where)
     seq_name = rec["sequence"]["name"]
     board = board_for(boards, seq_name)
     if board is None or (board_names is not None and board["name"] not in board_names):
         named = f" named by the submission ({board_names})" if board_names is not None else ""
         raise RecordError(f"{where}: sequence.name: {seq_name!r} is on no board{named}")
+    method, not_applicable = (rec.get("method") or {}).get("name"), board.get("not_applicable") or {}
+    if method in not_applicable:  # the board lists it as n/a with the reason; it is never ranked there
+        raise RecordError(f"{where}: method.name: {method!r} does not apply on board {board['name']} (n/a: "
+                          f"{not_applicable[method]})")
     try:
         load_sequence(seq_name)
     except SequenceError:

@@ -21,6 +21,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from suite.config.sequences import SequenceError
 from suite.leaderboard.boards import BoardError, Triage, boards_dir, load_boards, load_verifications, triage
 from suite.leaderboard.plots import curves_figure, entry_figures, save_figure, tradeoff_figure
+from suite.leaderboard.reported import METRICS as REPORTED_METRICS
+from suite.leaderboard.reported import load_reported, reported_rows
 from suite.paths import inside, repo_root, safe_name
 from suite.results.analysis import Group, Stat, format_interval, format_value, relabel
 from suite.results.calibration import control_rows, load_committed_report, report_rows, targets_line
@@ -82,13 +84,14 @@ def build_site(results: str | Path | None = None, out: str | Path | None = None)
     out = Path(out) if out is not None else default_site_dir()
     check_out_dir(out, results)
     boards = load_boards()
+    reported = load_reported(boards=boards)
     named, unreadable = load_named_records(results)
     tri = triage(named, boards, load_verifications())
     tri.rejected = unreadable + tri.rejected
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        _render(tmp, boards, tri, n_records=len(named) + len(unreadable))
+        _render(tmp, boards, tri, n_records=len(named) + len(unreadable), reported=reported)
         (tmp / MARKER).write_text("built by clsuite leaderboard build; this folder is replaced on every build\n")
         _swap(tmp, out)
     except BaseException:
@@ -158,7 +161,8 @@ def unresolved_ece(groups: list[Group]) -> dict[int, float]:
     return out
 
 
-def _render(out: Path, boards: dict, tri: Triage, n_records: int) -> None:
+def _render(out: Path, boards: dict, tri: Triage, n_records: int, reported: dict[str, dict] | None = None) -> None:
+    reported = reported or {}
     env = _env()
     for static in ("style.css", "board.js"):
         shutil.copy(boards_dir() / "templates" / static, out / static)
@@ -171,9 +175,13 @@ def _render(out: Path, boards: dict, tri: Triage, n_records: int) -> None:
         blocks, leaders, figure = [], [], None
         for seq in board["sequences"]:
             mine = [g for g in tri.groups if g.sequence == seq]
-            if not mine:
+            if not mine and seq not in reported:
                 continue
-            block = _sequence_block(out, env, board, seq, mine, tri, common)
+            # the suite's runs, ranked; a sequence with published numbers only gets its page with this part empty
+            block = (_sequence_block(out, env, board, seq, mine, tri, common) if mine else
+                     {"name": seq, "rows": [], "unranked": [], "figures": [], "min_seeds": board["min_seeds"],
+                      "figure_note": "", "calibration": _calibration(seq)})
+            block["reported"] = _reported_block(reported.get(seq))  # apart: never ranked or pooled with the runs
             blocks.append(block)
             leaders += [{"sequence": seq, **row} for row in block["rows"][:LEADERS_ON_INDEX]]
             figure = figure or next(iter(block["figures"]), None)
@@ -184,10 +192,19 @@ def _render(out: Path, boards: dict, tri: Triage, n_records: int) -> None:
             root="", **common))
         index.append({"file": page, "title": board["title"], "track": board["track"], "rank_by": board["rank_by"],
                       "n_entries": sum(len(b["rows"]) + len(b["unranked"]) for b in blocks),
+                      "n_reported": sum(len(b["reported"]["rows"]) for b in blocks if b["reported"]),
                       "sequences": board["sequences"], "leaders": leaders, "figure": figure})
     (out / "index.html").write_text(env.get_template("index.html.j2").render(boards=index, root="", **common))
     (out / "refused.html").write_text(env.get_template("refused.html.j2").render(
         rejected=tri.rejected, off_budget=tri.off_budget, root="", **common))
+
+
+def _reported_block(data: dict | None) -> dict | None:
+    """The page's *reported* table of a sequence: published numbers with their sources, in the file's order."""
+    if data is None:
+        return None
+    return {"backbone": data["backbone"], "note": data.get("note", ""), "rows": reported_rows(data),
+            "columns": [{"name": m, "label": METRICS[m].label} for m in REPORTED_METRICS]}
 
 
 def _headers(names: list[str]) -> list[dict]:

@@ -11,7 +11,16 @@ import yaml
 from suite.config.run import RunIdentity
 from suite.config.sequences import read_yaml
 from suite.errors import SuiteError
-from suite.leaderboard.boards import VERIFIED_FILE, board_for, boards_dir, check_record, load_boards, off_budget
+from suite.leaderboard.boards import (
+    REPORTED_REFUSAL,
+    VERIFIED_FILE,
+    board_for,
+    boards_dir,
+    check_record,
+    claims_reported,
+    load_boards,
+    off_budget,
+)
 from suite.paths import inside, read_json, safe_name, write_atomic
 from suite.results.records import (
     RecordError,
@@ -43,6 +52,8 @@ def validate_submission(path: str | Path) -> list[str]:
         return [str(exc)]
     if not isinstance(sub, dict) or sub.get("schema") != SUBMISSION_SCHEMA or not isinstance(sub.get("records"), list):
         return [f"{p}: schema: not a {SUBMISSION_SCHEMA} file (schema, board, records)"]
+    if claims_reported(sub):
+        return [f"{p}: {REPORTED_REFUSAL}"]
     boards = load_boards()
     board_names = sub.get("board") if isinstance(sub.get("board"), list) else [sub.get("board")]
     if not all(isinstance(b, str) for b in board_names):

@@ -30,12 +30,14 @@ mymethod`` then finds it without touching this repository.
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
 
+from suite.config.bounds import MAX_COUNT, show_value
 from suite.config.sequences import TaskSequence
 from suite.data.base import TaskData
 from suite.errors import ConfigError
@@ -90,15 +92,17 @@ class Option:
         if numeric and float in self.types:
             allowed = True
         if not allowed:
-            raise ConfigError(f"method {method}: {name}: {value!r} must be {self._what()}")
+            raise ConfigError(f"method {method}: {name}: {show_value(value)} must be {self._what()}")
         if isinstance(value, str) and self.choices is not None and value not in self.choices:
-            raise ConfigError(f"method {method}: {name}: {value!r} must be {self._what()}")
+            raise ConfigError(f"method {method}: {name}: {show_value(value)} must be {self._what()}")
         if numeric and not self._in_range(value):
-            raise ConfigError(f"method {method}: {name}: {value!r} must be {self._what()}")
+            raise ConfigError(f"method {method}: {name}: {show_value(value)} must be {self._what()}")
 
     def _in_range(self, v: float) -> bool:
         if v != v or v in (float("inf"), float("-inf")):
             return False
+        if isinstance(v, int) and abs(v) > (MAX_COUNT if int in self.types else sys.float_info.max):
+            return False  # no integer is unbounded (suite.config.bounds): it would become a size or a float
         if self.low is not None and (v < self.low or (self.open_low and v == self.low)):
             return False
         return self.high is None or v <= self.high
@@ -106,8 +110,9 @@ class Option:
     def _what(self) -> str:
         parts = []
         if int in self.types or float in self.types:
+            high = self.high if self.high is not None or float in self.types else MAX_COUNT
             bounds = ([f"{'>' if self.open_low else '>='} {self.low:g}"] if self.low is not None else []) + \
-                     ([f"<= {self.high:g}"] if self.high is not None else [])
+                     ([f"<= {high if isinstance(high, int) else f'{high:g}'}"] if high is not None else [])
             parts.append(" ".join(["a number" if float in self.types else "an integer", " and ".join(bounds)]).strip())
         if self.choices:
             parts.append(" or ".join(repr(c) for c in self.choices))

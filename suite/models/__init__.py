@@ -13,7 +13,6 @@ Model specs (strings):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from suite.errors import SuiteError
 from suite.models.backbone import CLIP_MEAN, CLIP_STD, Backbone, HFBackbone, OpenClipBackbone
+from suite.paths import parse_json
 from suite.registry import BACKBONES
 
 
@@ -40,7 +40,7 @@ def embedded_config(name: str) -> dict:
     files = embedded_configs()
     if name not in files:
         raise ModelError(f"unknown embedded model {name!r}; known: {', '.join(files)}")
-    cfg = json.loads(files[name].read_text())
+    cfg = parse_json(files[name].read_text(), files[name], ModelError)
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from suite.errors import ConfigError
 from suite.models.backbone import Backbone
 from suite.pet.base import PET, PETConfig, PETLayer
 from suite.registry import PETS, PluginError
@@ -47,6 +48,13 @@ def attach_pet(backbone: Backbone, kind: str, **options: Any) -> PET:
     """Inject a PET of ``kind`` into ``backbone``; returns the module holding its trainable parameters."""
     cfg = make_config(kind, options)
     pet = _module(kind).attach(backbone, cfg)
+    if not any(p.numel() for p in pet.parameters()):
+        # options that select nothing (towers without the PET's sites, an empty layer set): a run would train
+        # zero parameters and still write an ordinary-looking record
+        pet.detach_from_model()
+        shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+        raise ConfigError(f"PET {kind} ({shown}): attaches no trainable parameter to this model; "
+                          f"check towers and layers")
     for p in pet.parameters():
         p.requires_grad_(True)
     return pet

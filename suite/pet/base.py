@@ -7,7 +7,6 @@ by the same code.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
@@ -15,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from suite.config.bounds import MAX_COUNT, finite_number, show_value
 from suite.errors import ConfigError
 from suite.models.backbone import TOWERS, Backbone, BlockSite
 
@@ -59,6 +59,12 @@ class PETConfig:
         spec = str(self.layers).strip()
         if not re.fullmatch(r"all|first:\d+|\d+(-\d+)?(,\d+(-\d+)?)*", spec):
             raise ConfigError(f"layers must be all, first:K, or indices like 0-3 or 0,2,5; got {self.layers!r}")
+        name = next((k for k, c in _CONFIGS.items() if c is type(self)), type(self).__name__)
+        for lo, hi in re.findall(r"(\d+)-(\d+)", spec):  # a backwards range selects nothing: never what was meant
+            if int(lo) > int(hi):
+                raise ConfigError(f"{name} layers: the range {lo}-{hi} is backwards (it selects no block); write {hi}-{lo}")
+        if spec.startswith("first:") and int(spec[6:]) == 0:
+            raise ConfigError(f"{name} layers: first:0 selects no block")
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -68,12 +74,12 @@ class PETConfig:
             value = getattr(self, f.name)
             if f.type == "int":
                 lo, hi = INT_RANGES.get(f.name, (0, None))
-                if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-                    bound = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
-                    raise ConfigError(f"{name} {f.name} must be an integer {bound}, got {value!r}")
-            elif f.type == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                        or not math.isfinite(value)):
-                raise ConfigError(f"{name} {f.name} must be a finite number, got {value!r}")
+                hi = MAX_COUNT if hi is None else hi  # no integer is unbounded (suite.config.bounds)
+                if not isinstance(value, int) or isinstance(value, bool) or value < lo or value > hi:
+                    bound = f"from {lo} to {hi}"
+                    raise ConfigError(f"{name} {f.name} must be an integer {bound}, got {show_value(value)}")
+            elif f.type == "float":
+                finite_number(value, f"{name} {f.name}")
 
     def tower_list(self) -> list[str]:
         if self.towers == "both":

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from suite.errors import SuiteError
-from suite.paths import read_text
+from suite.paths import parse_json, read_text
 
 METRIC_NAMES = ("transfer", "avg", "last", "bwt", "forgetting", "fwt", "avg_incremental", "plasticity")
 # The aggregates a run's one-screen summary and a sweep's table show.
@@ -193,11 +193,11 @@ def load_matrix(path: str | Path) -> np.ndarray:
         raise MatrixError(f"{p}: (file): no such matrix file")
     suffix = p.suffix.lower()
     text = "" if suffix == ".npy" else read_text(p, "matrix file", MatrixError)
+    data = parse_json(text, p, MatrixError) if suffix == ".json" else None  # names the file itself
     try:
         if suffix == ".npy":
             rows = np.load(p, allow_pickle=False)
         elif suffix == ".json":
-            data = json.loads(text)
             rows = data.get("matrix", data.get("accuracy_matrix")) if isinstance(data, dict) else data
             if rows is None:
                 raise MatrixError("JSON object has no 'matrix' field")

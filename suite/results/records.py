@@ -15,7 +15,7 @@ import jsonschema
 
 from suite.config.run import RunIdentity
 from suite.errors import SuiteError
-from suite.paths import read_json, write_atomic
+from suite.paths import parse_json, read_json, write_atomic
 from suite.results import items, metrics
 
 SCHEMA_ID = "clsuite/record/v1"
@@ -31,7 +31,7 @@ class RecordError(SuiteError):
 
 @lru_cache(maxsize=1)
 def record_schema() -> dict:
-    return json.loads(resources.files("suite").joinpath("schemas/record.schema.json").read_text())
+    return parse_json(resources.files("suite").joinpath("schemas/record.schema.json").read_text(), "record.schema.json")
 
 
 def _finite(obj: Any, where: str = "") -> None:
