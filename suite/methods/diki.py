@@ -87,7 +87,7 @@ from torch import nn
 from suite.errors import ConfigError
 from suite.methods.base import Method, Option, RunContext
 from suite.models.attention import SplitAttention, attend
-from suite.models.inference import Encode, Inference, Routed
+from suite.models.inference import Encode, Inference, Routed, by_route
 from suite.pet.base import MAX_TOKENS
 from suite.pet.kv import register_source
 
@@ -374,16 +374,11 @@ class DIKIInference(Inference):
     def encode_images(self, images: torch.Tensor, encode: Encode) -> Routed:
         task, weight, routes = self.assign(images, encode)
         self.method.last_tasks, self.method.last_weights = task, weight.detach().cpu()
-        features: torch.Tensor | None = None
-        for k in torch.unique(task).tolist():
-            rows = torch.nonzero(task == k).flatten()
-            dev_rows = rows.to(images.device)
-            with self.method.active(int(k), weight[rows.to(weight.device)]):
-                f = encode(images[dev_rows])
-            if features is None:
-                features = f.new_empty(len(images), f.shape[-1])
-            features[rows.to(f.device)] = f
-        return Routed(features if features is not None else torch.zeros(0, 1), routes)
+        def encode_task(k: int, rows: torch.Tensor) -> torch.Tensor:  # each image at its own weight
+            with self.method.active(k, weight[rows.to(weight.device)]):
+                return encode(images[rows.to(images.device)])
+
+        return Routed(by_route(task, encode_task, torch.zeros(0, 1)), routes)
 
     def using(self, route: int):
         if route < 0:

@@ -78,26 +78,19 @@ class Inference:
     def encode_images(self, images: torch.Tensor, encode: Encode) -> Routed:
         """Route every image, then encode each group of images under its route's parameters."""
         routes = self.route(images).long().cpu()
-        features: torch.Tensor | None = None
-        for r, rows in groups(routes):
+
+        def encode_group(r: int, rows: torch.Tensor) -> torch.Tensor:
             with self.using(r):
-                f = encode(images[rows.to(images.device)])
-            if features is None:
-                features = f.new_empty(len(images), f.shape[-1])
-            features[rows.to(f.device)] = f
-        return Routed(features if features is not None else torch.zeros(0, 1), routes)
+                return encode(images[rows.to(images.device)])
+
+        return Routed(by_route(routes, encode_group, torch.zeros(0, 1)), routes)
 
     def scores(self, images: Routed, text: Callable[[int], torch.Tensor], names: list[str] | None) -> torch.Tensor:
         """Scores (cosine units) of every image against every text: each image against the text features of its
         route (``text(route)``, ``(C, d)``). ``names``: the class or concept names the texts stand for (``None``
         for captions), for a method whose scores depend on what it learned."""
-        out: torch.Tensor | None = None
-        for r, rows in groups(images.routes):
-            part = images.features[rows] @ text(r).T
-            if out is None:
-                out = part.new_empty(len(images), part.shape[-1])
-            out[rows] = part
-        return out if out is not None else images.features.new_zeros(0, 0)
+        return by_route(images.routes, lambda r, rows: images.features[rows] @ text(r).T,
+                        images.features.new_zeros(0, 0))
 
 
 def groups(routes: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -106,4 +99,17 @@ def groups(routes: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         yield int(r), torch.nonzero(routes == r).flatten()
 
 
-__all__ = ["FROZEN", "Encode", "Inference", "Routed", "groups"]
+def by_route(routes: torch.Tensor, part: Callable[[int, torch.Tensor], torch.Tensor],
+             empty: torch.Tensor) -> torch.Tensor:
+    """Rows computed route by route: ``part(route, rows)`` gives the rows that took ``route``, put back in their
+    places (``empty`` when there are no rows)."""
+    out: torch.Tensor | None = None
+    for r, rows in groups(routes):
+        values = part(r, rows)
+        if out is None:
+            out = values.new_empty(len(routes), values.shape[-1])
+        out[rows.to(values.device)] = values
+    return out if out is not None else empty
+
+
+__all__ = ["FROZEN", "Encode", "Inference", "Routed", "by_route", "groups"]
