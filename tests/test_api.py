@@ -1,5 +1,5 @@
-"""The Python API (suite/api.py): the README's section run as written, the examples executed, the numbers the
-command line prints, records as objects, and refusals as the suite's own errors."""
+"""The Python API (suite/api.py): its guide's example (docs/how-to/python-api.md) run as written, the examples
+executed, the numbers the command line prints, records as objects, and refusals as the suite's own errors."""
 from __future__ import annotations
 
 import json
@@ -34,20 +34,24 @@ def test_import_suite_loads_no_torch(tmp_path):
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stderr[-2000:]
 
 
-def readme_api_block() -> str:
-    text = (ROOT / "README.md").read_text()
+GUIDE = ROOT / "docs" / "how-to" / "python-api.md"
+
+
+def guide_api_block() -> str:
+    """The example of the Python API guide (docs/how-to/python-api.md), marked ``<!-- api:example -->``."""
+    text = GUIDE.read_text()
     (block,) = re.findall(r"<!-- api:example -->\s*\n```python\n(.*?)\n```", text, re.S)
     return textwrap.dedent(block)
 
 
-def test_readme_python_api_section_runs_as_written(tmp_path):
-    """The README's block, unchanged, in an empty folder: it holds the issue's acceptance line (the embedded tiny
+def test_guide_python_api_example_runs_as_written(tmp_path):
+    """The guide's block, unchanged, in an empty folder: it holds the issue's acceptance line (the embedded tiny
     CLIP on world-class-incremental, 2 iterations per task, 16 test images per task)."""
-    block = readme_api_block()
+    block = guide_api_block()
     assert ("suite.run(sequence=\"world-class-incremental\", pet=\"lora\", method=\"seq\", iterations=2, max_eval=16)"
             in block)
-    (tmp_path / "readme_api.py").write_text(block + "\n")
-    res = _python(["readme_api.py"], tmp_path)
+    (tmp_path / "guide_api.py").write_text(block + "\n")
+    res = _python(["guide_api.py"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     last = float(res.stdout.split()[0])
     (record,) = (tmp_path / "results").glob("world-class-incremental__*.json")

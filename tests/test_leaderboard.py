@@ -9,11 +9,12 @@ import yaml
 from records_factory import make_record, reference, write
 
 from suite.cli import main
+from suite.config.sequences import load_sequence, load_sequence_version
 from suite.engine.runner import RunConfig, run
-from suite.leaderboard.boards import BoardError, load_boards
+from suite.leaderboard.boards import BoardError, board_for, load_boards, off_budget, stale_reason, suite_compatible, triage
 from suite.leaderboard.build import MARKER, build_site
 from suite.leaderboard.submit import pack, validate_submission
-from suite.results.records import recompute_aggregates
+from suite.results.records import read_records, recompute_aggregates
 
 XSS = "<img src=x onerror=alert(1)>"
 REPO = Path(__file__).resolve().parents[1]
@@ -220,6 +221,56 @@ def test_a_bad_not_applicable_reason_is_refused_in_one_line(tmp_path, monkeypatc
     with pytest.raises(BoardError, match="not_applicable.rail: "):
         build_site(tmp_path / "results", tmp_path / "site")
     assert not (tmp_path / "site").exists()
+
+
+def older_version(rec: dict, version: int = 2) -> dict:
+    """``rec`` as a record of an archived version of its sequence: that version's tasks, pins and budget."""
+    seq = load_sequence_version(rec["sequence"]["name"], version)
+    rec["sequence"]["version"] = version
+    rec["sequence"]["tasks"] = [t.name for t in seq.tasks]
+    rec["sequence"]["manifests"] = {s.name: s.pinned_manifest for s in seq.tasks + seq.control_sets if s.pinned_manifest}
+    rec["training"] = seq.default_training(rec["pet"]["kind"], rec["method"]["name"])
+    return rec
+
+
+@pytest.mark.parametrize("version,current,ok", [
+    ("0.1.0", "0.1.0", True), ("0.1.7", "0.1.0", True), ("0.1.0+g1234", "0.1.3", True), ("0.0.9", "0.1.0", False),
+    ("0.2.0", "0.1.0", False), ("1.4.0", "1.0.2", True), ("2.0.0", "1.9.0", False), ("1.0.0", "0.1.0", False),
+    ("0+unknown", "0.1.0", False), (None, "0.1.0", False), ("", "0.1.0", False)])
+def test_suite_compatibility_is_the_series(version, current, ok):
+    assert suite_compatible(version, current) is ok
+
+
+def test_committed_records_are_all_current():
+    good, bad = read_records([REPO / "results"], validate=False)
+    assert good and not bad
+    versions = {}
+    for path, rec in good:
+        name = rec["sequence"]["name"]
+        versions.setdefault(name, load_sequence(name).version)
+        assert stale_reason(rec, versions[name]) is None, path.name
+
+
+def test_triage_sets_stale_records_apart_and_holds_them_to_their_own_budget():
+    base = reference()
+    current = [make_record(base, s, "pegp", 0.0) for s in (0, 1)]
+    old = [older_version(make_record(base, s, "pegp", 0.1)) for s in (0, 1)]  # the same seeds: not duplicates
+    off = older_version(make_record(base, 2, "pegp", 0.1))
+    off["training"] = dict(current[0]["training"])  # v2 record on the v3 budget
+    suite = make_record(base, 0, "seq", 0.0)
+    suite["environment"]["suite"] = "0.0.9"
+    boards = load_boards()
+    named = [(f"r{i}.json", r) for i, r in enumerate(current + old + [off, suite])]
+    tri = triage(named, boards, {}, suite="0.1.4")
+    assert [g.method for g in tri.groups] == ["pegp"] and tri.groups[0].seeds == [0, 1]
+    assert {(s.group.method, tuple(s.group.seeds), s.reason) for s in tri.stale} == {
+        ("pegp", (0, 1), "sequence v2, current v3"), ("seq", (0,), "suite 0.0.9, current 0.1.x")}
+    assert tri.rejected == [] and [n for n, _ in tri.off_budget] == ["r4.json"]
+    assert "training.iterations: 100 but the board's budget is the sequence's 60" in tri.off_budget[0][1]
+    board = board_for(boards, "world-class-incremental")
+    assert off_budget(old[0], board) == "sequence.version: v2, but the board ranks v3"  # what submissions must meet
+    assert off_budget(old[0], board, own_version=True) is None
+    assert {s.tier for s in tri.stale} == {"self-reported"}
 
 
 # ----------------------------------------------------------------------------------------- submissions

@@ -1,5 +1,5 @@
 """What a record means: the pretrained reference for every PET form, the attach cost, item-level outcomes that
-reproduce every accuracy, and intervals that include the test set (two-level bootstrap, McNemar)."""
+reproduce every accuracy, and intervals that include the test set (t over seeds with a bootstrap over items, McNemar)."""
 from __future__ import annotations
 
 import copy

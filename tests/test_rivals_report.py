@@ -1,4 +1,4 @@
-"""The README's "PEGP against its rivals" section is computed from records (``clsuite rivals``)."""
+"""The "PEGP against its rivals" page (docs/results/rivals.md) is computed from records (``clsuite rivals``)."""
 from records_factory import make_record, reference, write
 
 from suite.cli import main

@@ -34,18 +34,25 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _submission_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("submission")
+    p.add_argument("submission", help="a submission file (clsuite submit), or a submission folder "
+                                      "(submissions/<name>/: submission.json and checklist.yaml)")
+    p.add_argument("--checklist", help="the submitter's checklist (default: checklist.yaml beside the submission, "
+                                       "when there is one); each declaration is checked against the records")
 
 
-@command("validate", "check a submission: schema, board, manifests, seeds, recomputed aggregates", _submission_arg)
+@command("validate", "check a submission: schema, board, manifests, seeds, recomputed aggregates, and its checklist "
+                     "against the records", _submission_arg)
 def _validate(args: argparse.Namespace) -> int:
-    from suite.leaderboard.submit import validate_submission
+    from suite.leaderboard.submit import check_submission, describe_checklist, submission_files
 
-    problems = validate_submission(args.submission)
+    problems = check_submission(args.submission, args.checklist)
     for line in problems:
         print(f"rejected: {line}")
     if not problems:
-        print(f"valid: {args.submission}")
+        sub, checklist = submission_files(args.submission, args.checklist)
+        print(f"valid: {sub}")
+        if checklist is not None:
+            print(f"checklist agrees with the records: {checklist}: {describe_checklist(checklist)}")
     return 1 if problems else 0
 
 
@@ -59,6 +66,6 @@ def _accept(args: argparse.Namespace) -> int:
     from suite.leaderboard.build import default_results_dir
     from suite.leaderboard.submit import accept
 
-    for path in accept(args.submission, args.results or default_results_dir()):
+    for path in accept(args.submission, args.results or default_results_dir(), args.checklist):
         print(path)
     return 0

@@ -128,3 +128,43 @@ def _rivals(args: argparse.Namespace) -> int:
 
     print(rivals_report(_records_from(args), args.figures))
     return 0
+
+
+def _coverage_args(p: argparse.ArgumentParser) -> None:
+    _add_record_selection(p)
+    p.add_argument("--seeds", type=int, default=5, help="seeds per simulated experiment (the boards' min_seeds)")
+    p.add_argument("--trials", type=int, default=1000, help="simulated experiments per study")
+    p.add_argument("--metric", action="append", help="metrics of the pool study (repeatable; default last, forgetting)")
+    p.add_argument("--no-synthetic", action="store_true", help="only the pool of records, not the synthetic model")
+
+
+@command("coverage", "how often the 95%% intervals contain the truth: seeds drawn from a pool of records of one "
+         "configuration, and a synthetic model", _coverage_args)
+def _coverage(args: argparse.Namespace) -> int:
+    from suite.config.bounds import bounded_int
+    from suite.results.analysis import group_records
+    from suite.results.coverage import coverage_table, finite_pool_nominal, pool_coverage, synthetic_coverage
+
+    k = bounded_int(args.seeds, "--seeds", 2, 100)
+    trials = bounded_int(args.trials, "--trials", 10, 100_000)
+    rows = {}
+    if args.records or args.results:
+        pools = [g for g in group_records(_records_from(args)) if len(g.records) >= 2 * k]
+        if not pools:
+            raise ConfigError(f"no configuration has {2 * k} seeds or more: a pool study draws {k} of many")
+        for g in pools:
+            res = g.resampled()
+            if res is None:
+                raise ConfigError(f"{g.label}: its records keep no item outcomes; no interval over items")
+            for name in args.metric or ["last", "forgetting"]:
+                n = len(g.records)
+                rows[f"{g.sequence} {g.label} {name}: {k} of a pool of {n} (an exact interval: "
+                     f"{100 * finite_pool_nominal(n, k):.1f} %)"] = pool_coverage(res, name, k, trials)
+    if not args.no_synthetic:
+        for sd in (0.1, 0.4, 1.0):
+            rows[f"synthetic, seed sd {sd} (logit), 300 items"] = synthetic_coverage(k, seed_sd=sd,
+                                                                                    trials=min(trials, 400))
+    if not rows:
+        raise ConfigError("nothing to measure: name a pool of records, or drop --no-synthetic")
+    print(coverage_table(rows))
+    return 0

@@ -290,14 +290,46 @@ def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
         raise error(f"{path}: {at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
 
 
+_PARSED: dict[tuple[str, int, int], TaskSequence] = {}
+
+
 def load_sequence_file(path: str | Path) -> TaskSequence:
-    return parse_sequence(read_yaml(path, SequenceError, "sequence file"), Path(path))
+    """The sequence in ``path``, parsed once per content: a board build checks every record against its sequence
+    (three reads a record, 1,665 for 555 records), so a parse is kept while the file's size and mtime stay."""
+    try:
+        st = Path(path).stat()
+        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None  # read_yaml says what is wrong with the path
+    if key is not None and key in _PARSED:
+        return _PARSED[key]
+    seq = parse_sequence(read_yaml(path, SequenceError, "sequence file"), Path(path))
+    if key is not None:
+        if len(_PARSED) >= 256:
+            _PARSED.clear()
+        _PARSED[key] = seq
+    return seq
+
+
+_FILES: dict[tuple, dict[str, Path]] = {}
 
 
 def sequence_files() -> dict[str, Path]:
-    """Every sequence file shipped, keyed by its file stem (which equals the sequence name)."""
+    """Every sequence file shipped, keyed by its file stem (which equals the sequence name). The listing is kept
+    while no folder of ``tasks/`` changes (a file added, removed or renamed changes its folder's mtime)."""
     root = tasks_dir()
-    return {p.stem: p for p in sorted(root.glob("*/*.yaml")) if p.parent.name not in ("templates", ARCHIVE)}
+    try:
+        key = (str(root), root.stat().st_mtime_ns,
+               *sorted((d.name, d.stat().st_mtime_ns) for d in os.scandir(root) if d.is_dir()))
+    except OSError:
+        key = None
+    if key is not None and key in _FILES:
+        return dict(_FILES[key])
+    files = {p.stem: p for p in sorted(root.glob("*/*.yaml")) if p.parent.name not in ("templates", ARCHIVE)}
+    if key is not None:
+        _FILES.clear()
+        _FILES[key] = files
+    return dict(files)
 
 
 def load_sequence_version(name: str, version: int) -> TaskSequence:

@@ -25,16 +25,19 @@ EXECUTION_FIELDS = ("out", "run_dir", "resume", "progress", "command", "threads"
 
 def environment(device: torch.device, world: int) -> dict[str, Any]:
     """The software and machine a record was made with."""
-    import open_clip  # the version only; the backbone loaded it already
+    from importlib.metadata import PackageNotFoundError, version
 
-
+    try:  # read from the installed metadata: importing open_clip costs seconds an embedded run does not need
+        open_clip_version = version("open_clip_torch")
+    except PackageNotFoundError:
+        open_clip_version = None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"suite": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "open_clip": open_clip.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "open_clip": open_clip_version, "numpy": np.__version__, "platform": platform.platform(),
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
             "world_size": world, "nodes": node_count(), "git_commit": commit}
 

@@ -11,7 +11,7 @@ from suite.engine.runner import RunConfig, Runner
 from suite.leaderboard.submit import add_verification
 from suite.results.records import load_record, record_differences, strip_timings
 
-# What "reproduced" means (README, "Reproducing a record"): on the machine that wrote a record, a re-run is
+# What "reproduced" means (docs/how-to/reproduce.md): on the machine that wrote a record, a re-run is
 # bit-identical (CPU, fixed seed); on another CPU or a GPU, floating-point reassociation can change whole test
 # answers over a run's steps, so a re-run reproduces a record when every accuracy-matrix entry and every
 # aggregate is within this many accuracy points (absolute; 0.01 = one point).

@@ -1,4 +1,4 @@
-"""PEGP against its rivals, from records alone: the README's "PEGP against its rivals" section.
+"""PEGP against its rivals, from records alone: the page docs/results/rivals.md ("PEGP against its rivals").
 
 Each rival is compared with the PEGP entry of the PET it competes on (LoRA rivals with PEGP-LoRA, VPT-NSP² with
 PEGP-VPT, the prompt-pool methods with PEGP-prefix, whose prefixes they use): per sequence, each entry's mean ± 95 %

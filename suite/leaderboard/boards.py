@@ -5,7 +5,9 @@ A record reaches a board only through :func:`triage`: it must be a complete, sch
 the board, of this suite's sequence version and pinned manifests, with a square matrix whose aggregates are
 recomputed (claimed aggregates must agree), run on the board's budget (its backbones, the sequence's training
 settings, full test sets), not of a method the board lists as not applicable to its track (``not_applicable``), and
-not a duplicate seed of its configuration. Everything else is listed with a reason.
+not a duplicate seed of its configuration. Everything else is listed with a reason. A record that passes but was
+made by an older version of its sequence or by an incompatible suite version (:func:`stale_reason`) is *stale*:
+listed apart with the reason, never ranked with current entries.
 Nothing a record says about itself decides its tier: that comes from the verification file, keyed by the record's
 content digest. The *reported* tier (published numbers, ``reported/``) is never a record's: one that claims it is
 refused.
@@ -13,6 +15,7 @@ refused.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import jsonschema
 
+from suite._version import __version__
 from suite.config.run import RunIdentity
 from suite.config.sequences import SequenceError, load_sequence, load_sequence_version, read_yaml
 from suite.errors import SuiteError
@@ -157,8 +161,12 @@ def protocol_conflict(rec: dict, board: dict) -> str | None:
     return None
 
 
-def off_budget(rec: dict, board: dict) -> str | None:
-    """Why a record was not run on the board's budget (``None`` when it was): backbone, training, eval size."""
+def off_budget(rec: dict, board: dict, own_version: bool = False) -> str | None:
+    """Why a record was not run on the board's budget (``None`` when it was): backbone, training, eval size.
+
+    By default a record of another sequence version is off budget (what submissions must meet); with
+    ``own_version`` the training is checked against the version the record ran on, so a stale record (listed apart,
+    never ranked) is still held to the budget of its own time."""
     budget = board.get("budget", {})
     model = rec["model"]["spec"]
     if budget.get("backbones") and model not in budget["backbones"]:
@@ -168,6 +176,8 @@ def off_budget(rec: dict, board: dict) -> str | None:
         return f"config.max_eval: {cfg['max_eval']} (boards evaluate full test sets)"
     try:
         seq = load_sequence(rec["sequence"]["name"])
+        if own_version:
+            seq = load_sequence_version(rec["sequence"]["name"], rec["sequence"]["version"])
     except SequenceError:
         return None
     if rec["sequence"]["version"] != seq.version:
@@ -179,6 +189,51 @@ def off_budget(rec: dict, board: dict) -> str | None:
         k = diff[0]
         return f"training.{k}: {got.get(k)!r} but the board's budget is the sequence's {expected[k]!r}"
     return None
+
+
+# ------------------------------------------------------------------------------------------ staleness
+_RELEASE = re.compile(r"^(\d+)\.(\d+)(?:[.+-]|$)")
+
+
+def suite_series(version: str | None) -> str | None:
+    """The release series a suite version belongs to (``"0.1"`` for 0.1.x, ``"1"`` for 1.y.z), ``None`` when the
+    version does not parse (``0+unknown``, missing)."""
+    found = _RELEASE.match(version or "")
+    if not found:
+        return None
+    major, minor = int(found.group(1)), int(found.group(2))
+    return f"{major}.{minor}" if major == 0 else str(major)
+
+
+def suite_compatible(version: str | None, current: str = __version__) -> bool:
+    """Whether a record made by suite ``version`` can be ranked with records of the ``current`` suite: the same
+    major version and, before 1.0, the same minor. Why: the suite versions itself semantically, and before 1.0 a
+    minor release may change what a record's numbers mean (metrics, evaluation, record fields) while a patch
+    release does not; from 1.0 only a major release may. A version that does not parse cannot be shown
+    compatible. The board's one definition of suite compatibility."""
+    series = suite_series(version)
+    return series is not None and series == suite_series(current)
+
+
+def stale_reason(rec: dict, current_sequence_version: int, current_suite: str = __version__) -> str | None:
+    """Why a (checked) record is stale — made by another version of its sequence than the current file's, or by a
+    suite version :func:`suite_compatible` rejects — as shown on the board (``sequence v2, current v3``; ``suite
+    0.0.9, current 0.1.x``); ``None`` for a current record."""
+    why = []
+    version = rec["sequence"]["version"]
+    if version != current_sequence_version:
+        why.append(f"sequence v{version}, current v{current_sequence_version}")
+    suite = (rec.get("environment") or {}).get("suite")
+    if not suite_compatible(suite, current_suite):
+        why.append(f"suite {suite or 'unknown'}, current {series_label(current_suite)}")
+    return "; ".join(why) or None
+
+
+def series_label(version: str) -> str:
+    """``0.1.x`` for 0.1.3, ``1.x`` for 1.4.0: the releases compatible with ``version`` (the version itself when
+    it does not parse)."""
+    series = suite_series(version)
+    return f"{series}.x" if series else version
 
 
 def load_verifications(root: Path | None = None) -> dict[str, dict]:
@@ -198,19 +253,36 @@ def load_verifications(root: Path | None = None) -> dict[str, dict]:
 
 
 @dataclass
+class Stale:
+    """Seeds of one configuration made by one older sequence version or incompatible suite series: shown apart
+    with ``reason``, never ranked, tied or counted as a leader."""
+
+    group: Group
+    reason: str
+    tier: str
+
+
+@dataclass
 class Triage:
-    """Records sorted for a board build: the groups it ranks, and every record it refused, with the reason."""
+    """Records sorted for a board build: the groups it ranks, the stale groups it lists apart, and every record it
+    refused, with the reason."""
 
     groups: list[Group] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, one-line reason)
     off_budget: list[tuple[str, str]] = field(default_factory=list)
     tiers: dict[tuple, str] = field(default_factory=dict)  # group key -> "reproduced" when every seed is verified
+    stale: list[Stale] = field(default_factory=list)
+    files: dict[int, str] = field(default_factory=dict)  # id(record) -> its file name in the results folder
 
 
-def triage(named: list[tuple[str, dict]], boards: dict, verified: dict[str, dict]) -> Triage:
-    """Apply :func:`check_record`, the budget and duplicate-seed rules to ``(file name, record)`` pairs."""
+def triage(named: list[tuple[str, dict]], boards: dict, verified: dict[str, dict],
+           suite: str = __version__) -> Triage:
+    """Apply :func:`check_record`, the budget and duplicate-seed rules to ``(file name, record)`` pairs, and set
+    apart the stale records (:func:`stale_reason`) of the ``suite`` version given."""
     out = Triage()
     accepted: list[dict] = []
+    stale: dict[tuple, list[dict]] = {}
+    reasons: dict[int, str] = {}
     seen: dict[tuple, str] = {}
     digests: dict[int, str] = {}
     for name, rec in named:
@@ -219,22 +291,32 @@ def triage(named: list[tuple[str, dict]], boards: dict, verified: dict[str, dict
         except RecordError as exc:
             out.rejected.append((name, str(exc)))
             continue
-        reason = off_budget(rec, board_for(boards, rec["sequence"]["name"]))
+        why = stale_reason(rec, load_sequence(rec["sequence"]["name"]).version, suite)
+        reason = off_budget(rec, board_for(boards, rec["sequence"]["name"]), own_version=why is not None)
         if reason:
             out.off_budget.append((name, f"{name}: {reason}"))
             continue
-        seed_key = RunIdentity.of_record(rec).key()
+        era = (rec["sequence"]["version"], suite_series((rec.get("environment") or {}).get("suite")))
+        seed_key = (*RunIdentity.of_record(rec).key(), era if why else None)
         if seed_key in seen:
             out.rejected.append((name, f"{name}: seed: duplicate of seed {rec['seed']} of the same configuration "
                                        f"in {seen[seed_key]}"))
             continue
         seen[seed_key] = name
         digests[id(rec)] = record_digest(rec)
-        accepted.append(rec)
+        out.files[id(rec)] = name
+        if why:
+            reasons[id(rec)] = why
+            stale.setdefault(era, []).append(rec)
+        else:
+            accepted.append(rec)
     out.groups = group_records(accepted)
     for g in out.groups:
         if all(digests[id(r)] in verified for r in g.records):
             out.tiers[g.key] = "reproduced"
+    for era in sorted(stale, key=lambda e: (e[0], e[1] or "")):
+        for g in group_records(stale[era]):
+            tier = "reproduced" if all(digests[id(r)] in verified for r in g.records) else "self-reported"
+            why = "; ".join(dict.fromkeys(reasons[id(r)] for r in g.records))  # suite versions of one series may differ
+            out.stale.append(Stale(g, why, tier))
     return out
-
-

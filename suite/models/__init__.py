@@ -95,12 +95,15 @@ def _spec(kind: str, name: str, tag: str | None) -> str:
 
 
 def load_embedded(name: str, tag: str | None) -> Backbone:
-    """``embedded:<name>[@random|@<weights file>]``: a shipped tiny open_clip config, with its shipped weights."""
-    import open_clip  # heavy (it pulls in transformers): imported only when a model is built
+    """``embedded:<name>[@random|@<weights file>]``: a shipped tiny open_clip config, with its shipped weights.
+
+    Built by :mod:`suite.models.tiny_clip` (open_clip's module tree and arithmetic, without importing open_clip,
+    whose imports cost seconds a run on an embedded model does not need)."""
+    from suite.models.tiny_clip import CLIP
 
     spec = _spec("embedded", name, tag)
     cfg = embedded_config(name)
-    model = open_clip.CLIP(**cfg)
+    model = CLIP(**cfg)
     weights = None
     if tag != "random":
         weights = Path(tag) if tag else asset_path(name)

@@ -120,9 +120,9 @@ class OpenClipBackbone(Backbone):
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         if self._tokenizer is not None:
             return self._tokenizer(texts)
-        import open_clip  # heavy: the embedded models' own tokenizer, loaded with the first prompts
+        from suite.models.bpe import tokenize  # CLIP's tokenizer, as open_clip's, without importing open_clip
 
-        return open_clip.tokenize(texts, context_length=self.context_length)
+        return tokenize(texts, context_length=self.context_length)
 
     @property
     def logit_scale_value(self) -> torch.Tensor:

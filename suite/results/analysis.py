@@ -4,9 +4,10 @@ resamples test items, differences paired by seed (and item), and per-step curves
 
 A *group* is every seed of one (sequence, method, PET, options) — :func:`suite.results.records.group_key`. Two
 intervals are given: the Student-t interval of the mean over seeds (``ci``; with one seed there is none), and,
-where the records keep their item outcomes, the two-level bootstrap over seeds and test items (``items``,
-:mod:`suite.results.uncertainty`), which is the one that decides ties. A difference of two groups is computed on
-the seeds they share, so seed-to-seed variation common to both cancels, and on the same item draws.
+where the records keep their item outcomes, the interval over seeds and test items (``items``: Student-t over
+seeds combined with a bootstrap over items, :mod:`suite.results.uncertainty`), which is the one that decides
+ties. A difference of two groups is computed on the seeds they share, so seed-to-seed variation common to both
+cancels, and on the same item draws.
 """
 from __future__ import annotations
 
@@ -375,7 +376,7 @@ def format_compare(result: dict[str, Any], fmt: str = "text") -> str:
                 "seeds and test items, which decides the verdict):"] + _columns(diff_head, diff_body)
     out += _item_test_lines(result)
     out.append("(percent points for accuracies and rates; ± 95 % CI over seeds; [ ] 95 % interval over seeds and "
-               "test items, two-level bootstrap; ↓ lower is better)")
+               "test items: t over seeds ⊕ bootstrap over items; ↓ lower is better)")
     return "\n".join(out)
 
 

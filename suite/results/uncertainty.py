@@ -1,15 +1,21 @@
-"""Intervals that include the test set: a two-level bootstrap over seeds and test items, a paired version for
-differences, and McNemar's test on the items two runs share.
+"""Intervals that include the test set: seeds and test items together, a paired version for differences, and
+McNemar's test on the items two runs share.
 
 Every seed of a configuration is tested on the same images, so the spread over seeds says nothing about how
-much a number would move on another draw of test images. Here each resample draws the test items of every task
-and control set with replacement (multinomial counts, the same draw for every seed, since the items are shared)
-and the seeds with replacement, recomputes each seed's accuracy matrix from its item outcomes
-(:mod:`suite.results.items`), the metric from the matrix (:mod:`suite.results.metrics`, one definition), and
-averages over the drawn seeds. The interval is the 2.5–97.5 percentile of the resampled means.
+much a number would move on another draw of test images. The item level is a bootstrap: each resample draws the
+test items of every task and control set with replacement (multinomial counts, the same draw for every seed, since
+the items are shared), recomputes each seed's accuracy matrix from its item outcomes (:mod:`suite.results.items`)
+and the metric from the matrix (:mod:`suite.results.metrics`, one definition); the variance of the seed mean over
+these resamples is the item variance. The seed level is Student's t: the variance of the seed mean is the
+per-seed values' sample variance over n. The interval is the mean ± √((t·se_seeds)² + (z·se_items)²): Student's
+t with n − 1 degrees of freedom where seeds dominate, the normal where items do.
+
+Why not resample seeds too: a percentile bootstrap over 5 seeds is too narrow — for a normal mean its half-width
+is about 1.96·√(4/5)·s/√5 against t's 2.78·s/√5, so it covers less than it says (``clsuite coverage``
+measures it: docs/concepts/intervals.md states the figures).
 
 Item draws depend only on a fixed seed and the sizes of the item sets, so two groups on the same sequence see
-the same draws: their difference is a paired bootstrap over seeds × items.
+the same draws: their difference is paired over seeds × items.
 """
 from __future__ import annotations
 
@@ -34,7 +40,8 @@ def item_weights(sizes: list[int], resamples: int = RESAMPLES, seed: int = BOOTS
 
 
 def seed_draws(n_seeds: int, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """``(resamples, n_seeds)`` indices of seeds drawn with replacement."""
+    """``(resamples, n_seeds)`` indices of seeds drawn with replacement (the former seed level; kept to measure
+    its coverage against the one in use)."""
     return np.random.default_rng([seed, 1]).integers(n_seeds, size=(resamples, n_seeds))
 
 
@@ -43,24 +50,43 @@ def percentile_interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def over_seed_draws(per_seed: np.ndarray, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """The interval of the mean over seeds drawn with replacement, one draw per item resample (row) of
-    ``per_seed`` ``(resamples, seeds)``: the second level of the bootstrap."""
+def percentile_seeds_and_items(per_seed: np.ndarray, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """The former interval: the percentile interval of the mean over seeds drawn with replacement, one draw per
+    item resample (row) of ``per_seed`` ``(resamples, seeds)``. Too narrow at 5 seeds; only for coverage studies."""
     draw = seed_draws(per_seed.shape[1], per_seed.shape[0], seed)
     return percentile_interval(np.take_along_axis(per_seed, draw, 1).mean(1))
 
 
+def seeds_and_items(observed: np.ndarray, resampled: np.ndarray) -> tuple[float, float]:
+    """The 95 % interval of the mean over seeds and test items.
+
+    ``observed`` ``(seeds,)``: each seed's value on the test set as drawn; ``resampled`` ``(resamples, seeds)``:
+    the same under item resamples (no rows for the seed level alone). The half-widths of the two levels add in
+    quadrature: Student-t over seeds (n − 1 degrees of freedom) and normal over items (the bootstrap's standard
+    deviation of the seed mean). Never narrower than either level alone, which Welch–Satterthwaite's pooled
+    degrees of freedom can be; exact t when items add nothing. With one seed there is no seed level: items alone."""
+    from scipy import stats  # heavy: only when an interval is computed
+
+    observed = np.asarray(observed, np.float64)
+    n = observed.size
+    centre = float(observed.mean())
+    items = float(resampled.mean(1).std(ddof=1)) if resampled.shape[0] > 1 else 0.0
+    seeds = float(stats.t.ppf(0.975, n - 1)) * float(observed.std(ddof=1)) / np.sqrt(n) if n > 1 else 0.0
+    half = float(np.hypot(seeds, float(stats.norm.ppf(0.975)) * items))
+    return centre - half, centre + half
+
+
 def two_level_interval(scores: np.ndarray, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
                        levels: str = "both") -> tuple[float, float]:
-    """The 95 % interval of the mean of a ``(seeds, items)`` score table, resampling ``levels``: ``seeds``,
-    ``items`` or ``both`` (the suite's interval). The one-set case of :class:`ItemTable`, for tests and tables."""
+    """The 95 % interval of the mean of a ``(seeds, items)`` score table over ``levels``: ``seeds``, ``items``
+    or ``both`` (the suite's interval). The one-set case of :class:`ItemTable`, for tests and tables."""
     scores = np.asarray(scores, np.float64)
-    s, n = scores.shape
-    w = item_weights([n], resamples, seed)[0] if levels in ("items", "both") else np.full((resamples, n), 1.0 / n)
-    per_seed = w @ scores.T  # (resamples, seeds)
+    observed = scores.mean(1)
+    resampled = item_weights([scores.shape[1]], resamples, seed)[0] @ scores.T if levels != "seeds" \
+        else np.zeros((0, scores.shape[0]))
     if levels == "items":
-        return percentile_interval(per_seed.mean(1))
-    return over_seed_draws(per_seed, seed)
+        observed = np.full_like(observed, observed.mean())  # no seed variance
+    return seeds_and_items(observed, resampled)
 
 
 @dataclass
@@ -100,7 +126,14 @@ class ItemTable:
                              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Under each item resample: tasks ``(resamples, seeds, steps, tasks)`` and per control
         ``(resamples, seeds, steps)``."""
-        w = item_weights(self.sizes(), resamples, seed)
+        return self.accuracies(item_weights(self.sizes(), resamples, seed))
+
+    def observed_accuracies(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The accuracies on the test set as drawn, shaped as one resample: every item weighs 1/n."""
+        return self.accuracies([np.full((1, n), 1.0 / n) if n else np.zeros((1, 0)) for n in self.sizes()])
+
+    def accuracies(self, w: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Accuracies under per-set item weights ``w`` (one ``(resamples, n)`` array per task, then control)."""
         t = len(self.tasks)
         acc = np.stack([np.einsum("bn,ksn->bks", w[d], x) for d, x in enumerate(self.tasks)], -1)
         ctl = {c: np.einsum("bn,ksn->bks", w[t + i], x) for i, (c, x) in enumerate(self.controls.items())}
@@ -137,16 +170,26 @@ class Resampled:
     def __init__(self, table: ItemTable, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED):
         self.table, self.resamples, self.seed = table, resamples, seed
         self.acc, self.controls = table.resampled_accuracies(resamples, seed)
-        self._cache: dict[str, np.ndarray] = {}
+        self.observed_acc, self.observed_controls = table.observed_accuracies()
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def per_seed(self, name: str) -> np.ndarray:
+        """``(resamples, seeds)`` values of ``name`` under the item resamples."""
+        return self._values(name)[1]
+
+    def observed(self, name: str) -> np.ndarray:
+        """``(seeds,)`` values of ``name`` on the test set as drawn (the records' own values)."""
+        return self._values(name)[0]
+
+    def _values(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self._cache:
-            self._cache[name] = metric_per_seed(self.acc, self.controls, name)
+            self._cache[name] = (metric_per_seed(self.observed_acc, self.observed_controls, name)[0],
+                                 metric_per_seed(self.acc, self.controls, name))
         return self._cache[name]
 
     def interval(self, name: str) -> tuple[float, float] | None:
-        v = self.per_seed(name)
-        return None if np.isnan(v).any() else over_seed_draws(v, self.seed)
+        o, v = self._values(name)
+        return None if np.isnan(v).any() or np.isnan(o).any() else seeds_and_items(o, v)
 
 
 def paired_interval(a: Resampled, b: Resampled, name: str) -> tuple[float, float] | None:
@@ -159,7 +202,8 @@ def paired_interval(a: Resampled, b: Resampled, name: str) -> tuple[float, float
     ia = [a.table.seeds.index(s) for s in shared]
     ib = [b.table.seeds.index(s) for s in shared]
     d = a.per_seed(name)[:, ia] - b.per_seed(name)[:, ib]
-    return None if np.isnan(d).any() else over_seed_draws(d, a.seed)
+    o = a.observed(name)[ia] - b.observed(name)[ib]
+    return None if np.isnan(d).any() or np.isnan(o).any() else seeds_and_items(o, d)
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -181,4 +225,5 @@ def final_hits(rec: dict) -> np.ndarray:
 
 
 __all__ = ["ITEM_METRICS", "ItemTable", "RESAMPLES", "Resampled", "final_hits", "item_weights", "mcnemar",
-           "over_seed_draws", "paired_interval", "percentile_interval", "seed_draws", "two_level_interval"]
+           "paired_interval", "percentile_interval", "percentile_seeds_and_items", "seed_draws", "seeds_and_items",
+           "two_level_interval"]
