@@ -26,8 +26,9 @@ def _schema() -> dict:
     return json.loads(resources.files("suite").joinpath("schemas/reported.schema.json").read_text())
 
 
-def _field(err: jsonschema.ValidationError) -> str:
-    """The dotted path of the field a schema error is about; a missing property is named itself."""
+def schema_field(err: jsonschema.ValidationError) -> str:
+    """The dotted path of the field a schema error is about; a missing property is named itself (the one-line
+    refusals of the reported tier and of submission checklists)."""
     path = list(map(str, err.absolute_path))
     if err.validator == "required" and isinstance(err.instance, dict):
         missing = next((k for k in err.validator_value if k not in err.instance), None)
@@ -40,7 +41,7 @@ def check_reported(data: object, path: Path | str) -> dict:
     """Validate one reported file's content; raises :class:`BoardError` with one line naming the file and field."""
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
     if err is not None:
-        raise BoardError(f"{path}: {_field(err)}: {err.message}"[:400])
+        raise BoardError(f"{path}: {schema_field(err)}: {err.message}"[:400])
     stem = Path(path).stem
     if data["sequence"] != stem:
         raise BoardError(f"{path}: sequence: {data['sequence']!r}, but the file is named for {stem!r}")

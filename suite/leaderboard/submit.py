@@ -32,6 +32,7 @@ from suite.leaderboard.boards import (
     load_boards,
     off_budget,
 )
+from suite.leaderboard.reported import schema_field
 from suite.paths import inside, parse_json, read_json, safe_name, write_atomic
 from suite.results.records import (
     RecordError,
@@ -130,16 +131,6 @@ def _checklist_schema() -> dict:
                       "checklist.schema.json")
 
 
-def _field(err: jsonschema.ValidationError) -> str:
-    """The dotted path of the field a schema error is about; a missing property is named itself."""
-    path = list(map(str, err.absolute_path))
-    if err.validator == "required" and isinstance(err.instance, dict):
-        missing = next((k for k in err.validator_value if k not in err.instance), None)
-        if missing is not None:
-            path.append(missing)
-    return ".".join(path) or "(top level)"
-
-
 def load_checklist(path: str | Path) -> dict:
     """A checklist file, parsed and checked against ``suite/schemas/checklist.schema.json``; a missing, malformed
     or incomplete one is :class:`RecordError` in one line naming the file and field (the unfilled template fails
@@ -147,7 +138,7 @@ def load_checklist(path: str | Path) -> dict:
     data = read_yaml(path, RecordError, "checklist")
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_checklist_schema()).iter_errors(data))
     if err is not None:
-        raise RecordError(f"{path}: {_field(err)}: {err.message}"[:400])
+        raise RecordError(f"{path}: {schema_field(err)}: {err.message}"[:400])
     return data
 
 
