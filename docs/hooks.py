@@ -49,4 +49,14 @@ def on_page_content(content: str, **_: object) -> str:
             raise ValueError(f"docs: cannot convert the formula {tex[:60]!r} to MathML: {exc}") from None
         return out if m.group(1) == "span" else f'<div class="math">{out}</div>'
 
-    return _MATH.sub(mathml, content)
+    return _ROLE.sub(_role, _MATH.sub(mathml, content))
+
+
+# docstrings are written for Sphinx-style roles (:func:`run`); mkdocstrings leaves the role's name in the text
+_ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|exc|obj):<code>(~?)([^<]*)</code>")
+
+
+def _role(m: re.Match) -> str:
+    """``:class:`~a.b.C``` reads ``C`` (Sphinx's tilde: the last component), any other role its target as code."""
+    target = m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2)
+    return f"<code>{target}</code>"
