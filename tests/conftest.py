@@ -15,6 +15,22 @@ if "CLSUITE_CACHE" not in os.environ:  # rendered data shared by this session's 
 WORLD_TEMPLATES = str(Path(__file__).resolve().parents[1] / "tasks" / "templates" / "world.yaml")
 
 
+def make_plugin(tmp_path, monkeypatch, name: str, code: str, group: str = "clsuite.methods", entry: str | None = None,
+                module: str | None = None) -> str:
+    """A temporary distribution on ``sys.path`` whose entry point ``name`` (in ``group``) points at a module holding
+    ``code`` (``module``, else a name derived from ``name``); returns the module's name."""
+    module = module or f"mod_{abs(hash(name)) % 10**8}"
+    pkg = tmp_path / f"plugin_{module}"
+    (pkg / module).mkdir(parents=True)
+    (pkg / module / "__init__.py").write_text(code)
+    dist = pkg / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {module}{entry or ''}\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    return module
+
+
 def small_sequence(track: str = "class-incremental", protocol: str = "task-agnostic", n_tasks: int = 2,
                    train: int = 8, test: int = 6) -> dict:
     """A small world sequence (not embedded: no pins) for fast tests."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import small_sequence
+from conftest import make_plugin, small_sequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from records_factory import reference
@@ -544,16 +544,10 @@ def test_a_pet_that_attaches_no_parameter_is_refused_before_the_run(tmp_path, ca
     """Whatever its options, a PET with zero trainable parameters after attaching is refused when it is built: a run
     would train nothing and still write an ordinary-looking record. (Methods that train nothing on purpose,
     ``trains=False`` or an empty ``trainable`` on some task, are not PETs and are not concerned.)"""
-    pkg = tmp_path / "plugin"
-    (pkg / "empty_pet").mkdir(parents=True)
-    (pkg / "empty_pet" / "__init__.py").write_text(
-        "from suite.pet import lora\nfrom suite.pet.base import PET\nKIND = 'empty'\nCONFIG = lora.LoRAConfig\n"
-        "def attach(backbone, cfg):\n    return PET(KIND, cfg, [], lambda: None)\n")
-    dist = pkg / "empty_pet-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: empty_pet\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[clsuite.pets]\nempty = empty_pet\n")
-    monkeypatch.syspath_prepend(str(pkg))
+    make_plugin(tmp_path, monkeypatch, "empty",
+                "from suite.pet import lora\nfrom suite.pet.base import PET\nKIND = 'empty'\nCONFIG = lora.LoRAConfig\n"
+                "def attach(backbone, cfg):\n    return PET(KIND, cfg, [], lambda: None)\n",
+                group="clsuite.pets", module="empty_pet")
     err = _one_line_error(capsys, main(["run", "--sequence", seq_file(), "--model", "embedded:micro-clip@random",
                                         "--pet", "empty", "--pet-options", "towers=vision", "--out", str(tmp_path / "r"),
                                         "--run-dir", str(tmp_path / "runs"), "--quiet"]))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import MICRO, imagefolder_sequence, run_config, small_sequence
+from conftest import MICRO, imagefolder_sequence, make_plugin, run_config, small_sequence
 
 from suite.engine.runner import TrainingFailed, run
 from suite.methods import Method
@@ -135,20 +135,13 @@ def test_every_baseline_runs(seq_file, tmp_path, method):
 
 
 def test_outside_method_discovered_through_entry_point(seq_file, tmp_path, monkeypatch):
-    pkg = tmp_path / "plugin"
-    (pkg / "my_cl_method").mkdir(parents=True)
-    (pkg / "my_cl_method" / "__init__.py").write_text(
-        "from suite.methods import Method\n"
-        "class Frozen(Method):\n"
-        "    '''Trains nothing: counts the tasks it saw.'''\n"
-        "    name = 'frozen-outside'\n"
-        "    trains = False\n"
-        "    needs_pet = False\n")
-    dist = pkg / "my_cl_method-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-cl-method\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[clsuite.methods]\nfrozen-outside = my_cl_method:Frozen\n")
-    monkeypatch.syspath_prepend(str(pkg))
+    make_plugin(tmp_path, monkeypatch, "frozen-outside",
+                "from suite.methods import Method\n"
+                "class Frozen(Method):\n"
+                "    '''Trains nothing: counts the tasks it saw.'''\n"
+                "    name = 'frozen-outside'\n"
+                "    trains = False\n"
+                "    needs_pet = False\n", entry=":Frozen", module="my_cl_method")
     from suite.methods import available_methods
 
     assert "frozen-outside" in available_methods()
@@ -156,28 +149,15 @@ def test_outside_method_discovered_through_entry_point(seq_file, tmp_path, monke
     assert rec["method"]["source"] == "my_cl_method:Frozen" and rec["status"] == "complete"
 
 
-def _plugin(tmp_path, monkeypatch, name, code, group="clsuite.methods", entry=None):
-    """A temporary distribution whose entry point ``name`` (in ``group``) points at ``code``."""
-    pkg = tmp_path / f"plugin_{abs(hash(name)) % 10**8}"
-    module = f"mod_{abs(hash(name)) % 10**8}"
-    (pkg / module).mkdir(parents=True)
-    (pkg / module / "__init__.py").write_text(code)
-    dist = pkg / f"{module}-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {module}{entry or ''}\n")
-    monkeypatch.syspath_prepend(str(pkg))
-    return module
-
-
 def test_plugin_rules_are_one_line_errors(seq_file, tmp_path, monkeypatch, capsys):
     from suite.cli import main
     from suite.methods import PluginError, make_method
 
-    _plugin(tmp_path, monkeypatch, "broken", "raise ImportError('no module named tensorflow')", entry=":X")
-    _plugin(tmp_path, monkeypatch, "nameless", "from suite.methods import Method\nclass M(Method):\n    pass\n", entry=":M")
-    _plugin(tmp_path, monkeypatch, "other", "from suite.methods import Method\nclass M(Method):\n    name = 'else'\n", entry=":M")
-    _plugin(tmp_path, monkeypatch, "seq", "from suite.methods import Method\nclass M(Method):\n    name = 'seq'\n", entry=":M")
+    method = "from suite.methods import Method\nclass M(Method):\n"
+    make_plugin(tmp_path, monkeypatch, "broken", "raise ImportError('no module named tensorflow')", entry=":X")
+    make_plugin(tmp_path, monkeypatch, "nameless", method + "    pass\n", entry=":M")
+    make_plugin(tmp_path, monkeypatch, "other", method + "    name = 'else'\n", entry=":M")
+    make_plugin(tmp_path, monkeypatch, "seq", method + "    name = 'seq'\n", entry=":M")
     with pytest.raises(PluginError, match=r"cannot load .*ImportError: no module named tensorflow"):
         make_method("broken")
     with pytest.raises(PluginError, match="does not set its own class attribute name"):
@@ -207,7 +187,7 @@ def test_outside_pet_registers_through_entry_point(seq_file, tmp_path, monkeypat
         "def attach(backbone, cfg):\n"
         "    inner = lora.attach(backbone, cfg)\n"
         "    return PET(KIND, cfg, list(inner.pet_layers), inner._restore)\n")
-    _plugin(tmp_path, monkeypatch, "tiny-lora", code, group="clsuite.pets")
+    make_plugin(tmp_path, monkeypatch, "tiny-lora", code, group="clsuite.pets")
     from suite.pet import available_pets
 
     assert "tiny-lora" in available_pets()

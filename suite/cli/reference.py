@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from suite.results.analysis import markdown_table
+
 # HTML's and Markdown's own punctuation, written as character references so a value is shown, never interpreted
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
             **{c: f"&#{ord(c)};" for c in "|*_`[]\\#{}!~$"}}
@@ -60,9 +62,9 @@ def first_paragraph(doc: str | None) -> str:
 
 
 def table(head: list[str], rows: Iterable[list[str]]) -> list[str]:
-    """Markdown table lines; cells must already be escaped (:func:`text`, :func:`code`)."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return lines + ["| " + " | ".join(c or "–" for c in row) + " |" for row in rows]
+    """Markdown table lines, an empty cell shown as "–"; cells must already be escaped (:func:`text`,
+    :func:`code`), so no raw ``|`` is left for :func:`markdown_table` to escape."""
+    return markdown_table(head, [[c or "–" for c in row] for row in rows])
 
 
 def anchor(name: str) -> str:

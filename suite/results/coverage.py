@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from suite.results.analysis import markdown_table
 from suite.results.uncertainty import (
     Resampled,
     item_weights,
@@ -114,11 +115,8 @@ def synthetic_coverage(k: int = 5, n_items: int = 300, seed_sd: float = 0.4, ite
 
 def coverage_table(rows: dict[str, list[Coverage]]) -> str:
     """A Markdown table: one row per study, per kind the coverage and the mean half-width (percent points)."""
-    head = "| study | " + " | ".join(KINDS) + " |"
-    lines = [head, "|" + "---|" * (len(KINDS) + 1)]
-    for study, cov in rows.items():
-        cells = [f"{100 * c.covered:.1f} % (± {100 * c.half_width:.1f})" for c in cov]
-        lines.append(f"| {study} | " + " | ".join(cells) + " |")
+    lines = markdown_table(["study", *KINDS], [[study] + [f"{100 * c.covered:.1f} % (± {100 * c.half_width:.1f})"
+                                                         for c in cov] for study, cov in rows.items()])
     lines.append("")
     lines.append("(share of intervals that contain the truth; ± their mean half-width in points; "
                  + "; ".join(f"{k}: {v}" for k, v in KINDS.items()) + ")")
