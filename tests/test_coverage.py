@@ -64,3 +64,7 @@ def test_coverage_verb_on_a_pool_of_records(tmp_path, capsys):
     assert "world-class-incremental seq/lora last: 5 of a pool of 10" in out and "t+items" in out
     assert main(["coverage", "--results", str(folder), "--seeds", "6", "--no-synthetic"]) == 2
     assert "no configuration has 12 seeds or more" in capsys.readouterr().err
+    assert main(["coverage", "--results", str(folder), "--metric", "hallucination_fpr", "--no-synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric: hallucination_fpr: not a metric with an interval over test items" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

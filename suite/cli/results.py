@@ -144,7 +144,13 @@ def _coverage(args: argparse.Namespace) -> int:
     from suite.config.bounds import bounded_int
     from suite.results.analysis import group_records
     from suite.results.coverage import coverage_table, finite_pool_nominal, pool_coverage, synthetic_coverage
+    from suite.results.uncertainty import ITEM_METRICS
 
+    metrics = args.metric or ["last", "forgetting"]
+    unknown = [m for m in metrics if m not in ITEM_METRICS]
+    if unknown:
+        raise ConfigError(f"--metric: {', '.join(unknown)}: not a metric with an interval over test items; "
+                          f"choose from {', '.join(sorted(ITEM_METRICS))}")
     k = bounded_int(args.seeds, "--seeds", 2, 100)
     trials = bounded_int(args.trials, "--trials", 10, 100_000)
     rows = {}
@@ -156,10 +162,14 @@ def _coverage(args: argparse.Namespace) -> int:
             res = g.resampled()
             if res is None:
                 raise ConfigError(f"{g.label}: its records keep no item outcomes; no interval over items")
-            for name in args.metric or ["last", "forgetting"]:
+            for name in metrics:
                 n = len(g.records)
+                try:
+                    cov = pool_coverage(res, name, k, trials)
+                except ValueError as exc:  # a metric some record of the pool does not define
+                    raise ConfigError(f"{g.label}: {exc}") from None
                 rows[f"{g.sequence} {g.label} {name}: {k} of a pool of {n} (an exact interval: "
-                     f"{100 * finite_pool_nominal(n, k):.1f} %)"] = pool_coverage(res, name, k, trials)
+                     f"{100 * finite_pool_nominal(n, k):.1f} %)"] = cov
     if not args.no_synthetic:
         for sd in (0.1, 0.4, 1.0):
             rows[f"synthetic, seed sd {sd} (logit), 300 items"] = synthetic_coverage(k, seed_sd=sd,
