@@ -14,6 +14,7 @@ from suite.engine.runner import RunConfig, run
 from suite.leaderboard.boards import BoardError, board_for, load_boards, off_budget, stale_reason, suite_compatible, triage
 from suite.leaderboard.build import MARKER, build_site
 from suite.leaderboard.submit import pack, validate_submission
+from suite.results.calibration import load_committed_report
 from suite.results.records import read_records, recompute_aggregates
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -53,6 +54,9 @@ def test_site_has_boards_entries_figures_and_escapes(board_records, tmp_path):
             svg = (e.parent / f"{name}.svg").read_text()
             assert "<svg" in svg and "<text" in svg  # fonts kept as text
     assert "http://" not in board and "https://" not in board  # nothing fetched from the internet
+    # the committed calibration report's board signal (issue 35): its share of entry pairs resolved on Last
+    committed = load_committed_report("world-class-incremental")["entry_pairs"]
+    assert f"{committed['resolved']} of {committed['pairs']} pairs" in board
     for img in board.split("<img")[1:]:
         assert 'alt="' in img.split(">")[0] and 'alt=""' not in img.split(">")[0]
 

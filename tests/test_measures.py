@@ -85,7 +85,7 @@ def test_calibration_report_has_every_number_the_issue_names(seq_file, tmp_path)
         assert p[key]["n"] == 2 and p[key]["ci"] is not None
     diag = [x["mean"] - z["mean"] for x, z in zip(p["seq_diagonal"], p["zero_shot"])]
     assert [x["mean"] for x in p["plasticity_per_task"]] == pytest.approx(diag)
-    assert set(p["targets"]) == set(TARGETS)
+    assert set(p["targets"]) == set(TARGETS) - {"pairs"}
     t = p["targets"]["plasticity"]
     assert t["met"] == (p["plasticity"]["mean"] >= TARGETS["plasticity"][1])
     assert (t["miss"] is None) == t["met"]
@@ -97,6 +97,24 @@ def test_calibration_report_has_every_number_the_issue_names(seq_file, tmp_path)
     # --from: the same report from the records on disk, no runs
     again = calibrate(seq, ["lora"], [0, 1], source=str(tmp_path / "cal"))
     assert again["pets"] == rep["pets"] and again["wall_time_s"] is None
+    assert sorted(rep["entry_pairs"]["entries"]) == ["pegp/lora", "seq/lora", "zeroshot/-"]
+
+
+def test_entry_pairs_counts_a_pair_resolved_only_where_its_interval_excludes_zero():
+    """The board signal of a calibration report: three entries, two far apart and one within noise of the first,
+    give 2 of 3 pairs resolved (a count that took ties for resolved would say 3)."""
+    from suite.config.sequences import load_sequence
+    from suite.results.calibration import entry_pairs
+    from tests.records_factory import make_record, reference
+
+    base = reference()
+    recs = [make_record(base, s, method=m, shift=shift + 0.003 * (s % 2))
+            for m, shift in (("a", 0.0), ("b", 0.12), ("c", 0.001)) for s in range(5)]
+    got = entry_pairs(load_sequence("world-class-incremental"), recs, list(range(5)))
+    assert sorted(got["entries"]) == ["a/lora", "b/lora", "c/lora"]
+    assert (got["pairs"], got["resolved"]) == (3, 2) and got["share"] == pytest.approx(2 / 3)
+    assert got["target"]["met"] is False and got["target"]["miss"] == pytest.approx(0.85 - 2 / 3)
+    assert entry_pairs(load_sequence("world-class-incremental"), recs, list(range(6)))["pairs"] == 0  # seed 5 missing
 
 
 def test_per_pet_training_is_the_budget_and_is_recorded(seq_file, tmp_path):

@@ -174,3 +174,38 @@ def test_text_prompts_encoded_in_checkpointed_chunks_match_one_pass():
     (whole, g_whole), (chunked, g_chunked) = results
     assert torch.allclose(whole, chunked, atol=1e-6) and len(g_whole) == len(g_chunked) > 0
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_whole, g_chunked))
+
+
+def _lora_by_definition(layer, x):
+    """``W x + b + (α/r) B (A x)``, written as the paper states it."""
+    return layer.base(x) + layer.scale * (x @ layer.A.T) @ layer.B.T
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_lora_training_forward_and_gradients_are_the_low_rank_definition(broken):
+    """Training runs LoRA with its merged weight (one product; issue 35's step profile), and feature collection
+    runs the low-rank form: both give the definition's outputs and the same gradients of A, B and the input. The
+    broken variant (the scale left out of the merged weight) must fail the same comparison."""
+    torch.manual_seed(0)
+    bb = create_model_and_transforms("embedded:tiny-clip")
+    pet = attach_pet(bb, "lora", rank=4)
+    layer = pet.pet_layers[0]
+    with torch.no_grad():
+        layer.B.normal_()
+    if broken:
+        layer.merged_weight = lambda: layer.base.weight + layer.B @ layer.A
+    x = torch.randn(3, 7, layer.base.in_features, requires_grad=True)
+
+    def grads(forward):
+        out = forward(x)
+        parts = torch.autograd.grad(out.square().sum(), (layer.A, layer.B, x))
+        return [out.detach(), *parts]
+
+    want = grads(lambda v: _lora_by_definition(layer, v))
+    got = {"merged": grads(layer)}
+    pet.set_sink(lambda key, feats: None)  # collecting features: the low-rank form
+    got["collecting"] = grads(layer)
+    pet.set_sink(None)
+    for path, values in got.items():
+        close = all(float((g - w).norm() / w.norm()) < 1e-5 for g, w in zip(values, want))  # fp32 sums, reordered
+        assert close != (broken and path == "merged"), path

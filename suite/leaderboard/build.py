@@ -41,7 +41,7 @@ from suite.leaderboard.reported import METRICS as REPORTED_METRICS
 from suite.leaderboard.reported import load_reported, reported_rows
 from suite.paths import inside, repo_root, safe_name
 from suite.results.analysis import Group, Stat, format_interval, format_value, relabel
-from suite.results.calibration import control_rows, load_committed_report, report_rows, targets_line
+from suite.results.calibration import control_rows, load_committed_report, pairs_line, report_rows, targets_line
 from suite.results.metrics import METRICS
 from suite.results.records import read_records
 
@@ -299,7 +299,7 @@ def _calibration(seq: str) -> dict | None:
     if rep is None:
         return None
     return {"seeds": rep["seeds"], "version": rep["version"], "rows": report_rows(rep),
-            "controls": control_rows(rep), "targets": targets_line(rep)}
+            "controls": control_rows(rep), "targets": targets_line(rep), "pairs": pairs_line(rep)}
 
 
 def reproduce_command(results: Path, name: str) -> str:

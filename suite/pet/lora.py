@@ -81,36 +81,31 @@ class LoRALinear(PETLayer):
         """``Σ_i s_i B_i A_i``: what every branch adds to the frozen weight."""
         return self._sum_branches(list(zip(self.scales(), self.branch_list())))
 
+    def merged_weight(self) -> torch.Tensor:
+        """``W + Σ_i s_i B_i A_i``, differentiable in every branch and scale."""
+        if not self.branched and self.branch_scales is None:
+            return torch.addmm(self.base.weight, self.B, self.A, alpha=self.scale)
+        return self._sum_branches(list(zip(self.scales(), self.branch_list())), start=self.base.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.branched or self.branch_scales is not None:
-            return self._forward_branches(x)
+        if self._sink is None:
+            # training and evaluation: one product with the merged weight. The step is dispatch-bound on the CPU
+            # (issue 35's profile): the d_out x d_in weight gradient this costs is one large product, against the
+            # four thin rank-r products per token of the low-rank form (the same map and gradients; sums in
+            # another order)
+            return F.linear(x, self.merged_weight(), self.base.bias)
+        return self._forward_collecting(x)
+
+    def _forward_collecting(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank form, emitting the features entering ``A`` and (one branch) ``B`` for PEGP's bases."""
         base = self.base
-        if self._sink is None and not torch.is_grad_enabled():
-            # evaluation: one product with the merged weight W + (α/r) B A instead of three (the same map; the sums
-            # run in another order)
-            return F.linear(x, torch.addmm(base.weight, self.B, self.A, alpha=self.scale), base.bias)
+        self.emit("A", x)
+        if self.branched or self.branch_scales is not None:
+            return F.linear(x, self.merged_weight(), base.bias)
         flat = x.reshape(-1, x.shape[-1])
         mid = flat @ self.A.T
-        self.emit("A", x)
         self.emit("B", mid.view(*x.shape[:-1], self.rank))
-        # W x + b + (α/r) B (A x) in one addmm: the scaled low-rank term is accumulated into the base output
         out = torch.addmm(base(flat), mid, self.B.T, alpha=self.scale)
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-    def _forward_branches(self, x: torch.Tensor) -> torch.Tensor:
-        base = self.base
-        self.emit("A", x)
-        if self._sink is None and not torch.is_grad_enabled():
-            return F.linear(x, base.weight + self.delta_weight(), base.bias)
-        # training: the earlier branches (frozen directions, possibly learned scales) merged into the weight, one
-        # d_out x d_in product each instead of two per token; the open branch as low-rank products, as in one LoRA
-        *earlier, last = list(zip(self.scales(), self.branch_list()))
-        weight = self._sum_branches(earlier, start=base.weight)
-        flat = x.reshape(-1, x.shape[-1])
-        out = F.linear(flat, weight, base.bias)
-        s, br = last
-        mid = flat @ br["A"].T
-        out = torch.addmm(out, mid, br["B"].T, alpha=s) if isinstance(s, (int, float)) else out + s * (mid @ br["B"].T)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def grad_spaces(self) -> list[GradSpace]:
