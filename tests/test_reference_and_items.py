@@ -148,11 +148,12 @@ def test_a_pet_that_attaches_as_the_identity_is_evaluated_as_the_pretrained_mode
         assert not runner.pet.is_identity()
 
 
-def test_the_pretrained_evaluation_is_shared_only_where_nothing_it_depends_on_differs(seq_file, tmp_path):
+def test_the_pretrained_evaluation_is_shared_only_where_nothing_it_depends_on_differs(seq_file, tmp_path, monkeypatch):
     """A sweep worker evaluates the pretrained model once per (sequence, data, weights, seed, evaluation settings):
     a run served from that cache has the reference a fresh evaluation gives; another seed is evaluated anew."""
     from suite.engine import runner as runner_module
 
+    monkeypatch.setenv("CLSUITE_CACHE", "off")  # the in-process cache alone (the disk's: the test below)
     seq = seq_file()
     cfg = run_config(seq, tmp_path, pet="vpt", model="embedded:tiny-clip", training={"iterations": 0})
     first = runner_module.Runner(cfg).reference[0]
@@ -165,3 +166,51 @@ def test_the_pretrained_evaluation_is_shared_only_where_nothing_it_depends_on_di
     before = len(runner_module._PRETRAINED_EVALUATIONS)
     runner_module.Runner(dataclasses.replace(cfg, seed=cfg.seed + 1))
     assert len(runner_module._PRETRAINED_EVALUATIONS) == before + 1
+
+
+def test_a_lone_run_reads_the_pretrained_evaluation_an_earlier_process_stored(seq_file, tmp_path, monkeypatch):
+    """The reference on disk (``suite.engine.reference_cache``): a run that reads it, without evaluating the
+    pretrained model, writes the record a run that evaluates it writes (timings aside); a damaged file, or a
+    changed class prompt, is evaluated anew."""
+    import json
+
+    from suite.engine import runner as runner_module
+
+    monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
+    seq = seq_file()
+    cfg = run_config(seq, tmp_path / "a", pet="lora", training={"iterations": 2})
+    runner_module._PRETRAINED_EVALUATIONS.clear()
+    computed = run(cfg)
+    (stored,) = (tmp_path / "cache" / "reference").glob("*.json")
+
+    evaluated = []
+    own = runner_module.Runner.evaluate
+    monkeypatch.setattr(runner_module.Runner, "evaluate", lambda self, t, zs: evaluated.append(t) or own(self, t, zs))
+    runner_module._PRETRAINED_EVALUATIONS.clear()  # as in a new process
+    read = run(dataclasses.replace(cfg, out=str(tmp_path / "b"), run_dir=str(tmp_path / "b")))
+    assert -1 not in evaluated
+
+    def without_timings(rec):
+        rec = json.loads(json.dumps(rec))
+        for part in [rec["efficiency"], rec["zero_shot_step"], *rec["steps"]]:
+            for k in [k for k in part if k.endswith("_time_s") or k == "peak_memory_mb"]:
+                del part[k]
+        return {k: v for k, v in rec.items() if k not in ("run_id", "created", "command")}
+
+    assert without_timings(read) == without_timings(computed)
+
+    stored.write_text("{not json")
+    runner_module._PRETRAINED_EVALUATIONS.clear()
+    evaluated.clear()
+    run(dataclasses.replace(cfg, out=str(tmp_path / "c"), run_dir=str(tmp_path / "c")))
+    assert -1 in evaluated and json.loads(stored.read_text())["format"] == 1  # evaluated anew and replaced
+
+    import yaml
+
+    spec = yaml.safe_load(open(seq).read())
+    spec["tasks"][0]["templates"] = ["a drawing of a {}."]
+    open(seq, "w").write(yaml.safe_dump(spec))
+    runner_module._PRETRAINED_EVALUATIONS.clear()
+    evaluated.clear()
+    run(dataclasses.replace(cfg, out=str(tmp_path / "d"), run_dir=str(tmp_path / "d")))
+    assert -1 in evaluated  # another class prompt: another key

@@ -24,6 +24,7 @@ from suite.config.sequences import TaskSequence, load_sequence
 from suite.config.train import TrainConfig
 from suite.data import TaskData, materialize
 from suite.data.loading import Batches, default_workers
+from suite.engine import reference_cache
 from suite.engine.checkpoint import CheckpointError, Checkpoints, refuse_foreign_record
 from suite.engine.distributed import init_distributed, peak_memory_mb, rank_world, resolve_device
 from suite.engine.loggers import Logger, RunInfo, make_loggers
@@ -139,7 +140,8 @@ class Runner:
     def _pretrained_evaluation(self) -> dict[str, Any]:
         """The pretrained model's evaluation (no PET attached). It depends on the sequence, its data, the weights,
         the seed (ECE's and the POPE probe's bootstrap) and the evaluation settings, not on the PET, method or
-        training, so a process that runs many runs (a sweep worker) computes it once per such key."""
+        training, so a process that runs many runs (a sweep worker) computes it once per such key, and a process
+        finds it on disk when an earlier one computed it (:mod:`suite.engine.reference_cache`)."""
         cfg = self.cfg
         key = (sequence_label(self.seq), str(Path(self.seq.path).resolve()), self.weights, cfg.max_eval, cfg.amp,
                cfg.eval_batch_size, cfg.seed, str(self.device), self.world,
@@ -147,7 +149,13 @@ class Runner:
         if key not in _PRETRAINED_EVALUATIONS:
             if len(_PRETRAINED_EVALUATIONS) >= 64:
                 _PRETRAINED_EVALUATIONS.pop(next(iter(_PRETRAINED_EVALUATIONS)))
-            _PRETRAINED_EVALUATIONS[key] = self.evaluate(-1, None)
+            disk = reference_cache.reference_key(key, self.seq.path, self.data)
+            stored = reference_cache.load(disk)
+            if stored is None:
+                stored = self.evaluate(-1, None)
+                if self.rank == 0:
+                    reference_cache.save(disk, stored)
+            _PRETRAINED_EVALUATIONS[key] = stored
         return copy.deepcopy(_PRETRAINED_EVALUATIONS[key])
 
     def _method_batches(self, data: TaskData, n: int):
@@ -332,3 +340,4 @@ def run(cfg: RunConfig, method: Method | None = None, loggers: Sequence[str | Lo
 
 
 __all__ = ["CheckpointError", "RunConfig", "Runner", "TrainingFailed", "check_options", "run"]
+
