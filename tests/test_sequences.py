@@ -9,7 +9,7 @@ from suite.config.sequences import SequenceError, load_sequence, load_sequence_f
 from suite.data import materialize, materialize_sequence
 
 REAL = {"mtil-order-1", "mtil-order-2", "x-tail", "cifar100-10x10", "imagenet-r-10", "domainnet", "retrieval-coco-flickr"}
-EMBEDDED = {"world-class-incremental", "world-domain-incremental", "world-cross-modal", "mini-mtil"}
+EMBEDDED = {"world-class-incremental", "world-domain-incremental", "world-cross-modal", "mini-mtil", "mini-xtail"}
 
 
 def test_every_required_sequence_is_shipped_and_valid():

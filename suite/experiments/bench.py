@@ -434,7 +434,7 @@ def bench_run(quick: bool = False, model: str = "embedded:tiny-clip") -> str:
         f"bench run ({_machine()}): seq-LoRA on {BENCH_SEQUENCE}",
         f"  fixed cost, process start to the first training step: lone {cold[0]:.2f} s with the data to render, "
         f"{warm[0]:.2f} s with it on disk; in a sweep worker {warm[1]:.2f} s (same sequence and seed), "
-        f"{warm[2]:.2f} s (another seed: the pretrained model evaluated again)",
+        f"{warm[2]:.2f} s (another seed: its pretrained evaluation read from the disk cache the first process wrote)",
         f"  evaluation's share of a run at the shipped budget ({len(first['steps'])} tasks): "
         f"{share}"])
 
