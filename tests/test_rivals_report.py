@@ -15,7 +15,13 @@ def test_rivals_report_pairs_pegp_with_each_rival_on_its_pet(tmp_path, capsys):
     recs += [make_record(base, s, "l2p", 0.0) for s in SEEDS]           # no PEGP entry on its PET: left out
     for r in recs[-len(SEEDS):]:
         r["pet"]["kind"] = None
-    folder = write(tmp_path / "results", recs)
+    for r in recs[:len(SEEDS)]:  # resolved options, as real records carry them
+        r["method"]["options"] = {"threshold": 0.97}
+    swept = [make_record(base, s, "pegp", -0.10) for s in SEEDS]       # an option sweep's entry: not the matchup's
+    for r in swept:  # sorts after the default entry, so a report keyed by method/PET alone would take it
+        r["config"]["method_options"] = {"threshold": 0.99}
+        r["method"]["options"] = {"threshold": 0.99}
+    folder = write(tmp_path / "results", recs + swept)
     assert main(["rivals", "--results", str(folder), "--figures", str(tmp_path / "fig")]) == 0
     out = capsys.readouterr().out
     lines = {line.split(" | ")[1]: line for line in out.splitlines() if "/lora − " in line}
