@@ -340,4 +340,3 @@ def run(cfg: RunConfig, method: Method | None = None, loggers: Sequence[str | Lo
 
 
 __all__ = ["CheckpointError", "RunConfig", "Runner", "TrainingFailed", "check_options", "run"]
-

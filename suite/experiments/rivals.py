@@ -21,6 +21,7 @@ from suite.results.analysis import (
     item_tests,
     markdown_table,
     paired_difference,
+    sets_options,
 )
 from suite.results.metrics import METRICS
 
@@ -35,12 +36,6 @@ MATCHUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 DELTAS = ("last", "forgetting", "zero_shot_retention", "hallucination_fpr")
 COLUMNS = ("last", "forgetting", "zero_shot_retention", "hallucination_fpr", "trainable_parameters", "wall_time_s")
-
-
-def variant(g: Group) -> bool:
-    """Whether the group's runs set method or PET options (an option sweep beside the default entry)."""
-    config = g.records[0].get("config") or {}
-    return bool(config.get("method_options") or config.get("pet_options"))
 
 
 def _label(g: Group) -> str:
@@ -60,7 +55,7 @@ def rivals_report(records: Iterable[dict], figures: str | Path | None = None) ->
     figure per sequence there (``rivals-<sequence>.svg``), linked from the text."""
     by_seq: dict[str, dict[str, Group]] = {}
     for g in group_records(records):
-        if variant(g):  # e.g. PEGP's ε sweep: the matchups are between the entries on their default options
+        if sets_options(g.records[0]):  # e.g. PEGP's ε sweep: the matchups are between the entries on their default options
             continue
         g.label = _label(g)
         by_seq.setdefault(g.sequence, {})[g.label] = g

@@ -77,10 +77,6 @@ class LoRALinear(PETLayer):
             out = term if out is None else out + term
         return out
 
-    def delta_weight(self) -> torch.Tensor:
-        """``Σ_i s_i B_i A_i``: what every branch adds to the frozen weight."""
-        return self._sum_branches(list(zip(self.scales(), self.branch_list())))
-
     def merged_weight(self) -> torch.Tensor:
         """``W + Σ_i s_i B_i A_i``, differentiable in every branch and scale."""
         if not self.branched and self.branch_scales is None:

@@ -154,6 +154,12 @@ def relabel(groups: list[Group]) -> None:
             g.label = label if len(same) == 1 else f"{label} [{options_tag(g.records[0], [o.records[0] for o in same])}]"
 
 
+def sets_options(rec: dict) -> bool:
+    """Whether the run set method or PET options (an option sweep's entry, beside the one on the defaults)."""
+    config = rec.get("config") or {}
+    return bool(config.get("method_options") or config.get("pet_options"))
+
+
 def _options(rec: dict) -> dict:
     return {**rec["pet"]["options"], **rec["method"]["options"]}
 

@@ -16,7 +16,7 @@ import numpy as np
 from suite.config.sequences import TaskSequence, load_sequence
 from suite.errors import SuiteError
 from suite.paths import read_json
-from suite.results.analysis import Stat, group_records, paired_difference, stat
+from suite.results.analysis import Stat, group_records, paired_difference, sets_options, stat
 from suite.results.records import write_json_atomic
 
 
@@ -48,7 +48,7 @@ def _pick(records: list[dict], seq: TaskSequence, method: str, pet: str | None, 
     for r in records:
         if (r["sequence"]["name"] != seq.name or r["method"]["name"] != method or r["pet"]["kind"] != pet
                 or r["seed"] not in seeds or r["status"] != "complete" or r["sequence"]["version"] != seq.version
-                or r["config"].get("method_options") or r["config"].get("pet_options")
+                or sets_options(r)
                 or r["config"].get("max_eval") is not None or any(r["training"].get(k) != v for k, v in want.items())):
             continue
         out[r["seed"]] = r
@@ -137,8 +137,8 @@ def entry_pairs(seq: TaskSequence, records: list[dict], seeds: list[int], metric
     mine = [r for r in records if r["sequence"]["name"] == seq.name and r["sequence"]["version"] == seq.version
             and r["status"] == "complete" and r["seed"] in seeds]
     entries = [g for g in group_records(mine) if set(g.seeds) >= set(seeds)]
-    ties = [paired_difference(a, b, metric) for i, a in enumerate(entries) for b in entries[i + 1:]]
-    decided = [d.tie for d in ties if d is not None and d.tie is not None]
+    diffs = [paired_difference(a, b, metric) for i, a in enumerate(entries) for b in entries[i + 1:]]
+    decided = [d.tie for d in diffs if d is not None and d.tie is not None]
     share = sum(not t for t in decided) / len(decided) if decided else None
     return {"metric": metric, "entries": [g.label for g in entries], "pairs": len(decided),
             "resolved": sum(not t for t in decided), "share": share, "target": _target("pairs", share)}
