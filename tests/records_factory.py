@@ -14,7 +14,7 @@ from suite.results.records import recompute_aggregates
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def reference(sequence: str = "world-class-incremental", method: str = "seq", pet: str = "lora") -> dict:
+def reference(sequence: str = "mini-mtil", method: str = "seq", pet: str = "lora") -> dict:
     path = next(RESULTS.glob(f"{sequence}__*__{pet}__{method}__s0__*.json"))
     return json.loads(path.read_text())
 

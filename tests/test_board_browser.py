@@ -21,12 +21,12 @@ from suite.results.records import group_key, read_records, record_digest
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2, 3, 4)  # the boards' min_seeds
-SEQ = "world-class-incremental"
+SEQ = "mini-mtil"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A site of world-class-incremental: seq/lora (reproduced), pegp/lora and pegp/adapter ranked, zeroshot with one
+    """A site of mini-mtil: seq/lora (reproduced), pegp/lora and pegp/adapter ranked, zeroshot with one
     seed (not ranked), and two stale entries that would lead if ranked: pegp/lora of sequence v2, and seq/lora of an
     incompatible suite version."""
     lora, adapter = reference(), reference(pet="adapter")
@@ -190,7 +190,7 @@ def test_an_older_sequence_version_is_stale_listed_apart_and_never_ranked_or_lea
     suite = by_why[f"suite 0.0.9, current {series_label(__version__)}"]
     assert suite["method"] == "seq" and suite["suite"] == "0.0.9" and suite["seq."] == "v3"
     assert stale.find_element("css selector", "tbody tr").get_attribute("class") == "stale"
-    assert "Stale entries of world-class-incremental" in section.text
+    assert f"Stale entries of {SEQ}" in section.text
     # both would lead if they were ranked: they are kept out, not outranked
     assert min(_last_values(stale)) > max(_last_values(ranked))
     stale_links = {a.get_attribute("href") for a in stale.find_elements("css selector", "a")}

@@ -14,7 +14,7 @@ from suite.results.analysis import compare, curve, format_compare, group_records
 
 @pytest.fixture(scope="module")
 def three_records():
-    """Two seeds of seq and one of pegp (three records, two methods) on world-class-incremental."""
+    """Two seeds of seq and one of pegp (three records, two methods) on mini-mtil."""
     base = reference()
     return [make_record(base, 0, "seq", 0.0), make_record(base, 1, "seq", -0.05), make_record(base, 0, "pegp", 0.03)]
 
@@ -93,7 +93,7 @@ def test_compare_cli_prints_groups_and_paired_difference(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pegp/lora − seq/lora" in out and "paired by seed" in out and "a better" in out
     assert "seeds and test items" in out and "McNemar per seed" in out and "seed 2: " in out
-    assert main(["compare", "--results", str(folder), "--sequence", "world-class-incremental",
+    assert main(["compare", "--results", str(folder), "--sequence", "mini-mtil",
                  "--pair", "pegp:seq", "--format", "json", "--metrics", "last"]) == 0
     data = json.loads(capsys.readouterr().out)
     (diff,) = data["differences"]

@@ -9,6 +9,7 @@ import yaml
 from records_factory import make_record, reference, write
 
 from suite.cli import main
+from suite.cli.reference import sequences_page
 from suite.config.sequences import load_sequence, load_sequence_version
 from suite.engine.runner import RunConfig, run
 from suite.leaderboard.boards import BoardError, board_for, load_boards, off_budget, stale_reason, suite_compatible, triage
@@ -24,7 +25,7 @@ SEEDS = (0, 1, 2, 3, 4)  # the boards' min_seeds
 
 @pytest.fixture(scope="module")
 def board_records(tmp_path_factory):
-    """On-budget records of world-class-incremental: seq and pegp with five seeds each, zeroshot with one, and an
+    """On-budget records of mini-mtil: seq and pegp with five seeds each, zeroshot with one, and an
     outside method whose name and options try to inject markup."""
     base = reference()
     recs = [make_record(base, s, "seq", -0.01 * s) for s in SEEDS]
@@ -43,7 +44,7 @@ def test_site_has_boards_entries_figures_and_escapes(board_records, tmp_path):
     site = tmp_path / "site"
     assert "class-incremental.html" in index.read_text() and (site / MARKER).is_file()
     board = (site / "class-incremental.html").read_text()
-    assert "world-class-incremental" in board and "pegp" in board and '<table class="sortable"' in board
+    assert "mini-mtil" in board and "pegp" in board and '<table class="sortable"' in board
     assert XSS not in board and "&lt;img src=x onerror=alert(1)&gt;" in board
     entries = list((site / "entries").glob("*/index.html"))
     assert len(entries) == 4
@@ -55,7 +56,7 @@ def test_site_has_boards_entries_figures_and_escapes(board_records, tmp_path):
             assert "<svg" in svg and "<text" in svg  # fonts kept as text
     assert "http://" not in board and "https://" not in board  # nothing fetched from the internet
     # the committed calibration report's board signal (issue 35): its share of entry pairs resolved on Last
-    committed = load_committed_report("world-class-incremental")["entry_pairs"]
+    committed = load_committed_report("mini-mtil")["entry_pairs"]
     assert f"{committed['resolved']} of {committed['pairs']} pairs" in board
     for img in board.split("<img")[1:]:
         assert 'alt="' in img.split(">")[0] and 'alt=""' not in img.split(">")[0]
@@ -130,7 +131,7 @@ def test_hostile_names_stay_inside_the_site(tmp_path):
 
 
 def test_fabricated_records_are_listed_as_rejected_not_ranked(tmp_path):
-    base = reference()
+    base = reference("world-class-incremental")  # refused alike on a control sequence
     tiny = make_record(base, 0, "one-by-one", 0.0)
     tiny["matrix"], tiny["zero_shot"]["tasks"] = [[0.99]], [0.5]
     tiny["sequence"]["tasks"] = tiny["sequence"]["tasks"][:1]
@@ -227,6 +228,41 @@ def test_a_bad_not_applicable_reason_is_refused_in_one_line(tmp_path, monkeypatc
     assert not (tmp_path / "site").exists()
 
 
+def test_a_control_sequence_is_listed_apart_and_never_ranked(tmp_path):
+    """world-class-incremental is the class-incremental board's control sequence (nothing forgets there): its
+    entries are checked and shown under the reason, in the order ranking would give, never ranked or leaders."""
+    base = reference("world-class-incremental")
+    recs = [make_record(base, s, "seq", -0.01 * s) for s in SEEDS] + [make_record(base, s, "pegp", 0.05) for s in SEEDS]
+    build_site(write(tmp_path / "res", recs), tmp_path / "site")
+    board = (tmp_path / "site" / "class-incremental.html").read_text()
+    section = board.split('<h2 id="world-class-incremental">', 1)[1].split("<h2 ", 1)[0]
+    assert "control, not ranked" in section and "a positive-transfer control" in section
+    assert 'data-kind="ranked"' not in section and 'data-kind="unranked"' in section and 'class="tie"' not in section
+    assert section.index(">pegp</a>") < section.index(">seq</a>")  # pegp's higher Last first, without a rank
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "the control sequence(s) world-class-incremental (listed, not ranked)" in index
+    assert 'class="leaders"' not in index and "#board-class-incremental) (control)" in sequences_page()
+
+
+def test_a_bad_control_sequence_is_refused_in_one_line_and_its_reason_escaped(tmp_path, monkeypatch):
+    boards = tmp_path / "boards"
+    shutil.copytree(REPO / "leaderboards", boards, ignore=shutil.ignore_patterns("site"))
+    path = boards / "class-incremental.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["control_sequences"]["mini-mtil"] = "ranked and a control"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    with pytest.raises(BoardError) as err:
+        load_boards(boards)
+    assert str(err.value) == f"{path}: control_sequences.mini-mtil: also in sequences (ranked or a control, not both)"
+    del data["control_sequences"]["mini-mtil"]
+    data["control_sequences"]["world-class-incremental"] = XSS
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    monkeypatch.setenv("CLSUITE_BOARDS_DIR", str(boards))
+    build_site(write(tmp_path / "res", [make_record(reference("world-class-incremental"), 0, "seq")]), tmp_path / "site")
+    board = (tmp_path / "site" / "class-incremental.html").read_text()
+    assert XSS not in board and "Why it is a\ncontrol: &lt;img src=x onerror=alert(1)&gt;" in board
+
+
 def older_version(rec: dict, version: int = 2) -> dict:
     """``rec`` as a record of an archived version of its sequence: that version's tasks, pins and budget."""
     seq = load_sequence_version(rec["sequence"]["name"], version)
@@ -256,7 +292,7 @@ def test_committed_records_are_all_current():
 
 
 def test_triage_sets_stale_records_apart_and_holds_them_to_their_own_budget():
-    base = reference()
+    base = reference("world-class-incremental")  # a control sequence: triaged like a ranked one
     current = [make_record(base, s, "pegp", 0.0) for s in (0, 1)]
     old = [older_version(make_record(base, s, "pegp", 0.1)) for s in (0, 1)]  # the same seeds: not duplicates
     off = older_version(make_record(base, 2, "pegp", 0.1))
@@ -320,7 +356,7 @@ def test_an_accepted_submission_ends_on_the_board(board_records, tmp_path):
 @pytest.mark.parametrize("case,needle", [
     ("schema", "records.0: seed"),
     ("board", "unknown board"),
-    ("manifest", "sequence.manifests.ci-1"),
+    ("manifest", "sequence.manifests.shapes"),
     ("aggregate", "aggregates.last"),
     ("nan", "non-finite"),
     ("empty", "holds no records"),
@@ -343,7 +379,7 @@ def test_validate_rejects_with_one_line_reason(board_records, tmp_path, case, ne
         s["board"] = "sideways-learning"
 
     def manifest(s):
-        s["records"][0]["sequence"]["manifests"]["ci-1"] = "0" * 64
+        s["records"][0]["sequence"]["manifests"]["shapes"] = "0" * 64
 
     def aggregate(s):
         s["records"][1]["aggregates"]["last"] += 0.05

@@ -107,7 +107,7 @@ def test_entry_pairs_counts_a_pair_resolved_only_where_its_interval_excludes_zer
     from suite.results.calibration import entry_pairs
     from tests.records_factory import make_record, reference
 
-    base = reference()
+    base = reference("world-class-incremental")
     recs = [make_record(base, s, method=m, shift=shift + 0.003 * (s % 2))
             for m, shift in (("a", 0.0), ("b", 0.12), ("c", 0.001)) for s in range(5)]
     got = entry_pairs(load_sequence("world-class-incremental"), recs, list(range(5)))

@@ -24,7 +24,7 @@ XSS = "<img src=x onerror=alert(1)>"
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    """Ranked runs (world-class-incremental, the same board as mtil-order-1): seq and pegp with five seeds."""
+    """Ranked runs (mini-mtil, the same board as mtil-order-1): seq and pegp with five seeds."""
     base = reference()
     recs = [make_record(base, s, "seq", -0.01 * s) for s in SEEDS] + [make_record(base, s, "pegp", 0.04 + 0.01 * s)
                                                                       for s in SEEDS]

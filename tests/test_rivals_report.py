@@ -8,7 +8,7 @@ SEEDS = (0, 1, 2, 3, 4)
 
 
 def test_rivals_report_pairs_pegp_with_each_rival_on_its_pet(tmp_path, capsys):
-    base = reference()  # seq/LoRA on world-class-incremental
+    base = reference()  # seq/LoRA on mini-mtil
     recs = [make_record(base, s, "pegp", 0.05) for s in SEEDS]          # PEGP clearly better
     recs += [make_record(base, s, "inflora", 0.0) for s in SEEDS]
     recs += [make_record(base, s, "olora", 0.05) for s in SEEDS]        # the same: a tie
@@ -29,8 +29,8 @@ def test_rivals_report_pairs_pegp_with_each_rival_on_its_pet(tmp_path, capsys):
     last_inflora = lines["pegp/lora − inflora/lora"].split(" | ")[2]
     assert last_inflora.startswith("+") and "(tie)" not in last_inflora
     assert "(tie)" in lines["pegp/lora − olora/lora"].split(" | ")[2]
-    assert (tmp_path / "fig" / "rivals-world-class-incremental.svg").is_file()
-    assert "rivals-world-class-incremental.svg" in out
+    assert (tmp_path / "fig" / "rivals-mini-mtil.svg").is_file()
+    assert "rivals-mini-mtil.svg" in out
 
 
 def test_rivals_report_says_so_when_no_pair_exists(tmp_path, capsys):

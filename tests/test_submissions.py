@@ -35,7 +35,7 @@ METHOD = "anchor"
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
-    """A valid packed submission: five seeds of an outside method on world-class-incremental."""
+    """A valid packed submission: five seeds of an outside method on mini-mtil."""
     folder = tmp_path_factory.mktemp("records")
     paths = []
     for seed in SEEDS:

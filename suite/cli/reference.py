@@ -406,13 +406,13 @@ def sequences_page() -> str:
     """``reference/sequences.md``: every shipped sequence file (name, version, track, protocol, tasks, boards) and
     the archived versions kept for older records."""
     from suite.config.sequences import ARCHIVE, SequenceError, load_sequence_file, sequence_files, tasks_dir
-    from suite.leaderboard.boards import load_boards
+    from suite.leaderboard.boards import board_sequences, load_boards
 
     boards = load_boards()
     member = {}
     for b in boards.values():
-        for s in b["sequences"]:
-            member.setdefault(s, []).append(b["name"])
+        for s in board_sequences(b):
+            member.setdefault(s, []).append((b["name"], s in b["control_sequences"]))
     rows, details = [], []
     for name, path in sequence_files().items():
         where = path.relative_to(tasks_dir().parent) if tasks_dir().parent in path.parents else path
@@ -421,7 +421,8 @@ def sequences_page() -> str:
         except SequenceError as exc:
             rows.append([code(name), "", "", "", "", "", "", text(f"invalid: {exc}")])
             continue
-        on = ", ".join(f"[{code(b)}](../results/boards.md#{anchor('board ' + b)})" for b in member.get(name, []))
+        on = ", ".join(f"[{code(b)}](../results/boards.md#{anchor('board ' + b)})" + (" (control)" if control else "")
+                       for b, control in member.get(name, []))
         rows.append([f"[{code(name)}](#{anchor(name)})", text(seq.version), code(seq.track), code(seq.protocol),
                      "embedded" if seq.embedded else "real", text(len(seq.tasks)), text(len(seq.control_sets)), on])
         details += [f"## {text(name)} {{#{anchor(name)}}}", "", prose(seq.description) if seq.description else "", "",
@@ -440,7 +441,8 @@ def sequences_page() -> str:
     archived = sorted((tasks_dir() / ARCHIVE).glob("*.yaml"))
     lines = ["# Sequences", "",
              "Every task sequence shipped in `tasks/` (`clsuite tasks list`), read by the same loader the runs use. A "
-             "sequence's boards are the leaderboards (`leaderboards/*.yaml`) that rank it. "
+             "sequence's boards are the leaderboards (`leaderboards/*.yaml`) that rank it, or list it as a control sequence "
+             "(never ranked). "
              "See [Add a sequence](../how-to/add-a-sequence.md) to write one.", ""]
     lines += table(["Sequence", "Version", "Track", "Protocol", "Data", "Tasks", "Controls", "Boards"], rows) + [""]
     lines += details
@@ -510,7 +512,7 @@ def boards_page(results: Path | None = None, figures: Path | None = None, figure
     """``results/boards.md``: each committed board's tables rebuilt from ``results`` with the leaderboard's own
     triage, ranking and formatting (the numbers the interactive board shows), and the figures in ``figures``
     named after a sequence (``rivals-<sequence>.svg``)."""
-    from suite.leaderboard.boards import load_boards, load_verifications, triage
+    from suite.leaderboard.boards import board_sequences, load_boards, load_verifications, triage
     from suite.leaderboard.build import default_results_dir, load_named_records, rank_entries
     from suite.leaderboard.reported import METRICS as REPORTED
     from suite.leaderboard.reported import load_reported, reported_rows
@@ -539,18 +541,25 @@ def boards_page(results: Path | None = None, figures: Path | None = None, figure
                   f"- **Ranked by:** {text(METRICS[board['rank_by']].label)}; at least {board['min_seeds']} seeds",
                   f"- **Protocol rules:** {code(rules) if rules else 'none'}", ""]
         head = ["Rank", "Entry", "Seeds", "Tier"] + [text(METRICS[c].label) for c in cols]
-        for seq in board["sequences"]:
+        for seq in board_sequences(board):
+            control = board["control_sequences"].get(seq)
             mine = [g for g in tri.groups if g.sequence == seq]
             pub = reported.get(seq)
             if not mine and pub is None and not any(s.group.sequence == seq for s in getattr(tri, "stale", [])):
                 continue
-            lines += [f"### {text(seq)} {{#{anchor(board['name'] + ' ' + seq)}}}", ""]
+            lines += [f"### {text(seq)}{' (control, not ranked)' if control else ''} "
+                      f"{{#{anchor(board['name'] + ' ' + seq)}}}", ""]
+            if control:
+                lines += [f"A control sequence: its entries are listed in the order ranking would give, never ranked. "
+                          f"Why: {text(control)}", ""]
             if mine:
                 relabel(mine)
                 ranked = [g for g in mine if len(g.seeds) >= board["min_seeds"]]
                 unranked = [g for g in mine if len(g.seeds) < board["min_seeds"]]
                 rows = []
                 for item in rank_entries(ranked, board["rank_by"]):
+                    if control:
+                        item = {**item, "rank": "–", "tied": False}
                     g = item["group"]
                     rows.append([text(item["rank"] + (" (tied)" if item["tied"] else "")), text(g.label),
                                  text(len(g.seeds)), text(tri.tiers.get(g.key, "self-reported"))]

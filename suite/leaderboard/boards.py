@@ -5,7 +5,9 @@ A record reaches a board only through :func:`triage`: it must be a complete, sch
 the board, of this suite's sequence version and pinned manifests, with a square matrix whose aggregates are
 recomputed (claimed aggregates must agree), run on the board's budget (its backbones, the sequence's training
 settings, full test sets), not of a method the board lists as not applicable to its track (``not_applicable``), and
-not a duplicate seed of its configuration. Everything else is listed with a reason. A record that passes but was
+not a duplicate seed of its configuration. A board's control sequences (``control_sequences``: kept to show what the
+track is not, e.g. one where later tasks teach what earlier ones need, so nothing forgets) are checked alike and
+listed on its page apart, never ranked. Everything else is listed with a reason. A record that passes but was
 made by an older version of its sequence or by an incompatible suite version (:func:`stale_reason`) is *stale*:
 listed apart with the reason, never ranked with current entries.
 Nothing a record says about itself decides its tier: that comes from the verification file, keyed by the record's
@@ -70,12 +72,22 @@ def load_boards(root: Path | None = None) -> dict[str, dict]:
             raise BoardError(f"{p}: rank_by: unknown metric {data['rank_by']!r}")
         data.setdefault("summary_columns", [data["rank_by"], "forgetting", "zero_shot_retention", "hallucination_fpr"])
         data.setdefault("not_applicable", {})  # method -> why it does not apply to the track: shown as n/a, never ranked
+        data.setdefault("control_sequences", {})  # sequence -> why it is a control: listed apart, never ranked
+        both = [s for s in data["control_sequences"] if s in data["sequences"]]
+        if both:
+            raise BoardError(f"{p}: control_sequences.{both[0]}: also in sequences (ranked or a control, not both)")
         boards[data["name"]] = data
     return boards
 
 
 def board_for(boards: dict[str, dict], sequence: str) -> dict | None:
-    return next((b for b in boards.values() if sequence in b["sequences"]), None)
+    """The board that ranks ``sequence`` or lists it as a control (``None`` when no board has it)."""
+    return next((b for b in boards.values() if sequence in board_sequences(b)), None)
+
+
+def board_sequences(board: dict) -> list[str]:
+    """A board's ranked sequences, then its control sequences (checked alike, never ranked)."""
+    return [*board["sequences"], *board.get("control_sequences", {})]
 
 
 # ----------------------------------------------------------------------------------------- checks

@@ -30,6 +30,7 @@ from suite.leaderboard.boards import (
     BoardError,
     Stale,
     Triage,
+    board_sequences,
     boards_dir,
     load_boards,
     load_verifications,
@@ -193,13 +194,13 @@ def _render(out: Path, boards: dict, tri: Triage, n_records: int, reported: dict
     index = []
     for board in boards.values():
         blocks, leaders, figure = [], [], None
-        for seq in board["sequences"]:
+        for seq in board_sequences(board):
             mine = [g for g in tri.groups if g.sequence == seq]
             old = [s for s in tri.stale if s.group.sequence == seq]
             if not mine and not old and seq not in reported:
                 continue
             # the suite's runs, ranked; a sequence with published numbers only gets its page with this part empty
-            block = _sequence_block(ctx, board, seq, mine, old)
+            block = _sequence_block(ctx, board, seq, mine, old, control=board["control_sequences"].get(seq, ""))
             block["reported"] = _reported_block(reported.get(seq))  # apart: never ranked or pooled with the runs
             blocks.append(block)
             leaders += [{"sequence": seq, **row} for row in block["rows"][:LEADERS_ON_INDEX]]  # never a stale one
@@ -210,7 +211,8 @@ def _render(out: Path, boards: dict, tri: Triage, n_records: int, reported: dict
                       "n_entries": sum(len(b["rows"]) + len(b["unranked"]) for b in blocks),
                       "n_stale": sum(len(b["stale"]) for b in blocks),
                       "n_reported": sum(len(b["reported"]["rows"]) for b in blocks if b["reported"]),
-                      "sequences": board["sequences"], "leaders": leaders, "figure": figure})
+                      "sequences": board["sequences"], "controls": list(board["control_sequences"]),
+                      "leaders": leaders, "figure": figure})
     (out / "index.html").write_text(env.get_template("index.html.j2").render(boards=index, root="", **common))
     (out / "refused.html").write_text(env.get_template("refused.html.j2").render(
         rejected=tri.rejected, off_budget=tri.off_budget, root="", **common))
@@ -248,13 +250,18 @@ def _headers(names: list[str]) -> list[dict]:
     return [{"name": n, "label": METRICS[n].label, "lower": not METRICS[n].higher_is_better} for n in names]
 
 
-def _sequence_block(ctx: _Context, board: dict, seq: str, groups: list[Group], stale: list[Stale]) -> dict:
+def _sequence_block(ctx: _Context, board: dict, seq: str, groups: list[Group], stale: list[Stale],
+                    control: str = "") -> dict:
+    """A sequence's part of its board page; a control sequence (``control``: why it is one) lists every entry
+    unranked, in the order ranking would give, and never has leaders."""
     relabel(groups)  # labels unique within this sequence: method/PET (+ options where they differ)
-    ranked = [g for g in groups if len(g.seeds) >= board["min_seeds"]]
+    enough = [g for g in groups if len(g.seeds) >= board["min_seeds"]]
+    ordered = rank_entries(enough, board["rank_by"])
+    order = [item["group"] for item in ordered]  # the figures' entries
     unranked = [g for g in groups if len(g.seeds) < board["min_seeds"]]
+    if control:
+        ordered, unranked = [], order + unranked
     figures = []
-    ordered = rank_entries(ranked, board["rank_by"])
-    order = [item["group"] for item in ordered]
     shown = order[:IN_FIGURES]
     if shown:
         stem = safe_name(f"{board['name']}--{seq}")
@@ -272,14 +279,15 @@ def _sequence_block(ctx: _Context, board: dict, seq: str, groups: list[Group], s
     relabel(old)  # apart from the current entries: labels unique among the stale ones
     stale_rows = [_row(ctx, s.group, columns, rank="–", tied=False, stale=s) for s in stale]
     if "ece" in columns:  # resolved among the entries compared: the current ones, and the stale ones apart
-        for part, part_rows in ((order + unranked, rows + unranked_rows), (old, stale_rows)):
+        current = [item["group"] for item in ordered] + unranked
+        for part, part_rows in ((current, rows + unranked_rows), (old, stale_rows)):
             hidden = unresolved_ece(part)
             for g, row in zip(part, part_rows):
                 if id(g) in hidden:
                     row["cells"]["ece"] = {"text": f"n.s. (±{100 * hidden[id(g)]:.1f})", "sort": ""}
     note = f"Figures: the {len(shown)} best-ranked of {len(order)} entries." if len(order) > len(shown) else ""
     everything = rows + unranked_rows + stale_rows
-    return {"name": seq, "rows": rows, "unranked": unranked_rows, "stale": stale_rows, "figures": figures,
+    return {"name": seq, "control": control, "rows": rows, "unranked": unranked_rows, "stale": stale_rows, "figures": figures,
             "min_seeds": board["min_seeds"], "figure_note": note, "calibration": _calibration(seq),
             "filters": filter_options(everything)}
 
