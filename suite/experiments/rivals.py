@@ -74,7 +74,8 @@ def rivals_report(records: Iterable[dict], figures: str | Path | None = None) ->
                 sig = f"{sum(t['p'] < 0.05 for t in tests)} of {len(tests)}" if tests else "n/a"
                 deltas.append([seq, f"{anchor} − {r}"] + [_delta(a, b, n) for n in DELTAS] + [sig])
         if figures is not None:
-            shown = [groups[x] for anchor, rivals in MATCHUPS for x in (anchor, *rivals) if x in groups]
+            shown = [groups[x] for anchor, rivals in MATCHUPS if anchor in groups and any(r in groups for r in rivals)
+                     for x in (anchor, *rivals) if x in groups]  # a sequence without a rival gets no figure
             if len(shown) > 1:
                 path = save_figure(tradeoff_figure(shown, x="plasticity", y="forgetting",
                                                    title=f"{seq}: forgetting vs plasticity gain"),
