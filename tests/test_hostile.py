@@ -263,6 +263,11 @@ FLAG_CASES = [
      "account is given twice"),
     (["calibrate", "{seq}", "--grid", "lr=0.1;lr=0.2"], "lr is given twice"),
     (["run", "--config", "{dup_yaml}"], "'rank' is given twice"),
+    # a PET that cannot learn on the sequence's track: refused before anything is built (CoOp on retrieval failed
+    # at its first step with autograd's "element 0 of tensors does not require grad")
+    (["run", "--sequence", "world-cross-modal", "--pet", "coop"], "PET coop learns on the class-incremental and "
+     "domain-incremental track(s), not cross-modal (world-cross-modal): its context replaces the words of class prompts"),
+    (["sweep", "--sequence", "world-cross-modal", "--methods", "seq", "--pets", "lora,coop"], "PET coop learns on"),
 ]
 
 

@@ -158,3 +158,20 @@ def test_calibrate_grid_explores_budgets_on_seq_only(seq_file, tmp_path):
     methods = {json.loads(p.read_text())["method"]["name"] for p in (tmp_path / "grid").glob("*.json")}
     assert methods == {"seq", "zeroshot"}  # no PEGP: designs are chosen on seq and zero-shot alone
     assert "lr=0.05" in format_grid(rep)
+
+
+def test_calibrate_from_results_takes_the_pets_that_learn_on_the_track(tmp_path, capsys):
+    """Without --pets, ``clsuite calibrate`` reports every built-in PET that learns on the sequence's track: on
+    world-cross-modal that leaves CoOp out (it has no class prompts to learn there), where it used to stop at
+    "no budget record of seq/coop"."""
+    from suite.cli import main
+    from suite.pet import pets_for_track
+    from suite.registry import PETS
+
+    assert pets_for_track("cross-modal") == [p for p in PETS.builtin if p != "coop"]
+    assert pets_for_track("class-incremental") == list(PETS.builtin)
+    report = tmp_path / "wcm.json"
+    assert main(["calibrate", "world-cross-modal", "--from", str(Path(__file__).parents[1] / "results"),
+                 "--seeds", "0,1,2,3,4", "--report", str(report)]) == 0
+    assert [p["pet"] for p in json.loads(report.read_text())["pets"]] == pets_for_track("cross-modal")
+    assert "coop" not in capsys.readouterr().out

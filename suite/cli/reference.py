@@ -391,8 +391,11 @@ def pets_page() -> str:
             continue
         doc = mod.__doc__ or ""
         summary.append([f"[{code(name)}](#{anchor(name)})", short(first_paragraph(doc))])
+        tracks = mod.CONFIG.tracks
+        learns = ([f"- **Tracks:** {', '.join(code(t) for t in tracks)} only ({text(mod.CONFIG.tracks_why)}); a run "
+                   "on another track is refused before anything is built"] if tracks is not None else [])
         sections += [prose(first_paragraph(doc)), "", f"- **Module:** {code(where)}", f"- **Config:** "
-                     f"{code(mod.CONFIG.__name__)}"] + source_lines(doc) + [""]
+                     f"{code(mod.CONFIG.__name__)}"] + learns + source_lines(doc) + [""]
         sections += ["Options:", ""] + table(["Option", "Default", "Accepted values"], pet_option_rows(mod)) + [""]
         if name in OFFICIAL_SHAPES:
             shape = ", ".join(f"{k}={show(v)}" for k, v in OFFICIAL_SHAPES[name].items())

@@ -195,7 +195,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sequence", help="shipped sequence name or file")
-    p.add_argument("--pets", default=",".join(PETS.builtin), help="comma-separated PETs")
+    p.add_argument("--pets", help="comma-separated PETs (default: every built-in PET that learns on the sequence's "
+                   "track)")
     p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds")
     p.add_argument("--jobs", type=count, default=1, help="runs at once; the CPU cores are divided between them")
     p.add_argument("--out", default="calibration", help="folder for the runs' records (default calibration/)")
@@ -215,6 +216,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     from suite.paths import safe_name
     from suite.results.calibration import format_grid, format_report, write_report
 
+    if args.pets is None:
+        from suite.config.sequences import load_sequence
+        from suite.pet import pets_for_track
+
+        args.pets = ",".join(pets_for_track(load_sequence(args.sequence).track))
     if args.grid:
         from suite.experiments.calibrate import explore
 

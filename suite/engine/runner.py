@@ -49,6 +49,14 @@ def check_options(cfg: RunConfig, method: Method | None = None) -> tuple[Method,
     if method.pets is not None and method.needs_pet and method.trains and cfg.pet not in method.pets:
         raise ConfigError(f"method {method.name} runs on --pet {' or '.join(method.pets)}, not {cfg.pet}")
     pet = make_config(cfg.pet, cfg.pet_options) if cfg.pet and method.needs_pet else None
+    if method.tracks is not None or (pet is not None and pet.tracks is not None):
+        track = load_sequence(cfg.sequence).track
+        if method.tracks is not None and track not in method.tracks:
+            raise ConfigError(f"method {method.name} applies to the {' and '.join(method.tracks)} track(s), "
+                              f"not {track} ({cfg.sequence})")
+        if pet is not None and pet.tracks is not None and track not in pet.tracks:
+            raise ConfigError(f"PET {cfg.pet} learns on the {' and '.join(pet.tracks)} track(s), not {track} "
+                              f"({cfg.sequence}): {pet.tracks_why}")
     return method, pet
 
 
@@ -73,9 +81,6 @@ class Runner:
         if self.rank:
             self.loggers = []  # rank 0 reports, as it writes
         self.seq: TaskSequence = load_sequence(cfg.sequence)
-        if self.method.tracks is not None and self.seq.track not in self.method.tracks:
-            raise ConfigError(f"method {self.method.name} applies to the {' and '.join(self.method.tracks)} track(s), "
-                              f"not {self.seq.track} ({cfg.sequence})")
         torch.manual_seed(cfg.seed)
         self.backbone = create_model_and_transforms(cfg.model, device=self.device)
         self.weights = weights_digest(self.backbone)  # before any PET or method touches it

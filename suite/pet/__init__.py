@@ -39,6 +39,11 @@ def available_pets() -> list[str]:
     return PETS.names()
 
 
+def pets_for_track(track: str) -> list[str]:
+    """The built-in PETs that learn on ``track`` (``PETConfig.tracks``), in registry order."""
+    return [k for k in PETS.builtin if (t := _module(k).CONFIG.tracks) is None or track in t]
+
+
 def make_config(kind: str, options: dict[str, Any] | None = None) -> PETConfig:
     """The validated config of a PET of ``kind`` (no model needed)."""
     return _module(kind).CONFIG.from_dict(dict(options or {}))
@@ -60,4 +65,4 @@ def attach_pet(backbone: Backbone, kind: str, **options: Any) -> PET:
     return pet
 
 
-__all__ = ["PET", "PETConfig", "PETLayer", "attach_pet", "available_pets", "make_config"]
+__all__ = ["PET", "PETConfig", "PETLayer", "attach_pet", "available_pets", "make_config", "pets_for_track"]

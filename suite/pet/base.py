@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +50,11 @@ INT_RANGES = {"length": (1, MAX_TOKENS), "rank": (1, None), "bottleneck": (1, No
 @dataclass
 class PETConfig:
     """Options every PET has: which tower(s) and which block indices (``"all"``, ``"0-3"``, ``"0,2,5"``)."""
+
+    # the tracks the PET can learn on (None: every track) and why not the others; a run of another track is
+    # refused before anything is built, never failing at its first step
+    tracks: ClassVar[tuple[str, ...] | None] = None
+    tracks_why: ClassVar[str] = ""
 
     towers: str = "both"
     layers: str = "all"

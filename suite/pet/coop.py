@@ -37,6 +37,9 @@ JACOBIAN_CHUNK = 64  # output dimensions differentiated at once
 
 @dataclass
 class CoOpConfig(PETConfig):
+    tracks = ("class-incremental", "domain-incremental")
+    tracks_why = "its context replaces the words of class prompts, and retrieval encodes captions, not class prompts"
+
     towers: str = "text"
     length: int = 4
     init: str = "a photo of a"  # a phrase, or "random"
