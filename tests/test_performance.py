@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import run_config
 
 from suite.evaluation.calibration import _ece_rows, ece_with_interval
-from suite.evaluation.hallucination import calibrate_thresholds
+from suite.evaluation.hallucination import _questions, calibrate_thresholds, concept_auroc_interval, pope
 from suite.models.attention import SMALL_ATTENTION, attend
 
 
@@ -81,6 +81,52 @@ def test_vectorised_ece_and_thresholds_equal_their_definitions():
             f1 = [2 * ((s > t) & y).sum() / max(1, (s > t).sum() + y.sum()) for t in tries]
             assert th[j] == tries[int(np.argmax(f1))]
 
+
+
+def _pairwise_auroc_interval(scores, present, seed, resamples=1000, tie=0.5):
+    """The bootstrap interval's definition: every (present, absent) pair weighted by both images' draw counts."""
+    n = len(scores)
+    w = np.random.default_rng([seed, 7]).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    aucs = []
+    for c in range(scores.shape[1]):
+        y, s = present[:, c], scores[:, c]
+        if y.any() and not y.all():
+            sp, sn = s[y], s[~y]
+            wins = (sp[:, None] > sn[None, :]) + tie * (sp[:, None] == sn[None, :])
+            num = np.einsum("bi,ij,bj->b", w[:, y], wins, w[:, ~y])
+            den = w[:, y].sum(1) * w[:, ~y].sum(1)
+            aucs.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
+    macro = np.nanmean(np.stack(aucs), 0)
+    lo, hi = np.percentile(macro[~np.isnan(macro)], [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def test_probe_interval_and_questions_equal_their_definitions():
+    """The AUROC interval counts pairs through one product per concept and reuses the draw counts; POPE's
+    questions are drawn once per probe and answered by indexing: both give their definitions' numbers exactly,
+    ties (counted one half) and repeated calls with other scores included."""
+    rng = np.random.default_rng(1)
+    concepts = ["red circle", "blue circle", "red square", "green star", "blue star"]
+    for trial in range(6):
+        n = int(rng.integers(8, 60))
+        present = rng.random((n, len(concepts))) < 0.35
+        present[0, 0], present[1, 0] = True, False  # concept 0 has both kinds of image
+        scores = np.round(rng.normal(size=(n, len(concepts))), int(rng.integers(0, 3)))  # ties included
+        assert concept_auroc_interval(scores, present, seed=trial) == _pairwise_auroc_interval(scores, present, trial)
+        th = rng.normal(size=len(concepts)) * 0.5
+        got = pope(scores, present, th, concepts, seed=trial)
+        for strategy in ("random", "popular", "adversarial"):
+            qs = _questions(present, concepts, strategy, np.random.default_rng(trial))
+            yes = np.array([scores[i, c] > th[c] for i, c, _ in qs])
+            truth = np.array([t for _, _, t in qs])
+            assert got[strategy]["yes_ratio"] == float(yes.mean())
+            assert got[strategy]["accuracy"] == float((yes == truth).mean())
+            assert got[strategy]["false_positive_rate"] == float(yes[~truth].mean())
+    # the equality is not vacuous: on these tied scores, counting a tie as a whole win gives another interval
+    scores = np.round(rng.normal(size=(80, 2)), 0)
+    present = rng.random((80, 2)) < 0.4
+    assert concept_auroc_interval(scores, present) == _pairwise_auroc_interval(scores, present, 0)
+    assert concept_auroc_interval(scores, present) != _pairwise_auroc_interval(scores, present, 0, tie=1.0)
 
 @pytest.mark.parametrize("pet,method,fixed", [("coop", "seq", True), (None, "zeroshot", True), ("lora", "seq", False),
                                               ("vpt", "seq", False), (None, "l2p", False), (None, "finetune", False)])
@@ -195,3 +241,15 @@ def test_a_max_eval_sample_belongs_to_its_split_even_when_an_id_is_reused():
     ev._samples[id(b)] = ev._samples.pop(id(a))  # as if b had been allocated where a was
     assert ev.eval_indices(b) == stratified_sample(b.labels, 4, 0)
     assert sorted(set(b.labels[ev.eval_indices(b)])) == [0, 1]
+
+
+def test_a_sweep_worker_runs_every_thread_pool_at_its_share_of_the_cores():
+    """torch's threads and the BLAS numpy loaded while the worker imported the suite (it read its size from the
+    environment before the worker's initialiser ran: OpenBLAS kept one thread per core)."""
+    from suite.experiments.sweep import worker_pool, worker_threads
+
+    with worker_pool(1, 1) as pool:
+        pools = pool.submit(worker_threads).result(timeout=300)
+    assert pools["torch"] == 1
+    blas = {k: v for k, v in pools.items() if k != "torch"}
+    assert blas and all(v == 1 for v in blas.values()), pools

@@ -55,6 +55,7 @@ def calibrate_thresholds(scores: np.ndarray, present: np.ndarray) -> np.ndarray:
 def _questions(present: np.ndarray, concepts: list[str], strategy: str, rng: np.random.Generator) -> list[tuple[int, int, bool]]:
     freq = Counter(int(c) for c in np.argwhere(present)[:, 1])
     popular_order = sorted(range(len(concepts)), key=lambda c: (-freq.get(c, 0), c))
+    words = [set(c.split()) for c in concepts]
     qs = []
     for i in range(present.shape[0]):
         pos = list(np.flatnonzero(present[i]))
@@ -62,11 +63,13 @@ def _questions(present: np.ndarray, concepts: list[str], strategy: str, rng: np.
         if strategy == "random":
             neg = list(rng.permutation(absent)[: len(pos)]) if absent else []
         elif strategy == "popular":
-            neg = [c for c in popular_order if c in set(absent)][: len(pos)]
+            missing = set(absent)
+            neg = [c for c in popular_order if c in missing][: len(pos)]
         elif strategy == "adversarial":
-            attrs = {a for c in pos for a in concepts[c].split()}
-            close = [c for c in absent if attrs & set(concepts[c].split())]
-            far = [c for c in absent if c not in set(close)]
+            attrs = set().union(*(words[c] for c in pos))
+            close = [c for c in absent if attrs & words[c]]
+            near = set(close)
+            far = [c for c in absent if c not in near]
             neg = (list(rng.permutation(close)) + list(rng.permutation(far)))[: len(pos)]
         else:
             raise ValueError(f"unknown POPE strategy {strategy!r}")
@@ -74,17 +77,38 @@ def _questions(present: np.ndarray, concepts: list[str], strategy: str, rng: np.
     return qs
 
 
+# The questions depend on the probe (object lists, concepts, seed), never on the scores: a run asks the same ones
+# at every step, so they are drawn once per process and probe (a handful of probes per process).
+_QUESTIONS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def questions(present: np.ndarray, concepts: list[str], strategy: str,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """POPE's questions for ``present`` under ``strategy`` as arrays: image, concept, whether it is present."""
+    present = np.asarray(present, bool)
+    key = (present.shape, present.tobytes(), tuple(concepts), strategy, seed)
+    held = _QUESTIONS.get(key)
+    if held is None:
+        qs = _questions(present, concepts, strategy, np.random.default_rng(seed))
+        arr = np.array(qs, dtype=np.int64).reshape(-1, 3)
+        held = (arr[:, 0], arr[:, 1], arr[:, 2].astype(bool))
+        if len(_QUESTIONS) >= 32:
+            _QUESTIONS.clear()
+        _QUESTIONS[key] = held
+    return held
+
+
 def pope(scores: np.ndarray, present: np.ndarray, thresholds: np.ndarray, concepts: list[str],
          seed: int = 0) -> dict[str, dict[str, float]]:
     """POPE-style yes/no evaluation of an image-concept score matrix under the three negative strategies."""
     scores, present = np.asarray(scores, np.float64), np.asarray(present, bool)
     out = {}
+    thresholds = np.asarray(thresholds, np.float64)
     for strategy in STRATEGIES:
-        qs = _questions(present, concepts, strategy, np.random.default_rng(seed))
-        if not qs:
+        image, concept, truth = questions(present, concepts, strategy, seed)
+        if not len(truth):
             continue
-        yes = np.array([scores[i, c] > thresholds[c] for i, c, _ in qs])
-        truth = np.array([t for _, _, t in qs])
+        yes = scores[image, concept] > thresholds[concept]
         tp, fp = int((yes & truth).sum()), int((yes & ~truth).sum())
         fn = int((~yes & truth).sum())
         prec = tp / (tp + fp) if tp + fp else 0.0
@@ -123,22 +147,27 @@ def concept_auroc_interval(scores: np.ndarray, present: np.ndarray, seed: int = 
                            resamples: int = 1000) -> list[float] | None:
     """The 95 % bootstrap interval of :func:`concept_auroc` over the scored images (drawn with replacement,
     seeded): how far the AUROC would move on another draw of probe images. Pairwise, so ties count one half,
-    as the rank formula does."""
+    as the rank formula does.
+
+    The resampling weights are drawn once per process and probe size (they do not depend on the scores). Every
+    weight is a whole count and a tie counts one half, so each sum below is exact in float64, in any order."""
     scores, present = np.asarray(scores, np.float64), np.asarray(present, bool)
     n = len(scores)
     if n == 0:
         return None
-    w = np.random.default_rng([seed, 7]).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    w = _bootstrap_weights(n, seed, resamples)  # (n, resamples): image i's count in each resample
     aucs = []
     for c in range(scores.shape[1]):
         y, s = present[:, c], scores[:, c]
         if not y.any() or y.all():
             continue
-        sp, sn = s[y], s[~y]
-        wins = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
-        wp, wn = w[:, y], w[:, ~y]
-        den = wp.sum(1) * wn.sum(1)
-        num = ((wp @ wins) * wn).sum(1)
+        sp = s[y]
+        wins = (sp[:, None] > s[None, :]) + 0.5 * (sp[:, None] == s[None, :])
+        wins[:, y] = 0.0  # pairs are (present, absent)
+        wp = w[y]
+        num = (wp * (wins @ w)).sum(0)
+        wp_total = wp.sum(0)
+        den = wp_total * (n - wp_total)  # each resample draws n images
         aucs.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
     if not aucs:
         return None
@@ -146,6 +175,21 @@ def concept_auroc_interval(scores: np.ndarray, present: np.ndarray, seed: int = 
         macro = np.nanmean(np.stack(aucs), 0)
     lo, hi = np.percentile(macro[~np.isnan(macro)], [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+_WEIGHTS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _bootstrap_weights(n: int, seed: int, resamples: int) -> np.ndarray:
+    """How often each of ``n`` images is drawn in each resample (seeded; the same at every step of a run)."""
+    key = (n, seed, resamples)
+    if key not in _WEIGHTS:
+        if len(_WEIGHTS) >= 8:
+            _WEIGHTS.clear()
+        _WEIGHTS[key] = np.ascontiguousarray(np.random.default_rng([seed, 7]).multinomial(
+            n, np.full(n, 1.0 / n), size=resamples).T, dtype=np.float64)
+        _WEIGHTS[key].setflags(write=False)
+    return _WEIGHTS[key]
 
 
 def pope_step(cal_scores: np.ndarray, cal_present: np.ndarray, scores: np.ndarray, present: np.ndarray,

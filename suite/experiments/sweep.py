@@ -150,9 +150,28 @@ def _run_one(cfg: RunConfig) -> tuple[str, float]:
 
 
 def _init_worker(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    """A worker's share of the cores: torch's threads, and the BLAS and OpenMP pools numpy and scipy loaded while
+    the worker imported this module (their size was read from the environment then, so setting
+    ``OMP_NUM_THREADS`` now would not reach them: numpy's OpenBLAS kept one thread per core)."""
+    from threadpoolctl import threadpool_limits
 
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    threadpool_limits(limits=threads)
     torch.set_num_threads(threads)
+
+
+def worker_pool(jobs: int, threads: int) -> ProcessPoolExecutor:
+    """``jobs`` fresh processes (spawned: no state of this one is shared) with ``threads`` threads each."""
+    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+
+
+def worker_threads() -> dict[str, int]:
+    """The threads of this process's pools: torch's, and each BLAS or OpenMP library loaded (what a sweep
+    worker runs with; tested)."""
+    from threadpoolctl import threadpool_info
+
+    return {"torch": torch.get_num_threads(),
+            **{f"{d['internal_api']}:{d['prefix']}": int(d["num_threads"]) for d in threadpool_info()}}
 
 
 def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print) -> list[Path]:
@@ -174,8 +193,7 @@ def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print)
             log(f"  [{i}/{len(todo)}] {Path(path).name} {sec:.0f}s")
     else:
 
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(threads,)) as pool:
+        with worker_pool(jobs, threads) as pool:
             futures = {pool.submit(_run_one, c): c for c in todo}
             for i, fut in enumerate(as_completed(futures), 1):
                 path, sec = fut.result()
