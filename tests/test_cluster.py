@@ -150,8 +150,8 @@ def test_srun_two_tasks_equal_torchrun_two_processes(slurm, tmp_path):
                            str(tmp_path / "srun"), "--run-dir", str(tmp_path / "r1")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert srun.returncode == 0, srun.stderr[-2000:]
-    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                               "29541", *args, "--out", str(tmp_path / "torchrun"), "--run-dir", str(tmp_path / "r2")],
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                               "2", *args, "--out", str(tmp_path / "torchrun"), "--run-dir", str(tmp_path / "r2")],
                               env=env, capture_output=True, text=True, timeout=600)
     assert torchrun.returncode == 0, torchrun.stderr[-2000:]
     a, b = (json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in ("srun", "torchrun"))

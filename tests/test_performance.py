@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import run_config
 
 from suite.evaluation.calibration import _ece_rows, ece_with_interval
-from suite.evaluation.hallucination import _questions, calibrate_thresholds, concept_auroc_interval, pope
+from suite.evaluation.hallucination import _questions, average_ranks, calibrate_thresholds, concept_auroc_interval, pope
 from suite.models.attention import SMALL_ATTENTION, attend
 
 
@@ -242,6 +242,17 @@ def test_a_max_eval_sample_belongs_to_its_split_even_when_an_id_is_reused():
     assert ev.eval_indices(b) == stratified_sample(b.labels, 4, 0)
     assert sorted(set(b.labels[ev.eval_indices(b)])) == [0, 1]
 
+
+def test_average_ranks_are_scipys_rankdata():
+    """The probe's AUROC ranks without importing scipy.stats: the same ranks, ties sharing their mean, bit for bit."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(2)
+    for trial in range(300):
+        x = np.round(rng.normal(size=int(rng.integers(1, 50))), int(rng.integers(0, 3)))  # ties at 0-2 decimals
+        assert np.array_equal(average_ranks(x), rankdata(x))
+    assert np.isnan(average_ranks(np.array([0.3, np.nan, 0.1]))).all()
+    assert average_ranks(np.array([0.2, 0.1, 0.2])).tolist() == [2.5, 1.0, 2.5]
 
 def test_a_sweep_worker_runs_every_thread_pool_at_its_share_of_the_cores():
     """torch's threads and the BLAS numpy loaded while the worker imported the suite (it read its size from the

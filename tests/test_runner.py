@@ -196,11 +196,12 @@ def test_outside_pet_registers_through_entry_point(seq_file, tmp_path, monkeypat
     assert rec["efficiency"]["basis_directions"] > 0
 
 
-def _one_and_two_processes(args: list[str], tmp_path: Path, port: int) -> tuple[dict, dict]:
-    """The records of ``clsuite <args>`` run once in one process and once under torchrun with two (gloo)."""
+def _one_and_two_processes(args: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """The records of ``clsuite <args>`` run once in one process and once under torchrun with two (gloo;
+    ``--standalone``: the rendezvous takes a free port, so a port still held by an earlier run cannot fail it)."""
     cmd, env = _cli(args + ["--out", str(tmp_path / "one"), "--run-dir", str(tmp_path / "runs")])
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "suite"] + args + ["--out", str(tmp_path / "two"), "--run-dir", str(tmp_path / "runs2")]
     res = subprocess.run(torchrun, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -212,7 +213,7 @@ def _one_and_two_processes(args: list[str], tmp_path: Path, port: int) -> tuple[
 
 def test_torchrun_two_processes_match_one(seq_file, tmp_path):
     one, two = _one_and_two_processes(["run", "--sequence", seq_file(), "--model", MICRO, "--pet", "lora", "--method",
-                                       "pegp", "--quiet", "--batch-size", "8"], tmp_path, 29517)
+                                       "pegp", "--quiet", "--batch-size", "8"], tmp_path)
     np.testing.assert_allclose(np.array(two["matrix"]), np.array(one["matrix"]), atol=0.05)
     assert two["efficiency"]["basis_directions"] == pytest.approx(one["efficiency"]["basis_directions"], abs=2)
 
@@ -223,7 +224,7 @@ def test_torchrun_cross_modal_optimises_the_one_process_objective(seq_file, tmp_
     mean over processes."""
     one, two = _one_and_two_processes(["run", "--sequence", seq_file(track="cross-modal"), "--model", MICRO, "--pet",
                                        "lora", "--method", "seq", "--quiet", "--batch-size", "8", "--iterations", "6",
-                                       "--lr", "0.05"], tmp_path, 29531)
+                                       "--lr", "0.05"], tmp_path)
     np.testing.assert_allclose(np.array(two["matrix"]), np.array(one["matrix"]), atol=0.02)
     for a, b in zip(one["steps"], two["steps"]):
         assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-3)
