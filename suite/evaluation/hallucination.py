@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
@@ -77,25 +78,24 @@ def _questions(present: np.ndarray, concepts: list[str], strategy: str, rng: np.
     return qs
 
 
-# The questions depend on the probe (object lists, concepts, seed), never on the scores: a run asks the same ones
-# at every step, so they are drawn once per process and probe (a handful of probes per process).
-_QUESTIONS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
 def questions(present: np.ndarray, concepts: list[str], strategy: str,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """POPE's questions for ``present`` under ``strategy`` as arrays: image, concept, whether it is present."""
+    """POPE's questions for ``present`` under ``strategy`` as arrays: image, concept, whether it is present. They
+    depend on the probe (object lists, concepts, seed), never on the scores: a run asks the same ones at every
+    step, so they are drawn once per process and probe."""
     present = np.asarray(present, bool)
-    key = (present.shape, present.tobytes(), tuple(concepts), strategy, seed)
-    held = _QUESTIONS.get(key)
-    if held is None:
-        qs = _questions(present, concepts, strategy, np.random.default_rng(seed))
-        arr = np.array(qs, dtype=np.int64).reshape(-1, 3)
-        held = (arr[:, 0], arr[:, 1], arr[:, 2].astype(bool))
-        if len(_QUESTIONS) >= 32:
-            _QUESTIONS.clear()
-        _QUESTIONS[key] = held
-    return held
+    return _drawn_questions(present.shape, present.tobytes(), tuple(concepts), strategy, seed)
+
+
+@lru_cache(maxsize=32)
+def _drawn_questions(shape: tuple[int, ...], present: bytes, concepts: tuple[str, ...], strategy: str,
+                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    qs = _questions(np.frombuffer(present, bool).reshape(shape), list(concepts), strategy, np.random.default_rng(seed))
+    arr = np.array(qs, dtype=np.int64).reshape(-1, 3)
+    truth = arr[:, 2].astype(bool)
+    for a in (arr, truth):
+        a.setflags(write=False)  # shared by every step that asks them
+    return arr[:, 0], arr[:, 1], truth
 
 
 def pope(scores: np.ndarray, present: np.ndarray, thresholds: np.ndarray, concepts: list[str],
@@ -192,19 +192,13 @@ def concept_auroc_interval(scores: np.ndarray, present: np.ndarray, seed: int = 
     return [float(lo), float(hi)]
 
 
-_WEIGHTS: dict[tuple[int, int, int], np.ndarray] = {}
-
-
+@lru_cache(maxsize=8)
 def _bootstrap_weights(n: int, seed: int, resamples: int) -> np.ndarray:
     """How often each of ``n`` images is drawn in each resample (seeded; the same at every step of a run)."""
-    key = (n, seed, resamples)
-    if key not in _WEIGHTS:
-        if len(_WEIGHTS) >= 8:
-            _WEIGHTS.clear()
-        _WEIGHTS[key] = np.ascontiguousarray(np.random.default_rng([seed, 7]).multinomial(
-            n, np.full(n, 1.0 / n), size=resamples).T, dtype=np.float64)
-        _WEIGHTS[key].setflags(write=False)
-    return _WEIGHTS[key]
+    w = np.ascontiguousarray(np.random.default_rng([seed, 7]).multinomial(
+        n, np.full(n, 1.0 / n), size=resamples).T, dtype=np.float64)
+    w.setflags(write=False)
+    return w
 
 
 def pope_step(cal_scores: np.ndarray, cal_present: np.ndarray, scores: np.ndarray, present: np.ndarray,

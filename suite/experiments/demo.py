@@ -6,7 +6,6 @@ mean over seeds.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from suite.errors import ConfigError
 from suite.experiments.sweep import sweep
 from suite.leaderboard.build import build_site, default_results_dir
 from suite.results.analysis import group_records
-from suite.results.records import group_key, load_records
+from suite.results.records import group_key, load_record, load_records
 
 # (sequence, PETs to run with seq and pegp): the four sequences the boards rank (world-class-incremental, where
 # nothing forgets, is a control: the quick plan's, where only the pipeline is shown)
@@ -71,7 +70,7 @@ def demo(out: str = DEFAULT_OUT, quick: bool = False, site: bool = True, jobs: i
     paths = sweep(demo_configs(out, quick), jobs=jobs, log=lambda msg: print(msg, flush=True))
     references = _references()
     for path in paths:
-        rec = json.loads(path.read_text())
+        rec = load_record(path)
         agg, summ = rec["aggregates"], rec.get("summary", {})
         rows.append((rec["sequence"]["name"], rec["method"]["name"], rec["pet"]["kind"] or "-", agg["transfer"],
                      agg["avg"], agg["last"], agg["forgetting"], summ.get("zero_shot_retention"), _reference(rec, references),
