@@ -85,7 +85,7 @@ def test_an_image_scores_the_same_alone_and_in_a_mixed_batch(seq_file, tmp_path)
     inf = Logging(r.pet)
     ev.set_inference(inf)
     split = r.data["t0"].test
-    images = torch.cat([img for img in ev._input_batches(split, list(range(len(split))))])
+    images = torch.cat([img for _, img in ev._input_batches(split, list(range(len(split))))])
     images = torch.cat([images, -images])  # both routes in one batch
     with torch.no_grad():
         both = inf.encode_images(images, ev._encode)
@@ -109,3 +109,70 @@ def test_the_default_inference_answers_as_the_model_stands(seq_file, tmp_path):
     for x, y in zip(a["steps"], b["steps"]):
         assert x["accuracy"] == pytest.approx(y["accuracy"], abs=1e-6)
         assert x["control_accuracy"] == pytest.approx(y["control_accuracy"], abs=1e-6)
+
+
+# -- what methods compute on the frozen model, kept per evaluated batch (FrozenFeatures) -------------------------
+def test_frozen_features_are_kept_per_batch_and_dropped_when_a_pretrained_weight_changes():
+    from suite.models.inference import FrozenFeatures, frozen
+
+    w = torch.nn.Parameter(torch.ones(3))
+    store, calls = FrozenFeatures([w]), []
+    split, x = object(), torch.arange(6.0).view(2, 3)
+
+    def ask(images, rows=(0, 1), what="query"):
+        def compute():
+            calls.append(what)
+            return images * w.detach()
+        with store.batch(split, list(rows)):
+            return frozen(images, what, compute)
+
+    first = ask(x)
+    first.add_(100)  # what was answered is the caller's copy
+    assert torch.equal(ask(x), x) and len(calls) == 1 and store.hits == 1
+    ask(x, rows=(0, 2))  # other rows
+    ask(x, what="embedding")  # another quantity of the same batch
+    ask(x + 1)  # other pixels under the same rows: never a kept answer
+    assert len(calls) == 4
+    with torch.no_grad():
+        w.add_(1)  # the pretrained weights changed in place: nothing kept survives
+    assert torch.equal(ask(x), 2 * x) and len(calls) == 5
+    assert torch.equal(frozen(x, "query", lambda: x - 1), x - 1)  # outside an evaluated batch: computed
+    assert torch.equal(FrozenFeatures([w], limit_bytes=0).answer(("k",), x, lambda: x), x)
+
+
+def checked_store(pretrained, limit):
+    """A store that, at every answer, also computes the value afresh and counts the answers that differ."""
+    from suite.models.inference import FrozenFeatures
+
+    class Checked(FrozenFeatures):
+        differ = answers = 0
+
+        def answer(self, key, images, compute):
+            given = super().answer(key, images, compute)
+            self.answers += 1
+            self.differ += not torch.equal(given, compute())
+            return given
+
+    return Checked(pretrained, limit)
+
+
+@pytest.mark.parametrize("method", ["diki", "rail", "moe-adapters", "l2p", "coda-prompt", "dualprompt"])
+def test_kept_frozen_features_leave_every_record_value_as_it_is(seq_file, tmp_path, method):
+    """Each method that asks for frozen-model features at test: every kept answer equals a fresh computation at
+    the time it is given, the record is the same with and without keeping them (limit 0: nothing kept), and the
+    kept ones were used."""
+    from suite.engine.runner import Runner
+
+    seq = seq_file(n_tasks=3)
+    recs = []
+    for limit in (0, 2**30):
+        r = Runner(run_config(seq, tmp_path / str(limit), method=method, pet=None, training={"iterations": 2}))
+        store = r.evaluator.frozen = checked_store(r.evaluator.frozen._pretrained, limit)
+        recs.append((r.run(), store))
+    (plain, none_kept), (kept, store) = recs
+    assert none_kept.hits == 0 and store.hits > 0
+    assert store.answers > store.hits and store.differ == 0
+    assert plain["matrix"] == kept["matrix"]
+    for a, b in zip(plain["steps"], kept["steps"]):
+        assert (a["items"], a["control_accuracy"], a["hallucination"]) == (b["items"], b["control_accuracy"],
+                                                                             b["hallucination"])

@@ -128,6 +128,26 @@ def test_probe_interval_and_questions_equal_their_definitions():
     assert concept_auroc_interval(scores, present) == _pairwise_auroc_interval(scores, present, 0)
     assert concept_auroc_interval(scores, present) != _pairwise_auroc_interval(scores, present, 0, tie=1.0)
 
+
+def test_probe_interval_on_a_tiny_probe_leaves_out_the_resamples_without_a_pair_silently():
+    """Four images, one present per concept: many resamples draw no (present, absent) pair of any concept. They
+    are left out (as nanmean leaves them out) and nothing warns; when no resample scores a concept there is no
+    interval."""
+    import warnings
+
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.3], [0.1, 0.2]])
+    present = np.array([[True, False], [False, True], [False, False], [False, False]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = _pairwise_auroc_interval(scores, present, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert concept_auroc_interval(scores, present) == expected
+        assert concept_auroc_interval(scores[:1], present[:1]) is None  # one image: no concept has both kinds
+        # two images, one resample: it draws both (AUROC 1) or one of them twice (no pair, no interval)
+        assert concept_auroc_interval(scores[:2, :1], present[:2, :1], resamples=1, seed=1) == [1.0, 1.0]
+        assert concept_auroc_interval(scores[:2, :1], present[:2, :1], resamples=1, seed=0) is None
+
 @pytest.mark.parametrize("pet,method,fixed", [("coop", "seq", True), (None, "zeroshot", True), ("lora", "seq", False),
                                               ("vpt", "seq", False), (None, "l2p", False), (None, "finetune", False)])
 def test_image_features_are_kept_only_when_nothing_that_trains_reaches_them(pet, method, fixed, seq_file, tmp_path):

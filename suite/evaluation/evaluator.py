@@ -23,7 +23,7 @@ from suite.data.base import Split, TaskData
 from suite.data.loading import DecodedImages, as_model_batch, batch_images
 from suite.evaluation.hallucination import hijacking, pope_step
 from suite.evaluation.retrieval import confident_mismatch_rate, rank_of_best_positive, recall_at_k
-from suite.models.inference import Inference, Routed
+from suite.models.inference import FrozenFeatures, Inference, Routed
 
 EVAL_SAMPLE_SEED = 0  # the --max-eval sample is the same for every step, method and seed
 
@@ -46,6 +46,13 @@ class Evaluator:
     _image_cache: dict[tuple, tuple[Split, torch.Tensor]] = field(default_factory=dict)
     _input_cache_used: int = 0
     inference: Inference | None = None  # the method's test-time behaviour for this step (set by the runner)
+    frozen_cache_bytes: int = 2**30  # what methods compute on the frozen model per test batch, kept for the run
+    frozen: FrozenFeatures = field(init=False)
+
+    def __post_init__(self) -> None:
+        # built with the backbone, before any PET or method attaches: its parameters now are the pretrained weights
+        weights = list(self.backbone.parameters()) if isinstance(self.backbone, torch.nn.Module) else []
+        self.frozen = FrozenFeatures(weights, self.frozen_cache_bytes)
 
     def invalidate_text(self) -> None:
         self._text_cache.clear()
@@ -127,8 +134,8 @@ class Evaluator:
             held = self._samples[id(split)] = (split, stratified_sample(split.labels, self.max_eval, EVAL_SAMPLE_SEED))
         return held[1]
 
-    def _cache_key(self, split: Split, chunk: list[int], start: int) -> tuple:
-        return (id(split), start, len(chunk), chunk[0] if chunk else -1)
+    def _cache_key(self, split: Split, chunk: list[int]) -> tuple:
+        return (id(split), tuple(chunk))
 
     def _keep(self, key: tuple, images: torch.Tensor) -> None:
         size = images.element_size() * images.numel()
@@ -136,33 +143,34 @@ class Evaluator:
             self._input_cache[key] = images.cpu()
             self._input_cache_used += size
 
-    def _input_batches(self, split: Split, idx: list[int]) -> Iterator[torch.Tensor]:
-        """The model inputs of ``idx``, batch by batch. Images read from files are decoded and transformed once
-        per run (by ``workers`` DataLoader processes when set) and kept on the CPU up to ``input_cache_bytes``,
-        so later evaluations decode nothing again."""
+    def _input_batches(self, split: Split, idx: list[int]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """The model inputs of ``idx``, batch by batch, with the rows each holds. Images read from files are
+        decoded and transformed once per run (by ``workers`` DataLoader processes when set) and kept on the CPU up
+        to ``input_cache_bytes``, so later evaluations decode nothing again."""
         starts = range(0, len(idx), self.batch_size)
         if split.images is not None:  # in-memory uint8: the fast path, nothing to decode
             for start in starts:
-                yield batch_images(self.backbone, split, idx[start:start + self.batch_size])
+                rows = idx[start:start + self.batch_size]
+                yield rows, batch_images(self.backbone, split, rows)
             return
         chunks = {start: idx[start:start + self.batch_size] for start in starts}
-        todo = [s for s in starts if self._cache_key(split, chunks[s], s) not in self._input_cache]
+        todo = [s for s in starts if self._cache_key(split, chunks[s]) not in self._input_cache]
         decoded: Iterator[torch.Tensor] | None = None
         if self.workers and todo:
             decoded = iter(torch.utils.data.DataLoader(
                 DecodedImages(self.backbone, split), batch_sampler=[chunks[s] for s in todo],
                 num_workers=self.workers, pin_memory=self.backbone.device.type == "cuda"))
         for start in starts:
-            key = self._cache_key(split, chunks[start], start)
+            key = self._cache_key(split, chunks[start])
             if key in self._input_cache:
-                yield self._input_cache[key].to(self.backbone.device)
+                yield chunks[start], self._input_cache[key].to(self.backbone.device)
                 continue
             if decoded is not None:
                 images = as_model_batch(self.backbone, next(decoded))
             else:
                 images = batch_images(self.backbone, split, chunks[start])
             self._keep(key, images)
-            yield images
+            yield chunks[start], images
 
     def image_features(self, split: Split, sample: bool = True) -> torch.Tensor | Routed:
         """Normalised features of the split's evaluated images (``sample=False``: all of its images); with a
@@ -176,8 +184,9 @@ class Evaluator:
         idx = self.eval_indices(split) if sample else list(range(len(split)))
         out = []
         with torch.no_grad(), self._ctx():
-            for images in self._input_batches(split, idx):
-                out.append(self._encode(images))
+            for rows, images in self._input_batches(split, idx):
+                with self.frozen.batch(split, rows):  # a method's query pass inside the encoder is kept per batch
+                    out.append(self._encode(images))
         feats = torch.cat(out) if out else torch.zeros(0, 1)
         if self.images_fixed:
             self._image_cache[key] = (split, feats)
@@ -189,9 +198,12 @@ class Evaluator:
     def _routed_features(self, split: Split, sample: bool) -> Routed:
         """Every batch routed and encoded by the method's inference (never cached: routes follow the method)."""
         idx = self.eval_indices(split) if sample else list(range(len(split)))
+        out = []
         with torch.no_grad(), self._ctx():
-            return Routed.cat([self.inference.encode_images(images, self._encode)
-                               for images in self._input_batches(split, idx)])
+            for rows, images in self._input_batches(split, idx):
+                with self.frozen.batch(split, rows):  # what the method computes on the frozen model is kept per batch
+                    out.append(self.inference.encode_images(images, self._encode))
+        return Routed.cat(out)
 
     # -- metrics -------------------------------------------------------------------------------------
     def classify(self, img: torch.Tensor, labels: np.ndarray, head_names: list[str], head_templates: list[list[str]],

@@ -186,9 +186,15 @@ def concept_auroc_interval(scores: np.ndarray, present: np.ndarray, seed: int = 
         aucs.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
     if not aucs:
         return None
-    with np.errstate(invalid="ignore"):
-        macro = np.nanmean(np.stack(aucs), 0)
-    lo, hi = np.percentile(macro[~np.isnan(macro)], [2.5, 97.5])
+    stacked = np.stack(aucs)
+    scored = ~np.isnan(stacked)  # a resample may draw no (present, absent) pair of a concept
+    counts = scored.sum(0)
+    valid = counts > 0  # on a tiny probe a resample may score no concept at all: it is left out
+    if not valid.any():
+        return None
+    # nanmean's sum and division (the same numbers), without its warning for the resamples left out
+    macro = np.where(scored, stacked, 0.0).sum(0)[valid] / counts[valid]
+    lo, hi = np.percentile(macro, [2.5, 97.5])
     return [float(lo), float(hi)]
 
 

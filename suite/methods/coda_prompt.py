@@ -63,6 +63,7 @@ from torch import nn
 
 from suite.errors import ConfigError
 from suite.methods.base import Method, Option, RunContext
+from suite.models.inference import frozen
 from suite.pet.base import MAX_TOKENS, PETConfig, select_sites
 from suite.pet.kv import ConcatKV, register_prefix
 
@@ -223,7 +224,7 @@ class CODAPrompt(Method):
     def _set_query(self, visual: nn.Module, args: tuple) -> None:
         if self._querying:
             return
-        q = self.query(visual, args[0])
+        q = frozen(args[0], "coda-query", lambda: self.query(visual, args[0]))
         for layer in self.layers:
             layer.query = q
 

@@ -87,7 +87,7 @@ from torch import nn
 from suite.errors import ConfigError
 from suite.methods.base import Method, Option, RunContext
 from suite.models.attention import SplitAttention, attend
-from suite.models.inference import Encode, Inference, Routed, by_route
+from suite.models.inference import Encode, Inference, Routed, by_route, frozen
 from suite.pet.base import MAX_TOKENS
 from suite.pet.kv import register_source
 
@@ -353,8 +353,11 @@ class DIKIInference(Inference):
         self.levels = int(method.options["text_levels"])
 
     def _frozen(self, images: torch.Tensor, encode: Encode) -> torch.Tensor:
-        with self.method.active(None):
-            return encode(images)
+        def compute() -> torch.Tensor:
+            with self.method.active(None):
+                return encode(images)
+
+        return frozen(images, "diki-query", compute)
 
     def assign(self, images: torch.Tensor, encode: Encode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per image: task, image-tower weight, route (the task and the text tower's weight level)."""

@@ -76,6 +76,7 @@ from torch import nn
 from suite.errors import ConfigError
 from suite.methods.base import Method, Option, RunContext
 from suite.models.attention import SplitAttention
+from suite.models.inference import frozen
 from suite.pet.base import MAX_TOKENS, PETConfig, select_sites
 from suite.pet.kv import ConcatKV, register_prefix
 
@@ -227,7 +228,7 @@ class DualPrompt(Method):
         if self._querying:
             return
         images = args[0]
-        query = self.query(visual, images)
+        query = frozen(images, "dualprompt-query", lambda: self.query(visual, images))
         t = self._training_task
         if t is not None:  # training task t: its own prompt for every image, and the pull on its own key
             chosen = torch.full((len(images),), t, dtype=torch.long, device=images.device)

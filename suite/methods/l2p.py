@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.methods.base import Method, Option, RunContext
+from suite.models.inference import frozen
 from suite.pet.base import MAX_TOKENS, PETConfig, select_sites
 from suite.pet.kv import GatedKV, register_source
 
@@ -64,23 +65,28 @@ class L2P(Method):
     def _select(self, visual: nn.Module, args: tuple) -> None:
         if self._querying:
             return
+        query = frozen(args[0], "l2p-query", lambda: self._query(visual, args[0]))
+        sim = query @ F.normalize(self.keys, dim=-1).T
+        top = sim.topk(self.options["top_n"], dim=-1).indices
+        for l in self.layers:
+            l.selection = top
+        self._pull = (1 - sim.gather(1, top)).mean()
+
+    def _query(self, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The frozen model's normalised image feature: a no-grad pass with every gate at zero."""
         self._querying = True
         try:
             saved = [l.gate.data.clone() for l in self.layers]
             with torch.no_grad():
                 for l in self.layers:
                     l.gate.data.zero_()
-                    l.selection = torch.zeros(args[0].shape[0], self.options["top_n"], dtype=torch.long, device=args[0].device)
-                query = F.normalize(visual(args[0]), dim=-1)
+                    l.selection = torch.zeros(images.shape[0], self.options["top_n"], dtype=torch.long, device=images.device)
+                query = F.normalize(visual(images), dim=-1)
                 for l, g in zip(self.layers, saved):
                     l.gate.data.copy_(g)
         finally:
             self._querying = False
-        sim = query @ F.normalize(self.keys, dim=-1).T
-        top = sim.topk(self.options["top_n"], dim=-1).indices
-        for l in self.layers:
-            l.selection = top
-        self._pull = (1 - sim.gather(1, top)).mean()
+        return query
 
     def trainable(self, ctx: RunContext) -> list[nn.Parameter]:
         return [p for l in self.layers for p in l.parameters()] + [self.keys]

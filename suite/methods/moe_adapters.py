@@ -98,7 +98,7 @@ from torch import nn
 
 from suite.errors import ConfigError
 from suite.methods.base import Method, Option, RunContext
-from suite.models.inference import FROZEN, Inference
+from suite.models.inference import FROZEN, Inference, frozen
 
 OFFICIAL_BOTTLENECK, OFFICIAL_WIDTH = 64, 768  # ViT-B/16 (model.py --ffn_num 64, vision width 768)
 NOISE_EPSILON = 1e-2  # model.py noisy_top_k_gating
@@ -273,7 +273,7 @@ class MoEInference(Inference):
     def errors(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, T)``: each image's reconstruction error under each learned task's autoencoder."""
         with torch.no_grad(), self.method.routed(FROZEN):
-            x = ae_input(self.backbone.encode_image(images))
+            x = ae_input(frozen(images, "moe-embedding", lambda: self.backbone.encode_image(images)))
             return torch.stack([ae.errors(x) for ae in self.method.autoencoders], dim=-1)
 
     def route(self, images: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,7 @@ import torch.nn.functional as F
 from suite.data.base import TaskData
 from suite.data.loading import batch_images
 from suite.methods.base import Method, Option, RunContext
-from suite.models.inference import FROZEN, Inference, Routed
+from suite.models.inference import FROZEN, Encode, Inference, Routed, frozen
 
 OFFICIAL_HIDDEN, OFFICIAL_WIDTH = 15000, 512  # primal_RAIL's hidden_dim for ViT-B/16's 512-d features
 CHUNK = 128  # the official batch size (features are collected and the recursion runs per chunk)
@@ -292,6 +292,10 @@ class RAILInference(Inference):
 
     def text_route(self, route: int) -> int:
         return FROZEN
+
+    def encode_images(self, images: torch.Tensor, encode: Encode) -> Routed:
+        """Every image on the frozen model, which never changes: kept per test batch for the run."""
+        return Routed(frozen(images, "rail-features", lambda: encode(images)), self.route(images))
 
     def fused(self, cos: torch.Tensor, feats: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The official output ``f`` (float64, images x names) and which images the regression head answered."""

@@ -18,13 +18,19 @@ Routing is a property of one image: an image's scores never depend on the other 
 may offer a batch-wise variant to reproduce a paper; its records then state ``routing: per-batch`` and the boards
 refuse them.
 
+A method that computes something on the frozen, pretrained model from a test batch (a routing query, a frozen
+embedding: DIKI, RAIL, MoE-Adapters, L2P, CODA-Prompt, DualPrompt) asks :func:`frozen` for it. The evaluator keeps
+it per evaluated batch for the whole run (:class:`FrozenFeatures`), so the next evaluation of the same test batch
+answers it without another pass of the frozen model; the values are the ones computed the first time, bit for bit.
+
 This module sits below both the evaluation and the methods, so the two meet here without importing each other.
 """
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 
@@ -112,4 +118,66 @@ def by_route(routes: torch.Tensor, part: Callable[[int, torch.Tensor], torch.Ten
     return out if out is not None else empty
 
 
-__all__ = ["FROZEN", "Encode", "Inference", "Routed", "by_route", "groups"]
+class FrozenFeatures:
+    """What methods computed on the frozen, pretrained model from each evaluated batch, kept for the whole run.
+
+    The evaluator names the batch it is encoding (:meth:`batch`: which rows of which split); a method's
+    :func:`frozen` call inside it is answered from here when the same rows were encoded before. Kept values are
+    dropped when any pretrained weight changed since (its storage or its in-place version counter), and a kept value
+    is used only for the same input (shape and sum), so a stale answer cannot come back. Up to ``limit_bytes``."""
+
+    def __init__(self, pretrained: Sequence[torch.Tensor], limit_bytes: int = 2**30):
+        self._pretrained = list(pretrained)  # the backbone's own weights, taken before any PET or method attached
+        self._weights = self._weights_state()
+        self._kept: dict[tuple, tuple[tuple, float, torch.Tensor]] = {}
+        self._owners: dict[int, object] = {}  # the splits named in keys, held so that their ids are not reused
+        self.limit_bytes, self.used, self.hits, self.computed = limit_bytes, 0, 0, 0
+
+    def _weights_state(self) -> list[tuple[int, int]]:
+        return [(p.data_ptr(), p._version) for p in self._pretrained]
+
+    @contextlib.contextmanager
+    def batch(self, owner: object, rows: Sequence[int]) -> Iterator[None]:
+        """For the body, the batch being encoded is ``rows`` of ``owner`` (a split)."""
+        state = self._weights_state()
+        if state != self._weights:
+            self._kept.clear()
+            self.used, self._weights = 0, state
+        self._owners[id(owner)] = owner
+        token = _BATCH.set((self, (id(owner), tuple(rows))))
+        try:
+            yield
+        finally:
+            _BATCH.reset(token)
+
+    def answer(self, key: tuple, images: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        shape, total = tuple(images.shape), float(images.detach().sum(dtype=torch.float64))
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == shape and kept[1] == total:
+            self.hits += 1
+            return kept[2].clone()  # the caller may change its copy in place
+        out = compute()
+        self.computed += 1
+        size = out.element_size() * out.numel()
+        if self.used + size <= self.limit_bytes:
+            self._kept[key] = (shape, total, out.detach().clone())
+            self.used += size
+        return out
+
+
+_BATCH: ContextVar[tuple[FrozenFeatures, tuple] | None] = ContextVar("clsuite_evaluated_batch", default=None)
+
+
+def frozen(images: torch.Tensor, what: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``: what a method computes from ``images`` (the whole batch being encoded) on the frozen,
+    pretrained model with every parameter of its own switched off; ``what`` names it among the method's. While the
+    evaluator encodes a test batch, the first answer for that batch is kept for the run and given back at later
+    evaluations; anywhere else (training) it is computed every time."""
+    current = _BATCH.get()
+    if current is None:
+        return compute()
+    store, key = current
+    return store.answer((*key, what), images, compute)
+
+
+__all__ = ["FROZEN", "Encode", "FrozenFeatures", "Inference", "Routed", "by_route", "frozen", "groups"]
