@@ -129,6 +129,25 @@ def test_probe_interval_and_questions_equal_their_definitions():
     assert concept_auroc_interval(scores, present) != _pairwise_auroc_interval(scores, present, 0, tie=1.0)
 
 
+def test_mean_of_numbers_is_nanmean_without_its_warning():
+    """The same numbers as np.nanmean over the first axis, bit for bit; NaN for a column of NaN, silently."""
+    import warnings
+
+    from suite.results.uncertainty import mean_of_numbers
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(7, 300))
+    x[rng.random(x.shape) < 0.4] = np.nan
+    x[:, :3] = np.nan  # columns with no number
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = np.nanmean(x, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = mean_of_numbers(x)
+    assert np.array_equal(got, expected, equal_nan=True) and np.isnan(got[:3]).all()
+
+
 def test_probe_interval_on_a_tiny_probe_leaves_out_the_resamples_without_a_pair_silently():
     """Four images, one present per concept: many resamples draw no (present, absent) pair of any concept. They
     are left out (as nanmean leaves them out) and nothing warns; when no resample scores a concept there is no

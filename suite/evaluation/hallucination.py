@@ -32,6 +32,8 @@ from typing import Iterable
 
 import numpy as np
 
+from suite.results.uncertainty import mean_of_numbers
+
 _ARTICLES = {"a", "an", "the"}
 
 STRATEGIES = ("random", "popular", "adversarial")
@@ -186,14 +188,11 @@ def concept_auroc_interval(scores: np.ndarray, present: np.ndarray, seed: int = 
         aucs.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
     if not aucs:
         return None
-    stacked = np.stack(aucs)
-    scored = ~np.isnan(stacked)  # a resample may draw no (present, absent) pair of a concept
-    counts = scored.sum(0)
-    valid = counts > 0  # on a tiny probe a resample may score no concept at all: it is left out
-    if not valid.any():
+    # a resample may draw no (present, absent) pair of a concept; on a tiny probe, of any concept: left out
+    macro = mean_of_numbers(np.stack(aucs))
+    macro = macro[~np.isnan(macro)]
+    if not len(macro):
         return None
-    # nanmean's sum and division (the same numbers), without its warning for the resamples left out
-    macro = np.where(scored, stacked, 0.0).sum(0)[valid] / counts[valid]
     lo, hi = np.percentile(macro, [2.5, 97.5])
     return [float(lo), float(hi)]
 

@@ -147,6 +147,14 @@ def json_key(rec: dict) -> tuple:
             rec.get("config", {}).get("max_eval"))
 
 
+def mean_of_numbers(values: np.ndarray) -> np.ndarray:
+    """The mean over the first axis of the entries that are numbers: ``np.nanmean``'s sum and division (the same
+    numbers), NaN where a column holds none, without nanmean's warning for those columns."""
+    known = ~np.isnan(values)
+    counts = known.sum(0)
+    return np.where(counts > 0, np.where(known, values, 0.0).sum(0) / np.maximum(counts, 1), np.nan)
+
+
 def metric_per_seed(acc: np.ndarray, controls: dict[str, np.ndarray], name: str) -> np.ndarray:
     """``(resamples, seeds)`` values of an item metric from resampled accuracies."""
     if name == "zero_shot_retention":
@@ -156,8 +164,7 @@ def metric_per_seed(acc: np.ndarray, controls: dict[str, np.ndarray], name: str)
         for a in controls.values():
             ref = a[..., 0]
             ratios.append(np.where(ref > 0, a[..., -1] / np.where(ref > 0, ref, 1.0), np.nan))
-        with np.errstate(invalid="ignore"):
-            return np.nanmean(np.stack(ratios), 0)
+        return mean_of_numbers(np.stack(ratios))  # a resample whose control reference is 0 has no ratio
     values = metrics.batch_aggregate(acc[..., 1:, :], acc[..., 0, :])[name]
     if values is None:
         return np.full(acc.shape[:2], np.nan)
