@@ -137,7 +137,7 @@ def test_frozen_features_are_kept_per_batch_and_dropped_when_a_pretrained_weight
         w.add_(1)  # the pretrained weights changed in place: nothing kept survives
     assert torch.equal(ask(x), 2 * x) and len(calls) == 5
     assert torch.equal(frozen(x, "query", lambda: x - 1), x - 1)  # outside an evaluated batch: computed
-    assert torch.equal(FrozenFeatures([w], limit_bytes=0).answer(("k",), x, lambda: x), x)
+    assert torch.equal(FrozenFeatures([w], limit_bytes=0).answer(split, [0, 1], "query", x, lambda: x), x)
 
 
 def checked_store(pretrained, limit):
@@ -147,8 +147,8 @@ def checked_store(pretrained, limit):
     class Checked(FrozenFeatures):
         differ = answers = 0
 
-        def answer(self, key, images, compute):
-            given = super().answer(key, images, compute)
+        def answer(self, owner, rows, what, images, compute):
+            given = super().answer(owner, rows, what, images, compute)
             self.answers += 1
             self.differ += not torch.equal(given, compute())
             return given

@@ -182,15 +182,21 @@ class Evaluator:
         if hit is not None and hit[0] is split:  # the split is held with its features, so its id is not reused
             return hit[1]
         idx = self.eval_indices(split) if sample else list(range(len(split)))
-        out = []
-        with torch.no_grad(), self._ctx():
-            for rows, images in self._input_batches(split, idx):
-                with self.frozen.batch(split, rows):  # a method's query pass inside the encoder is kept per batch
-                    out.append(self._encode(images))
+        out = self._each_batch(split, idx, self._encode)  # a method's query pass inside the encoder is kept per batch
         feats = torch.cat(out) if out else torch.zeros(0, 1)
         if self.images_fixed:
             self._image_cache[key] = (split, feats)
         return feats
+
+    def _each_batch(self, split: Split, idx: list[int], encode: Callable[[torch.Tensor], Any]) -> list[Any]:
+        """``encode`` of every batch of ``idx`` without autograd, each with :attr:`frozen` told which rows it holds
+        (what a method computes on the frozen model is kept per batch)."""
+        out = []
+        with torch.no_grad(), self._ctx():
+            for rows, images in self._input_batches(split, idx):
+                with self.frozen.batch(split, rows):
+                    out.append(encode(images))
+        return out
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone.encode_image(images).float(), dim=-1)
@@ -198,12 +204,7 @@ class Evaluator:
     def _routed_features(self, split: Split, sample: bool) -> Routed:
         """Every batch routed and encoded by the method's inference (never cached: routes follow the method)."""
         idx = self.eval_indices(split) if sample else list(range(len(split)))
-        out = []
-        with torch.no_grad(), self._ctx():
-            for rows, images in self._input_batches(split, idx):
-                with self.frozen.batch(split, rows):  # what the method computes on the frozen model is kept per batch
-                    out.append(self.inference.encode_images(images, self._encode))
-        return Routed.cat(out)
+        return Routed.cat(self._each_batch(split, idx, lambda images: self.inference.encode_images(images, self._encode)))
 
     # -- metrics -------------------------------------------------------------------------------------
     def classify(self, img: torch.Tensor, labels: np.ndarray, head_names: list[str], head_templates: list[list[str]],

@@ -131,41 +131,44 @@ class FrozenFeatures:
         self._weights = self._weights_state()
         self._kept: dict[tuple, tuple[tuple, float, torch.Tensor]] = {}
         self._owners: dict[int, object] = {}  # the splits named in keys, held so that their ids are not reused
-        self.limit_bytes, self.used, self.hits, self.computed = limit_bytes, 0, 0, 0
+        self.limit_bytes, self.used, self.hits = limit_bytes, 0, 0
 
     def _weights_state(self) -> list[tuple[int, int]]:
         return [(p.data_ptr(), p._version) for p in self._pretrained]
 
     @contextlib.contextmanager
     def batch(self, owner: object, rows: Sequence[int]) -> Iterator[None]:
-        """For the body, the batch being encoded is ``rows`` of ``owner`` (a split)."""
-        state = self._weights_state()
-        if state != self._weights:
-            self._kept.clear()
-            self.used, self._weights = 0, state
-        self._owners[id(owner)] = owner
-        token = _BATCH.set((self, (id(owner), tuple(rows))))
+        """For the body, the batch being encoded is ``rows`` of ``owner`` (a split). Nothing is checked here: a
+        method that never asks (:func:`frozen`) pays for nothing but this."""
+        token = _BATCH.set((self, owner, rows))
         try:
             yield
         finally:
             _BATCH.reset(token)
 
-    def answer(self, key: tuple, images: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def answer(self, owner: object, rows: Sequence[int], what: str, images: torch.Tensor,
+               compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        state = self._weights_state()
+        if state != self._weights:
+            self._kept.clear()
+            self.used, self._weights = 0, state
+        key = (id(owner), tuple(rows), what)
         shape, total = tuple(images.shape), float(images.detach().sum(dtype=torch.float64))
         kept = self._kept.get(key)
         if kept is not None and kept[0] == shape and kept[1] == total:
             self.hits += 1
             return kept[2].clone()  # the caller may change its copy in place
         out = compute()
-        self.computed += 1
         size = out.element_size() * out.numel()
         if self.used + size <= self.limit_bytes:
+            self._owners[id(owner)] = owner
             self._kept[key] = (shape, total, out.detach().clone())
             self.used += size
         return out
 
 
-_BATCH: ContextVar[tuple[FrozenFeatures, tuple] | None] = ContextVar("clsuite_evaluated_batch", default=None)
+_BATCH: ContextVar[tuple[FrozenFeatures, object, Sequence[int]] | None] = ContextVar("clsuite_evaluated_batch",
+                                                                                    default=None)
 
 
 def frozen(images: torch.Tensor, what: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -176,8 +179,8 @@ def frozen(images: torch.Tensor, what: str, compute: Callable[[], torch.Tensor])
     current = _BATCH.get()
     if current is None:
         return compute()
-    store, key = current
-    return store.answer((*key, what), images, compute)
+    store, owner, rows = current
+    return store.answer(owner, rows, what, images, compute)
 
 
 __all__ = ["FROZEN", "Encode", "FrozenFeatures", "Inference", "Routed", "by_route", "frozen", "groups"]
