@@ -108,3 +108,31 @@ def test_retrieval_against_a_positives_matrix_with_five_captions_per_image():
     # identity positives reproduce the one-caption case
     sq = sim[:, [2, 7]]
     assert recall_at_k(sq, ks=(1,)) == recall_at_k(sq, ks=(1,), positives=np.eye(2, dtype=bool))
+
+
+def test_retrieval_in_galleries_ranks_each_query_within_its_own_block():
+    """With ``gallery``, R@K and the confident mismatch are those of each block of consecutive images (and their
+    captions) evaluated on its own, averaged over the blocks: what COCO's 1K test reports over its folds."""
+    import torch
+
+    from suite.data.base import Split
+    from suite.evaluation.evaluator import Evaluator
+
+    rng = np.random.default_rng(0)
+    n, gallery = 12, 4
+    captions = [tuple(f"scene {i} caption {k}" for k in range(1 + i % 2)) for i in range(n)]  # one or two each
+    owner = np.repeat(np.arange(n), [len(c) for c in captions])
+    sim = rng.normal(size=(n, len(owner)))
+    split = Split(labels=np.zeros(n, np.int64), ids=[str(i) for i in range(n)], images=np.zeros((n, 2, 2, 3), np.uint8),
+                  captions=captions)
+    ev = Evaluator(backbone=None)
+    ev.similarity = lambda img, text: torch.as_tensor(sim[np.asarray(img)][:, np.isin(owner, np.asarray(img))])
+    whole = ev.retrieval(np.arange(n), split, gallery=gallery)
+    blocks = [ev.retrieval(np.arange(b, b + gallery), split.subset(list(range(b, b + gallery))))
+              for b in range(0, n, gallery)]
+    for key in ("i2t_r1", "t2i_r1", "i2t_r5", "i2t_confident_mismatch", "t2i_confident_mismatch", "r1_mean"):
+        assert whole[key] == pytest.approx(np.mean([b[key] for b in blocks]))
+    for i, name in enumerate(("image", "text")):
+        assert np.array_equal(whole["ranks"][i], np.concatenate([b["ranks"][i] for b in blocks])), name
+    one = ev.retrieval(np.arange(n), split)  # one gallery of every image: more candidates, never a better rank
+    assert (one["ranks"][0] >= whole["ranks"][0]).all() and (one["ranks"][0] > whole["ranks"][0]).any()

@@ -46,7 +46,8 @@ def test_embedded_materialises_offline_with_stable_pinned_hash(name):
 def test_cross_modal_tasks_carry_captions_and_objects():
     seq = load_sequence("world-cross-modal")
     data = materialize(seq, seq.tasks[0])
-    assert len(data.test.captions) == len(data.test) == seq.tasks[0].split["test_size"] == 300
+    assert len(data.test.captions) == len(data.test) == seq.tasks[0].split["test_size"] == 900
+    assert seq.tasks[0].gallery_size == 300
     assert all(1 <= len(o) <= 3 for o in data.test.objects)
 
 
@@ -73,8 +74,10 @@ def _mutations():
         d["templates_file"] = "../nowhere/templates.yaml"
     def missing_name(d):
         del d["name"]
+    def gallery_off_retrieval(d):
+        d["tasks"][2]["split"]["gallery_size"] = 10
     return {"tasks.1.split": missing, "track": unknown_track, "tasks.0.classes": duplicate_class,
-            "templates_file": bad_path, "name": missing_name}
+            "templates_file": bad_path, "name": missing_name, "tasks.2.split.gallery_size": gallery_off_retrieval}
 
 
 @pytest.mark.parametrize("field", list(_mutations()))

@@ -63,6 +63,11 @@ class TaskSpec:
     def pinned_manifest(self) -> str | None:
         return self.split.get("manifest_sha256")
 
+    @property
+    def gallery_size(self) -> int | None:
+        """Retrieval ranks among consecutive galleries of this many test images (None: the whole test set)."""
+        return self.split.get("gallery_size")
+
 
 @dataclass(frozen=True)
 class TaskSequence:
@@ -197,6 +202,9 @@ def parse_sequence(data: Any, file: str | Path = "<memory>") -> TaskSequence:
                 raise SequenceError(f"{file}: {where}.split.manifest_sha256: embedded tasks must pin their manifest hash")
             if not data.get("embedded") and "rule" not in raw["split"]:
                 raise SequenceError(f"{file}: {where}.split.rule: real-data tasks must state their split rule")
+            if "gallery_size" in raw["split"] and data["track"] != "cross-modal":
+                raise SequenceError(f"{file}: {where}.split.gallery_size: only retrieval tasks (track cross-modal) "
+                                    f"rank among galleries; this sequence's track is {data['track']}")
             specs[group].append(_task_from(raw, where, templates, file))
     if data["track"] == "domain-incremental":
         first = specs["tasks"][0].classes

@@ -241,13 +241,20 @@ class Evaluator:
     def eval_labels(self, split: Split) -> np.ndarray:
         return np.asarray(split.labels)[self.eval_indices(split)]
 
-    def retrieval(self, img: torch.Tensor, split: Split, delta: float = 0.05) -> dict[str, float]:
-        """R@K both ways against every caption of the evaluated images (a positives matrix, as CLIP_benchmark)."""
+    def retrieval(self, img: torch.Tensor, split: Split, delta: float = 0.05,
+                  gallery: int | None = None) -> dict[str, float]:
+        """R@K both ways against every caption of the evaluated images (a positives matrix, as CLIP_benchmark);
+        with ``gallery``, each query ranks only the images and captions of its own block of ``gallery``
+        consecutive evaluated images (as COCO's 1K test: R@1 depends on the gallery's size, so a sequence
+        can enlarge its test set without making the task harder)."""
         sets = [split.captions[i] for i in self.eval_indices(split)]
         caps = [c for s in sets for c in s]
         owner = np.repeat(np.arange(len(sets)), [len(s) for s in sets])
         positives = owner[None, :] == np.arange(len(sets))[:, None]
         sim = self.similarity(img, lambda route: self.text_features(caps, route)).cpu().numpy()
+        if gallery is not None:
+            block = np.arange(len(sets)) // gallery
+            sim = np.where(block[:, None] == block[owner][None, :], sim, -np.inf)
         out: dict[str, Any] = recall_at_k(sim, positives=positives)
         out["ranks"] = (rank_of_best_positive(sim, positives), rank_of_best_positive(sim.T, positives.T),
                         [len(s) for s in sets])

@@ -87,7 +87,7 @@ class StepEvaluator:
         the task's own classes (task-id) or every class of the sequence (task-agnostic)."""
         ev, data = self.evaluator, self.data[task]
         if self.seq.track == "cross-modal":
-            r = ev.retrieval(img, split)
+            r = ev.retrieval(img, split, gallery=self.seq.task(task).gallery_size)
             return {"accuracy": r["r1_mean"], "retrieval": r}
         labels = ev.eval_labels(split)
         if self.seq.protocol == "task-id":
@@ -102,8 +102,9 @@ class StepEvaluator:
         recorded item by item: it is a diagnostic of the budget, not a result."""
         task = self.seq.tasks[t].name
         split = self.data[task].train
-        # retrieval ranks among the gallery, so its train sample is the size of the test set (a like-for-like R@1)
-        size = min(TRAIN_SAMPLE, len(self.data[task].test)) if self.seq.track == "cross-modal" else TRAIN_SAMPLE
+        # retrieval ranks among a gallery, so its train sample is one test gallery's size (a like-for-like R@1)
+        gallery = self.seq.tasks[t].gallery_size or len(self.data[task].test)
+        size = min(TRAIN_SAMPLE, gallery) if self.seq.track == "cross-modal" else TRAIN_SAMPLE
         if len(split) > size:
             split = split.subset(stratified_sample(split.labels, size, seed=0))
         return float(self._score(task, split, self.evaluator.image_features(split))["accuracy"])
