@@ -14,8 +14,9 @@ A plan file (``clsuite sweep --plan leaderboards/embedded-plan.yaml``) lists gro
         pet_options: {}
 
 ``--jobs N`` runs N runs at once in separate processes with the machine's cores divided between them (each run
-sets its torch threads explicitly, so processes never oversubscribe cores); ``--resume`` skips runs whose record
-already exists and is complete.
+sets its torch threads explicitly, so processes never oversubscribe cores) that end when the sweep does, killed
+or not; a run that fails is logged as it ends, the others go on, and the first failure is raised once they are
+done. ``--resume`` skips runs whose record already exists and is complete.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
@@ -149,7 +151,7 @@ def _run_one(cfg: RunConfig) -> tuple[str, float]:
     return str(runner.out_path()), time.perf_counter() - t
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, sweep_pid: int) -> None:
     """A worker's share of the cores: torch's threads, and the BLAS and OpenMP pools numpy and scipy loaded while
     the worker imported this module (their size was read from the environment then, so setting
     ``OMP_NUM_THREADS`` now would not reach them: numpy's OpenBLAS kept one thread per core)."""
@@ -158,11 +160,26 @@ def _init_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     threadpool_limits(limits=threads)
     torch.set_num_threads(threads)
+    _end_with(sweep_pid)
+
+
+def _end_with(sweep_pid: int, every_s: float = 1.0) -> None:
+    """End this worker once the sweep that started it is gone (killed: a pool that shuts down ends its workers
+    itself). Without this, the workers of a killed sweep went on taking its queued runs and writing their records.
+    Records and checkpoints are written atomically, so ending mid-run leaves no half-written file."""
+    def watch() -> None:
+        while os.getppid() == sweep_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-sweep", daemon=True).start()
 
 
 def worker_pool(jobs: int, threads: int) -> ProcessPoolExecutor:
-    """``jobs`` fresh processes (spawned: no state of this one is shared) with ``threads`` threads each."""
-    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+    """``jobs`` fresh processes (spawned: no state of this one is shared) with ``threads`` threads each, which end
+    when this process does."""
+    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads, os.getpid()))
 
 
 def worker_threads() -> dict[str, int]:
@@ -193,11 +210,19 @@ def sweep(cfgs: list[RunConfig], jobs: int = 1, resume: bool = False, log=print)
             log(f"  [{i}/{len(todo)}] {Path(path).name} {sec:.0f}s")
     else:
 
+        failed: list[Exception] = []
         with worker_pool(jobs, threads) as pool:
             futures = {pool.submit(_run_one, c): c for c in todo}
             for i, fut in enumerate(as_completed(futures), 1):
-                path, sec = fut.result()
+                try:
+                    path, sec = fut.result()
+                except Exception as exc:  # the pool finishes the other runs anyway: say so as they end
+                    failed.append(exc)
+                    log(f"  [{i}/{len(todo)}] {futures[fut].run_id()}.json failed: {exc}")
+                    continue
                 log(f"  [{i}/{len(todo)}] {Path(path).name} {sec:.0f}s")
+        if failed:  # the first failure, as a one-job sweep raises it; every other run's record is kept
+            raise failed[0]
     log(f"sweep: done in {time.perf_counter() - t0:.0f}s wall")
     return [Path(c.out) / f"{c.run_id()}.json" for c in cfgs]
 
