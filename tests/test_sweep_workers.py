@@ -38,6 +38,7 @@ def test_the_workers_of_a_killed_sweep_end_instead_of_taking_its_queued_runs(tmp
     root = Path(__file__).parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=root, env=env)
+    worker = None
     try:
         worker = int(parent.stdout.readline())
         assert not _gone(worker)
@@ -49,10 +50,9 @@ def test_the_workers_of_a_killed_sweep_end_instead_of_taking_its_queued_runs(tmp
         assert _gone(worker), "the worker outlived its sweep"
     finally:
         parent.kill()
-        try:
+        parent.stdout.close()
+        if worker is not None and not _gone(worker):
             os.kill(worker, signal.SIGKILL)
-        except (ProcessLookupError, NameError, UnboundLocalError):
-            pass
 
 
 def test_a_failed_run_in_a_parallel_sweep_is_logged_and_raised_after_the_others(tmp_path, seq_file):
