@@ -3,6 +3,8 @@ not check out, data that is missing — is a :class:`SuiteError` whose message i
 command) and field; the command line prints that line. Any other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
+from typing import Iterable
+
 
 class SuiteError(ValueError):
     """Bad input or a refused operation; the message is one line that says where and what."""
@@ -12,4 +14,13 @@ class ConfigError(SuiteError):
     """A configuration value (option, flag, setting) that is unknown or invalid."""
 
 
-__all__ = ["ConfigError", "SuiteError"]
+def field_path(parts: Iterable[object]) -> str:
+    """The dotted path of a field for a one-line message (``tasks.0.split``; ``(top level)`` when empty). Keys come
+    from the input, so a line break or any other unprintable character in one is shown escaped (``\\n``): the
+    message stays one line whatever the file holds."""
+    shown = ["".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(p))
+             for p in parts]
+    return ".".join(shown) or "(top level)"
+
+
+__all__ = ["ConfigError", "SuiteError", "field_path"]

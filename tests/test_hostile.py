@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import make_plugin, small_sequence
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from records_factory import reference
 
@@ -442,12 +442,32 @@ def test_fuzz_record_validator_raises_only_its_error(key, value):
 
 @FUZZ
 @given(data=JSONISH)
+@example(data={"\n": float("inf")})  # found by this test once: the key's line break reached the message
 def test_fuzz_submission_validator_returns_reasons(tmp_path_factory, data):
     f = tmp_path_factory.mktemp("sub") / "s.json"
     f.write_text(json.dumps({"schema": SUBMISSION_SCHEMA, "board": "class-incremental", "records": [data]}))
     problems = validate_submission(f)
     assert problems and all(isinstance(p, str) and "\n" not in p for p in problems)
 
+
+
+def test_a_key_with_a_line_break_is_named_escaped_in_one_line(tmp_path):
+    """Field names come from the input: one holding a line break is shown escaped, so each refusal stays one line
+    and still names the field."""
+    from suite.config.train import TrainConfig
+
+    sub = tmp_path / "s.json"
+    sub.write_text(json.dumps({"schema": SUBMISSION_SCHEMA, "board": "class-incremental",
+                               "records": [{"ok": 1.0, "a\nb": float("inf")}]}))
+    assert validate_submission(sub) == [f"{sub}: records.0: a\\nb: non-finite number inf"]
+    with pytest.raises(SuiteError) as err:
+        TrainConfig.from_dict({"lr\u2028": 0.1}, "run.yaml")
+    assert str(err.value).splitlines() == [str(err.value)] and "training.lr\\u2028: unknown setting" in str(err.value)
+    rec = reference()
+    rec["aggregates"]["x\ny"] = 0.5
+    with pytest.raises(SuiteError) as err:
+        check_record(rec, "r.json", load_boards())
+    assert str(err.value).splitlines() == [str(err.value)] and "x\\ny" in str(err.value)
 
 
 def test_a_corrupt_image_is_named_in_one_line(tmp_path, capsys):

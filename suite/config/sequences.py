@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from suite.errors import SuiteError
+from suite.errors import SuiteError, field_path
 from suite.paths import MAX_DEPTH, data_dir, parse_json, read_text, safe_name
 
 ARCHIVE = "archive"  # tasks/archive/<name>.v<N>.yaml: earlier versions of sequence files
@@ -111,13 +111,8 @@ def _schema() -> dict:
     return parse_json(resources.files("suite").joinpath("schemas/sequence.schema.json").read_text(), "sequence.schema.json")
 
 
-def _field(path: Any) -> str:
-    parts = [str(p) for p in path]
-    return ".".join(parts) if parts else "(top level)"
-
-
 def _schema_error_line(err: jsonschema.ValidationError) -> str:
-    where = _field(err.absolute_path)
+    where = field_path(err.absolute_path)
     if err.validator == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         where = f"{where}.{missing}" if err.absolute_path else missing

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from suite.config.bounds import MAX_BATCH, MAX_COUNT, finite_number, show_value
-from suite.errors import ConfigError
+from suite.errors import ConfigError, field_path
 
 OPTIMIZERS = ("adamw", "sgd")
 # Upper bounds of the integer settings (a sequence file's schema states the same): counts, never unbounded
@@ -65,7 +65,7 @@ class TrainConfig:
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
-                raise ConfigError(f"{where}: training.{key}: unknown setting; known: {', '.join(known)}")
+                raise ConfigError(f"{where}: {field_path(('training', key))}: unknown setting; known: {', '.join(known)}")
         try:
             return cls(**data)
         except ConfigError as exc:

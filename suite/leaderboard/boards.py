@@ -28,7 +28,7 @@ import jsonschema
 from suite._version import __version__
 from suite.config.run import RunIdentity
 from suite.config.sequences import SequenceError, load_sequence, load_sequence_version, read_yaml
-from suite.errors import SuiteError
+from suite.errors import SuiteError, field_path
 from suite.paths import data_dir, parse_json
 from suite.results.analysis import Group, group_records
 from suite.results.metrics import METRICS
@@ -63,7 +63,7 @@ def load_boards(root: Path | None = None) -> dict[str, dict]:
         data = read_yaml(p, BoardError, "board file")
         err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
         if err is not None:
-            raise BoardError(f"{p}: {'.'.join(map(str, err.absolute_path)) or '(top level)'}: {err.message}")
+            raise BoardError(f"{p}: {field_path(err.absolute_path)}: {err.message}")
         for key in ("columns", "summary_columns"):
             for i, c in enumerate(data.get(key, [])):
                 if c not in METRICS:
@@ -144,7 +144,7 @@ def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | N
     for key, claimed in rec["aggregates"].items():
         value = recomputed.get(key)
         if key not in recomputed:
-            raise RecordError(f"{where}: aggregates.{key}: not an aggregate of this suite")
+            raise RecordError(f"{where}: {field_path(('aggregates', key))}: not an aggregate of this suite")
         differs = value is not None and not math.isclose(claimed, value, rel_tol=0, abs_tol=TOLERANCE)
         if (value is None) != (claimed is None) or differs:
             raise RecordError(f"{where}: aggregates.{key}: submitted {claimed} but the matrix gives {value}")

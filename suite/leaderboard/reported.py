@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 
 from suite.config.sequences import read_yaml
+from suite.errors import field_path
 from suite.leaderboard.boards import REPORTED_DIR, BoardError, board_for, boards_dir
 
 METRICS = ("transfer", "avg", "last")  # what papers on these sequences publish, in percent
@@ -29,12 +30,12 @@ def _schema() -> dict:
 def schema_field(err: jsonschema.ValidationError) -> str:
     """The dotted path of the field a schema error is about; a missing property is named itself (the one-line
     refusals of the reported tier and of submission checklists)."""
-    path = list(map(str, err.absolute_path))
+    path = list(err.absolute_path)
     if err.validator == "required" and isinstance(err.instance, dict):
         missing = next((k for k in err.validator_value if k not in err.instance), None)
         if missing is not None:
             path.append(missing)
-    return ".".join(path) or "(top level)"
+    return field_path(path)
 
 
 def check_reported(data: object, path: Path | str) -> dict:

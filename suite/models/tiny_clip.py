@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from suite.errors import field_path
+
 # Fields of open_clip's CLIPVisionCfg / CLIPTextCfg / CLIP(...) this module builds from, with open_clip's defaults.
 VISION_SIZES = {"layers": 12, "width": 768, "head_width": 64, "mlp_ratio": 4.0, "patch_size": 16, "image_size": 224}
 TEXT_SIZES = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12, "mlp_ratio": 4.0}
@@ -56,10 +58,11 @@ def _resolve(section: str, given: dict, sizes: dict, fixed: dict, idle: set) -> 
         elif key in fixed:
             allowed = fixed[key] if isinstance(fixed[key], tuple) else (fixed[key],)
             if value not in allowed:
-                raise ModelError(f"embedded config: {section}.{key} = {value!r} is not supported by the built-in CLIP "
-                                 f"(only {allowed[0]!r}; that feature needs open_clip: use an open_clip: model spec)")
+                raise ModelError(f"embedded config: {field_path((section, key))} = {value!r} is not supported by the "
+                                 f"built-in CLIP (only {allowed[0]!r}; that feature needs open_clip: use an open_clip: "
+                                 "model spec)")
         else:
-            raise ModelError(f"embedded config: {section}.{key}: unknown field for the built-in CLIP")
+            raise ModelError(f"embedded config: {field_path((section, key))}: unknown field for the built-in CLIP")
     if isinstance(out.get("layers"), (tuple, list)):
         raise ModelError(f"embedded config: {section}.layers = {out['layers']!r}: the ResNet tower is not built here")
     return out

@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 
 from suite.config.run import RunIdentity
-from suite.errors import SuiteError
+from suite.errors import SuiteError, field_path
 from suite.paths import parse_json, read_json, write_atomic
 from suite.results import items, metrics
 
@@ -34,15 +34,15 @@ def record_schema() -> dict:
     return parse_json(resources.files("suite").joinpath("schemas/record.schema.json").read_text(), "record.schema.json")
 
 
-def _finite(obj: Any, where: str = "") -> None:
+def _finite(obj: Any, where: tuple = ()) -> None:
     if isinstance(obj, float) and not math.isfinite(obj):
-        raise RecordError(f"{where or '(top level)'}: non-finite number {obj}")
+        raise RecordError(f"{field_path(where)}: non-finite number {obj}")
     if isinstance(obj, dict):
         for k, v in obj.items():
-            _finite(v, f"{where}.{k}" if where else str(k))
+            _finite(v, (*where, k))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            _finite(v, f"{where}.{i}")
+            _finite(v, (*where, i))
 
 
 def validate_record(rec: dict, source: str = "<record>") -> None:
@@ -53,8 +53,7 @@ def validate_record(rec: dict, source: str = "<record>") -> None:
         raise RecordError(f"{source}: {exc}") from None
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(record_schema()).iter_errors(rec))
     if err is not None:
-        field = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise RecordError(f"{source}: {field}: {err.message}")
+        raise RecordError(f"{source}: {field_path(err.absolute_path)}: {err.message}")
     t = len(rec["sequence"]["tasks"])
     m = rec["matrix"]
     if rec["status"] == "complete" and (len(m) != t or any(len(r) != t for r in m)):
