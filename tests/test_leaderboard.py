@@ -458,6 +458,32 @@ def test_reproduce_writes_the_verification_file_not_the_record(seq_file, tmp_pat
     assert len(yaml.safe_load(verified.read_text())) == 1
 
 
+def test_reproduce_computes_with_the_records_thread_count(seq_file, tmp_path):
+    """A run is bit-identical on its machine at the thread count it was made with (a sweep worker's share of the
+    cores), so the re-run takes the record's ``environment.threads``; ``threads=`` overrides it."""
+    import torch
+
+    from suite.experiments.reproduce import reproduce
+
+    before = torch.get_num_threads()
+    out = tmp_path / "res"
+    try:
+        run(RunConfig(sequence=seq_file(), model="embedded:micro-clip@random", pet="lora", method="seq", seed=1,
+                      out=str(out), run_dir=str(out / ".runs"), progress=False, threads=1))
+        path = next(out.glob("*.json"))
+        assert json.loads(path.read_text())["environment"]["threads"] == 1
+        torch.set_num_threads(2)  # what a lone process on two cores would otherwise use
+        res = reproduce(path, out_dir=tmp_path / "rerun", verified_file=tmp_path / "v.yaml")
+        assert res["threads"] == 1 and torch.get_num_threads() == 1 and res["bit_identical"]
+        rec = json.loads(path.read_text())
+        rec["environment"]["threads"] = 2
+        path.write_text(json.dumps(rec))
+        assert reproduce(path, out_dir=tmp_path / "rerun2", verified_file=tmp_path / "v.yaml")["threads"] == 2
+        assert reproduce(path, out_dir=tmp_path / "rerun3", verified_file=tmp_path / "v.yaml", threads=1)["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------------- browser
 def _chromium(tmp_path):
     from selenium import webdriver

@@ -247,12 +247,16 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
                    "for the re-run to count as reproduced (default: one point, REPRODUCE_TOLERANCE in "
                    "suite/experiments/reproduce.py); on the machine that wrote the record a re-run is bit-identical, "
                    "which the result reports as bit_identical")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for the re-run (default: the record's environment.threads, which records made "
+                   "before it lack; then torch's default). A run is bit-identical on the machine that wrote it at "
+                   "the thread count it was made with; the committed results/ ran one thread per run")
 
 
 @command("reproduce", "re-run a record's configuration; mark it reproduced when the matrix agrees", _reproduce_args)
 def _reproduce(args: argparse.Namespace) -> int:
     from suite.experiments.reproduce import reproduce
 
-    res = reproduce(args.record, *([args.tolerance] if args.tolerance is not None else []))
+    res = reproduce(args.record, *([args.tolerance] if args.tolerance is not None else []), threads=args.threads)
     print(json.dumps(res))
     return 0 if res["reproduced"] else 1

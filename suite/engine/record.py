@@ -39,7 +39,7 @@ def environment(device: torch.device, world: int) -> dict[str, Any]:
     return {"suite": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "open_clip": open_clip_version, "numpy": np.__version__, "platform": platform.platform(),
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-            "world_size": world, "nodes": node_count(), "git_commit": commit}
+            "world_size": world, "nodes": node_count(), "git_commit": commit, "threads": torch.get_num_threads()}
 
 
 def base_record(cfg: RunConfig, run) -> dict[str, Any]:

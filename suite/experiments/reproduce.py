@@ -19,11 +19,15 @@ REPRODUCE_TOLERANCE = 0.01
 
 
 def reproduce(record_path: str | Path, tolerance: float = REPRODUCE_TOLERANCE, out_dir: str | Path | None = None,
-              verified_file: str | Path | None = None) -> dict[str, Any]:
+              verified_file: str | Path | None = None, threads: int | None = None) -> dict[str, Any]:
     """Re-run a record's configuration and compare its accuracy matrix and aggregates within ``tolerance``
     (absolute, on accuracies). When they agree, the record's digest is added to the maintainers' verification
     file (default ``leaderboards/verified.yaml``), the board's only source of the ``reproduced`` tier; the record
-    itself is not modified. ``bit_identical`` says whether the whole record (timings aside) came out the same."""
+    itself is not modified. ``bit_identical`` says whether the whole record (timings aside) came out the same.
+
+    The re-run computes with ``threads`` CPU threads, else with the record's own (``environment.threads``), else
+    torch's default: on one machine a run is bit-identical at the thread count it was made with, not at another
+    (a threshold-routed method can flip whole answers)."""
     rec = load_record(record_path)
     tmp = Path(out_dir or Path(record_path).parent / ".reproduce")
     recorded = dict(rec.get("config") or {})
@@ -35,11 +39,12 @@ def reproduce(record_path: str | Path, tolerance: float = REPRODUCE_TOLERANCE, o
                 sequence = recorded["sequence"]
         except SequenceError:
             pass
+    threads = threads or (rec.get("environment") or {}).get("threads")
     recorded.update(sequence=sequence, model=identity.model, pet=identity.pet, pet_options=dict(identity.pet_options),
                     method=identity.method, method_options=dict(identity.method_options), seed=identity.seed,
                     training=dict(identity.training))
     cfg = RunConfig.from_dict({**recorded, "out": str(tmp), "run_dir": str(tmp / "runs"), "progress": False,
-                               "command": f"clsuite reproduce {record_path}"}, str(record_path))
+                               "command": f"clsuite reproduce {record_path}", "threads": threads}, str(record_path))
     new = Runner(cfg).run()
     diff = max(abs(a - b) for ra, rb in zip(rec["matrix"], new["matrix"]) for a, b in zip(ra, rb))
     agg = max((abs(a - new["aggregates"].get(k)) for k, a in rec["aggregates"].items()
@@ -47,7 +52,7 @@ def reproduce(record_path: str | Path, tolerance: float = REPRODUCE_TOLERANCE, o
     ok = diff <= tolerance and agg <= tolerance
     same = not record_differences(strip_timings(_comparable(rec)), strip_timings(_comparable(new)))
     result = {"reproduced": ok, "bit_identical": same, "max_abs_diff": diff, "max_aggregate_diff": agg,
-              "tolerance": tolerance}
+              "tolerance": tolerance, "threads": new["environment"]["threads"]}
     if ok:
         add_verification(rec, diff, verified_file)
     return result
