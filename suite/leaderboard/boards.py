@@ -143,11 +143,12 @@ def check_record(rec: dict, where: str, boards: dict, board_names: list[str] | N
     recomputed = recompute_aggregates(rec)
     for key, claimed in rec["aggregates"].items():
         value = recomputed.get(key)
+        field = field_path(("aggregates", key))
         if key not in recomputed:
-            raise RecordError(f"{where}: {field_path(('aggregates', key))}: not an aggregate of this suite")
+            raise RecordError(f"{where}: {field}: not an aggregate of this suite")
         differs = value is not None and not math.isclose(claimed, value, rel_tol=0, abs_tol=TOLERANCE)
         if (value is None) != (claimed is None) or differs:
-            raise RecordError(f"{where}: aggregates.{key}: submitted {claimed} but the matrix gives {value}")
+            raise RecordError(f"{where}: {field}: submitted {claimed} but the matrix gives {value}")
 
 
 def protocol_conflict(rec: dict, board: dict) -> str | None:
