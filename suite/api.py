@@ -468,7 +468,8 @@ def plan(plan_file: PathLike | None = None, *, sequence: str | None = None,
     """The runs of a sweep, in order, without running them: every run of ``plan_file`` (a plan such as
     ``leaderboards/embedded-plan.yaml``), or the grid ``methods × pets × seeds`` on ``sequence``. ``options``
     are the run options of :func:`run_config` (``iterations``, ``max_eval``, ``model``, ``out``, ``log``, ...),
-    applied to every run; with a plan, the plan names the sequences and the records folder."""
+    applied to every run; with a plan, the plan names the sequences and the records folder, and ``sequence``
+    (one name, or several comma-separated) keeps only the plan's runs on those."""
     from suite.experiments.sweep import grid, load_plan
 
     unknown = sorted(set(options) - set(run_config.__kwdefaults__) - {"sequence"})
@@ -476,10 +477,13 @@ def plan(plan_file: PathLike | None = None, *, sequence: str | None = None,
         raise ConfigError(f"plan: {unknown[0]}: unknown run option; known: "
                           f"{', '.join(sorted(set(run_config.__kwdefaults__) - {'source'}))}")
     if plan_file is not None:
-        if sequence is not None or options.get("config") is not None:
-            raise ConfigError("plan: the plan names the sequences; give no sequence or config with it")
+        if options.get("config") is not None:
+            raise ConfigError("plan: the plan names its runs; give no config with it")
         _check("plan_file", plan_file, (str, Path), "a plan file's path", "plan")
-        return load_plan(plan_file, run_config("-", **{"command": f"clsuite sweep --plan {plan_file}", **options}))
+        if sequence is not None:
+            _check("sequence", sequence, (str,), "sequence names, comma-separated", "plan")
+        only = [name.strip() for name in sequence.split(",")] if sequence is not None else None
+        return load_plan(plan_file, run_config("-", **options), sequences=only)
     split = lambda v: v.split(",") if isinstance(v, str) else list(v)  # noqa: E731
     seed_list = [seeds] if isinstance(seeds, int) else list(seeds)
     for s in seed_list:

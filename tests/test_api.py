@@ -251,3 +251,19 @@ def test_a_failed_task_raises_the_suites_error_and_trackers_are_told(tmp_path, s
                   out=tmp_path / "r", run_dir=tmp_path / "runs", loggers=[Ends(), "csv"])
     assert isinstance(info.value, SuiteError) and Ends.status == "failed"
     assert not (tmp_path / "r").exists() and list((tmp_path / "runs").glob("*/csv/params.json"))
+
+
+def test_a_plan_narrowed_to_a_sequence_keeps_only_its_runs_and_says_so_in_the_command():
+    """Remaking one board sequence's records (``clsuite sweep --plan P --sequence S``) must run exactly the plan's
+    runs on S, and each record's command must name the narrowing, so it re-runs what it made."""
+    whole = suite.plan("leaderboards/embedded-plan.yaml")
+    narrowed = suite.plan("leaderboards/embedded-plan.yaml", sequence="mini-mtil,world-class-incremental")
+    kept = [c for c in whole if c.sequence in ("mini-mtil", "world-class-incremental")]
+    assert [c.run_id() for c in narrowed] == [c.run_id() for c in kept] and 0 < len(narrowed) < len(whole)
+    assert {c.command for c in narrowed} == {
+        "clsuite sweep --plan leaderboards/embedded-plan.yaml --sequence mini-mtil,world-class-incremental"}
+    assert {c.command for c in whole} == {"clsuite sweep --plan leaderboards/embedded-plan.yaml"}
+    with pytest.raises(SuiteError, match=r"embedded-plan.yaml: sequence 'mini-mtl' is not in the plan; it has: "):
+        suite.plan("leaderboards/embedded-plan.yaml", sequence="mini-mtl")
+    with pytest.raises(SuiteError, match="sequence names"):
+        suite.plan("leaderboards/embedded-plan.yaml", sequence=3)

@@ -56,7 +56,8 @@ def _kv(text: str | list[str], flag: str = "options") -> dict[str, Any]:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with the same fields as the options below (options override it)")
-    p.add_argument("--sequence", help="task sequence: shipped name or path to a YAML file")
+    p.add_argument("--sequence", help="task sequence: shipped name or path to a YAML file (sweep --plan: only the "
+                   "plan's runs on this sequence; several comma-separated)")
     p.add_argument("--model", help="backbone: embedded:tiny-clip (default), open_clip:ViT-B-16@openai, hf:/path")
     p.add_argument("--pet", help=f"{', '.join(PETS.builtin)}, a plug-in, or none")
     p.add_argument("--pet-options", action="append", help="PET hyper-parameters, e.g. rank=8,towers=vision,layers=0-5, "
@@ -168,10 +169,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
     opts = run_options(args)
     if args.plan:
-        if args.sequence or args.config:
-            raise ConfigError("--plan: the plan names the sequences; give no --sequence or --config with it")
-        del opts["sequence"], opts["config"]
-        cfgs = plan(args.plan, **opts)
+        if args.config:
+            raise ConfigError("--plan: the plan names its runs; give no --config with it")
+        del opts["config"]
+        cfgs = plan(args.plan, **opts)  # with --sequence: only the plan's runs on it
     else:
         cfgs = plan(methods=args.methods.split(","), pets=args.pets.split(","), seeds=args.seeds, **opts)
     executor = {**(plan_executor(args.plan) if args.plan else {}),

@@ -56,8 +56,9 @@ def _plan_schema() -> dict:
     return parse_json(resources.files("suite").joinpath("schemas/plan.schema.json").read_text(), "plan.schema.json")
 
 
-def load_plan(path: str | Path, base: RunConfig | None = None) -> list[RunConfig]:
-    """Every run of a plan file, in order (groups, then sequences, methods, PETs, seeds)."""
+def load_plan(path: str | Path, base: RunConfig | None = None, sequences: list[str] | None = None) -> list[RunConfig]:
+    """Every run of a plan file, in order (groups, then sequences, methods, PETs, seeds); with ``sequences``, only
+    the runs on those (so one board sequence's records can be made again); a name the plan lacks is a PlanError."""
     path = Path(path)
     data = read_yaml(path, PlanError, "plan file")
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_plan_schema()).iter_errors(data))
@@ -70,16 +71,23 @@ def load_plan(path: str | Path, base: RunConfig | None = None) -> list[RunConfig
     if data.get("log") and not base.log:  # the plan's trackers, unless the command line gave --log
         base = dataclasses.replace(base, log=list(data["log"]))
     out = data.get("out", base.out)
+    planned = [seq for g in data["groups"] for seq in g["sequences"]]
+    missing = [name for name in sequences or [] if name not in planned]
+    if missing:
+        raise PlanError(f"{path}: sequence {missing[0]!r} is not in the plan; it has: {', '.join(dict.fromkeys(planned))}")
+    command = f"clsuite sweep --plan {path}" + (f" --sequence {','.join(sequences)}" if sequences else "")
     cfgs = []
     for g in data["groups"]:
         for seq in g["sequences"]:
+            if sequences and seq not in sequences:
+                continue
             for method in g["methods"]:
                 for pet in g.get("pets", ["none"]):
                     for seed in g.get("seeds", data.get("seeds", [0])):
                         cfgs.append(dataclasses.replace(
                             base, sequence=seq, method=method, pet=None if pet == "none" else pet, seed=seed,
                             method_options=dict(g.get("method_options", {})), pet_options=dict(g.get("pet_options", {})),
-                            out=out, run_dir=str(Path(out) / ".runs"), command=f"clsuite sweep --plan {path}"))
+                            out=out, run_dir=str(Path(out) / ".runs"), command=command))
     return cfgs
 
 
