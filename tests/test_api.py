@@ -253,9 +253,10 @@ def test_a_failed_task_raises_the_suites_error_and_trackers_are_told(tmp_path, s
     assert not (tmp_path / "r").exists() and list((tmp_path / "runs").glob("*/csv/params.json"))
 
 
-def test_a_plan_narrowed_to_a_sequence_keeps_only_its_runs_and_says_so_in_the_command():
+def test_a_plan_narrowed_to_a_sequence_keeps_only_its_runs_and_says_so_in_the_command(monkeypatch):
     """Remaking one board sequence's records (``clsuite sweep --plan P --sequence S``) must run exactly the plan's
     runs on S, and each record's command must name the narrowing, so it re-runs what it made."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the plan's path as a user at the repository root gives it
     whole = suite.plan("leaderboards/embedded-plan.yaml")
     narrowed = suite.plan("leaderboards/embedded-plan.yaml", sequence="mini-mtil,world-class-incremental")
     kept = [c for c in whole if c.sequence in ("mini-mtil", "world-class-incremental")]
