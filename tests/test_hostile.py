@@ -174,7 +174,7 @@ FLAG_CASES = [
     (["run", "--sequence", "{seq}", "--device", "gpu0"], "--device"),
     (["run", "--config", "/nonexistent/run.yaml"], "no such config file"),
     (["sweep", "--plan", "/nonexistent/plan.yaml"], "no such plan file"),
-    (["sweep", "--plan", "{plan}", "--sequence", "x"], "--plan"),
+    (["sweep", "--plan", "{plan}", "--sequence", "x"], "plan.yaml: sequence 'x' is not in the plan"),
     (["metrics", "/nonexistent.json"], "nonexistent"), (["metrics", "{bad_matrix}"], "matrix"),
     (["compare", "--results", "/nonexistent-folder"], "no such record file or folder"),
     (["compare", "{record}", "--pair", "nocolon"], "--pair"),
