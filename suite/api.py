@@ -480,8 +480,7 @@ def plan(plan_file: PathLike | None = None, *, sequence: str | None = None,
         if options.get("config") is not None:
             raise ConfigError("plan: the plan names its runs; give no config with it")
         _check("plan_file", plan_file, (str, Path), "a plan file's path", "plan")
-        if sequence is not None:
-            _check("sequence", sequence, (str,), "sequence names, comma-separated", "plan")
+        _check("sequence", sequence, (str,), "sequence names, comma-separated", "plan")
         only = [name.strip() for name in sequence.split(",")] if sequence is not None else None
         return load_plan(plan_file, run_config("-", **options), sequences=only)
     split = lambda v: v.split(",") if isinstance(v, str) else list(v)  # noqa: E731
