@@ -287,6 +287,15 @@ def test_the_identity_tolerance_catches_a_changed_result():
     assert record_differences(want, json.loads(json.dumps(want))) == []
 
 
+def test_each_difference_is_one_line_that_names_its_place_unambiguously():
+    """A key holding a dot or a line break (a control's or task's name is user-supplied) is quoted, not dotted, so
+    the reproduce report keeps one line per difference and ``a.b`` cannot be mistaken for key ``"a.b"``."""
+    got = record_differences({"controls": {"a.b\nc": 1.0, "plain": [1, 2]}, "a": {"b": 0}},
+                             {"controls": {"a.b\nc": 2.0, "plain": [1, 3]}, "a": {"b": 1}})
+    assert got == ["a.b: 0 != 1", "controls['a.b\\nc']: 1.0 != 2.0", "controls.plain[1]: 2 != 3"]
+    assert all("\n" not in line for line in got)
+
+
 if __name__ == "__main__":
     import tempfile
 

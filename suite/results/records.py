@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -232,8 +233,8 @@ def record_differences(a: Any, b: Any, tolerance: Tolerance = Tolerance(), path:
         if set(a) != set(b):
             return [f"{path or '(top level)'}: keys differ: {sorted(set(a) ^ set(b))[:5]}"]
         return [d for k in sorted(a) for d in (
-            _items_differences(a[k], b[k], tolerance, f"{path}.{k}") if k == "items" else
-            record_differences(a[k], b[k], tolerance, f"{path}.{k}" if path else k, accuracy_valued or k in ACCURACY_KEYS))]
+            _items_differences(a[k], b[k], tolerance, _key_path(path, k)) if k == "items" else
+            record_differences(a[k], b[k], tolerance, _key_path(path, k), accuracy_valued or k in ACCURACY_KEYS))]
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{path}: {len(a)} items != {len(b)}"]
@@ -244,6 +245,14 @@ def record_differences(a: Any, b: Any, tolerance: Tolerance = Tolerance(), path:
     if floats and math.isfinite(a) and math.isfinite(b):
         return [] if tolerance.allows(float(a), float(b), accuracy_valued) else [f"{path}: {a!r} != {b!r}"]
     return [] if a == b or (floats and str(a) == str(b)) else [f"{path}: {a!r} != {b!r}"]
+
+
+def _key_path(path: str, key: Any) -> str:
+    """``path.key``, or ``path['key']`` (escaped) for a key that a dot would make ambiguous or a line break split, so
+    each difference stays one unambiguous line."""
+    if isinstance(key, str) and re.fullmatch(r"[\w-]+", key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
 
 
 def _items_differences(a: Any, b: Any, tolerance: Tolerance, path: str) -> list[str]:
