@@ -3,7 +3,10 @@ not check out, data that is missing — is a :class:`SuiteError` whose message i
 command) and field; the command line prints that line. Any other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 class SuiteError(ValueError):
@@ -23,4 +26,15 @@ def field_path(parts: Iterable[object]) -> str:
     return ".".join(shown) or "(top level)"
 
 
-__all__ = ["ConfigError", "SuiteError", "field_path"]
+def schema_field(err: jsonschema.ValidationError) -> str:
+    """The :func:`field_path` of the field a JSON-schema error is about; a missing property is named itself, not
+    the object that lacks it, so every file's one-line refusal names the field to add."""
+    path = list(err.absolute_path)
+    if err.validator == "required" and isinstance(err.instance, dict):
+        missing = next((k for k in err.validator_value if k not in err.instance), None)
+        if missing is not None:
+            path.append(missing)
+    return field_path(path)
+
+
+__all__ = ["ConfigError", "SuiteError", "field_path", "schema_field"]

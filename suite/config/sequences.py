@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from suite.errors import SuiteError, field_path
+from suite.errors import SuiteError, schema_field
 from suite.paths import MAX_DEPTH, data_dir, parse_json, read_text, safe_name
 
 ARCHIVE = "archive"  # tasks/archive/<name>.v<N>.yaml: earlier versions of sequence files
@@ -112,10 +112,8 @@ def _schema() -> dict:
 
 
 def _schema_error_line(err: jsonschema.ValidationError) -> str:
-    where = field_path(err.absolute_path)
+    where = schema_field(err)
     if err.validator == "required":
-        missing = err.message.split("'")[1] if "'" in err.message else err.message
-        where = f"{where}.{missing}" if err.absolute_path else missing
         return f"{where}: required field is missing"
     if err.validator == "enum":
         return f"{where}: {err.instance!r} is not one of {list(err.validator_value)}"

@@ -39,7 +39,7 @@ from suite.config.run import sequence_label
 from suite.config.sequences import load_sequence, read_yaml
 from suite.data.loading import available_cores
 from suite.engine.runner import RunConfig, Runner, check_options
-from suite.errors import SuiteError, field_path
+from suite.errors import SuiteError, schema_field
 from suite.experiments.slurm import RunStatus, SlurmOptions, jobs_dir, statuses, submit, wait
 from suite.paths import parse_json
 from suite.results.analysis import group_records
@@ -63,7 +63,7 @@ def load_plan(path: str | Path, base: RunConfig | None = None, sequences: list[s
     data = read_yaml(path, PlanError, "plan file")
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_plan_schema()).iter_errors(data))
     if err is not None:
-        raise PlanError(f"{path}: {field_path(err.absolute_path)}: {err.message}")
+        raise PlanError(f"{path}: {schema_field(err)}: {err.message}")
     base = base or RunConfig(sequence="")
     for key in ("model", "device", "amp"):  # the plan's own backbone and device, unless the command line gave one
         if key in data and getattr(base, key) == getattr(RunConfig, key):

@@ -28,7 +28,7 @@ import jsonschema
 from suite._version import __version__
 from suite.config.run import RunIdentity
 from suite.config.sequences import SequenceError, load_sequence, load_sequence_version, read_yaml
-from suite.errors import SuiteError, field_path
+from suite.errors import SuiteError, field_path, schema_field
 from suite.paths import data_dir, parse_json
 from suite.results.analysis import Group, group_records
 from suite.results.metrics import METRICS
@@ -63,7 +63,7 @@ def load_boards(root: Path | None = None) -> dict[str, dict]:
         data = read_yaml(p, BoardError, "board file")
         err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(data))
         if err is not None:
-            raise BoardError(f"{p}: {field_path(err.absolute_path)}: {err.message}")
+            raise BoardError(f"{p}: {schema_field(err)}: {err.message}")
         for key in ("columns", "summary_columns"):
             for i, c in enumerate(data.get(key, [])):
                 if c not in METRICS:

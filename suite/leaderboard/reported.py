@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 
 from suite.config.sequences import read_yaml
-from suite.errors import field_path
+from suite.errors import schema_field
 from suite.leaderboard.boards import REPORTED_DIR, BoardError, board_for, boards_dir
 
 METRICS = ("transfer", "avg", "last")  # what papers on these sequences publish, in percent
@@ -25,17 +25,6 @@ METRICS = ("transfer", "avg", "last")  # what papers on these sequences publish,
 @lru_cache(maxsize=1)
 def _schema() -> dict:
     return json.loads(resources.files("suite").joinpath("schemas/reported.schema.json").read_text())
-
-
-def schema_field(err: jsonschema.ValidationError) -> str:
-    """The dotted path of the field a schema error is about; a missing property is named itself (the one-line
-    refusals of the reported tier and of submission checklists)."""
-    path = list(err.absolute_path)
-    if err.validator == "required" and isinstance(err.instance, dict):
-        missing = next((k for k in err.validator_value if k not in err.instance), None)
-        if missing is not None:
-            path.append(missing)
-    return field_path(path)
 
 
 def check_reported(data: object, path: Path | str) -> dict:

@@ -21,7 +21,7 @@ import yaml
 
 from suite.config.run import RunIdentity
 from suite.config.sequences import read_yaml
-from suite.errors import SuiteError
+from suite.errors import SuiteError, schema_field
 from suite.leaderboard.boards import (
     REPORTED_REFUSAL,
     VERIFIED_FILE,
@@ -32,7 +32,6 @@ from suite.leaderboard.boards import (
     load_boards,
     off_budget,
 )
-from suite.leaderboard.reported import schema_field
 from suite.paths import inside, parse_json, read_json, safe_name, write_atomic
 from suite.results.records import (
     RecordError,

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 
 from suite.config.run import RunIdentity
-from suite.errors import SuiteError, field_path
+from suite.errors import SuiteError, field_path, schema_field
 from suite.paths import parse_json, read_json, write_atomic
 from suite.results import items, metrics
 
@@ -54,7 +54,7 @@ def validate_record(rec: dict, source: str = "<record>") -> None:
         raise RecordError(f"{source}: {exc}") from None
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(record_schema()).iter_errors(rec))
     if err is not None:
-        raise RecordError(f"{source}: {field_path(err.absolute_path)}: {err.message}")
+        raise RecordError(f"{source}: {schema_field(err)}: {err.message}")
     t = len(rec["sequence"]["tasks"])
     m = rec["matrix"]
     if rec["status"] == "complete" and (len(m) != t or any(len(r) != t for r in m)):
