@@ -282,6 +282,8 @@ def test_suite_compatibility_is_the_series(version, current, ok):
 
 
 def test_committed_records_are_all_current():
+    """Current, and each with its thread count, so the board's ``clsuite reproduce`` command re-runs it at that
+    count (bit-identical on its machine) without a ``--threads`` the reader would have to know."""
     good, bad = read_records([REPO / "results"], validate=False)
     assert good and not bad
     versions = {}
@@ -289,6 +291,7 @@ def test_committed_records_are_all_current():
         name = rec["sequence"]["name"]
         versions.setdefault(name, load_sequence(name).version)
         assert stale_reason(rec, versions[name]) is None, path.name
+        assert isinstance(rec["environment"].get("threads"), int), path.name
 
 
 def test_triage_sets_stale_records_apart_and_holds_them_to_their_own_budget():
