@@ -405,10 +405,9 @@ def test_bad_plans_are_refused(tmp_path, plan, says):
     assert says in str(err.value) and str(f) in str(err.value)
 
 
-
 def test_a_missing_field_is_named_itself_in_every_kind_of_file(tmp_path):
-    """Plans, records, boards and sequences name the field to add, not the object that lacks it
-    (``plan.yaml: groups: …``, not ``plan.yaml: (top level): …``): one schema helper for all of them."""
+    """Plans, records and boards name the field to add, not the object that lacks it (``plan.yaml:
+    groups.0.methods: …``, not ``plan.yaml: groups.0: …``), as sequences do: one schema helper for all of them."""
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"groups": [{"sequences": ["a"]}]}))
     with pytest.raises(PlanError, match=r"plan\.yaml: groups\.0\.methods: 'methods' is a required property"):
@@ -422,6 +421,7 @@ def test_a_missing_field_is_named_itself_in_every_kind_of_file(tmp_path):
     board.write_text(yaml.safe_dump({"title": "b"}))
     with pytest.raises(SuiteError, match=r"b\.yaml: ([a-z_]+): '\1' is a required property"):
         load_boards(board.parent)
+
 
 def test_the_corpus_is_at_least_150_cases():
     n = (len(SEQUENCE_CASES) + len(RAW_SEQUENCE_FILES) + 1 + len(CONFIG_CASES) + len(FLAG_CASES) + len(RECORD_CASES)

@@ -15,6 +15,7 @@ from conftest import MICRO, imagefolder_sequence, make_plugin, run_config, small
 
 from suite.engine.runner import TrainingFailed, run
 from suite.methods import Method
+from suite.results import items
 from suite.results.records import Tolerance, load_record, record_differences, strip_timings, validate_record
 
 _cfg = run_config
@@ -293,6 +294,10 @@ def test_each_difference_is_one_line_that_names_its_place_unambiguously():
     got = record_differences({"controls": {"a.b\nc": 1.0, "plain": [1, 2]}, "a": {"b": 0}},
                              {"controls": {"a.b\nc": 2.0, "plain": [1, 3]}, "a": {"b": 1}})
     assert got == ["a.b: 0 != 1", "controls['a.b\\nc']: 1.0 != 2.0", "controls.plain[1]: 2 != 3"]
+    steps = [{"items": {"tasks": [], "controls": {"a.b\nc": items.pack_correct([True, False])}}},
+             {"items": {"tasks": [], "controls": {"a.b\nc": items.pack_correct([False, True])}}}]
+    got += record_differences(*steps)
+    assert got[-1] == "items.controls['a.b\\nc']: 2 of 2 item outcomes differ"
     assert all("\n" not in line for line in got)
 
 

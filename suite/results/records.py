@@ -263,7 +263,7 @@ def _items_differences(a: Any, b: Any, tolerance: Tolerance, path: str) -> list[
     pairs = [(f"{path}.tasks[{i}]", x, y) for i, (x, y) in enumerate(zip(a.get("tasks", []), b.get("tasks", [])))]
     if len(a.get("tasks", [])) != len(b.get("tasks", [])) or set(a.get("controls", {})) != set(b.get("controls", {})):
         return [f"{path}: item sets differ"]
-    pairs += [(f"{path}.controls.{k}", v, b["controls"][k]) for k, v in a.get("controls", {}).items()]
+    pairs += [(_key_path(f"{path}.controls", k), v, b["controls"][k]) for k, v in a.get("controls", {}).items()]
     out = []
     for where, x, y in pairs:
         try:
